@@ -1,0 +1,264 @@
+//! The directory: tenants, their accepted domains and inbound connectors.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+pub type TenantId = i64;
+pub type DomainId = i64;
+pub type ConnectorId = i64;
+
+/// Seconds since the Unix epoch, UTC.
+pub type Timestamp = i64;
+
+pub fn now() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(Error::InvalidValue {
+                        field: stringify!($name),
+                        value: s.to_string(),
+                        expected: concat!($($text, " "),+),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Restriction state of a tenant (DESIGN.md "Restriction states").
+    TenantState {
+        Active => "active",
+        Warned => "warned",
+        BlockedUnregistered => "blocked_unregistered",
+        UnderReview => "under_review",
+        Probation => "probation",
+        BlockedAll => "blocked_all",
+    }
+);
+
+impl TenantState {
+    /// Unregistered and null senders are refused with 5.7.750 in these states.
+    pub fn blocks_unregistered(&self) -> bool {
+        matches!(self, TenantState::BlockedUnregistered | TenantState::UnderReview)
+    }
+
+    /// Every message is refused with 5.7.705.
+    pub fn blocks_all(&self) -> bool {
+        matches!(self, TenantState::BlockedAll)
+    }
+}
+
+string_enum!(
+    DomainKind {
+        Authoritative => "authoritative",
+        InternalRelay => "internal-relay",
+    }
+);
+
+string_enum!(
+    ConnectorKind {
+        OnPremises => "on-premises",
+        Partner => "partner",
+    }
+);
+
+string_enum!(
+    /// Class of a message by its P1 (envelope) sender.
+    SenderClass {
+        Registered => "registered",
+        Unregistered => "unregistered",
+        Null => "null",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub state: TenantState,
+    pub admin_emails: Vec<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedDomain {
+    pub id: DomainId,
+    pub tenant_id: TenantId,
+    /// Lowercase, ASCII (A-labels), no trailing dot.
+    pub domain: String,
+    pub kind: DomainKind,
+    pub match_subdomains: bool,
+    pub verified: bool,
+    /// The value to publish: `relayward-verification=<token>`.
+    pub verification_token: String,
+    pub created_at: Timestamp,
+    pub verified_at: Option<Timestamp>,
+}
+
+impl AcceptedDomain {
+    /// Does this accepted domain cover `domain` (already lowercase)?
+    pub fn covers(&self, domain: &str) -> bool {
+        if domain == self.domain {
+            return true;
+        }
+        self.match_subdomains
+            && domain.len() > self.domain.len()
+            && domain.ends_with(&self.domain)
+            && domain.as_bytes()[domain.len() - self.domain.len() - 1] == b'.'
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connector {
+    pub id: ConnectorId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub kind: ConnectorKind,
+    pub ip_ranges: Vec<IpNet>,
+    /// Matched against the verified client certificate's DNS SANs (or CN when it has none).
+    pub cert_name: Option<String>,
+    pub auth_user: Option<String>,
+    /// argon2 PHC string; never the password.
+    #[serde(skip_serializing)]
+    pub auth_password_hash: Option<String>,
+    pub require_tls: bool,
+    pub enabled: bool,
+    pub allow_unregistered: bool,
+    pub restrict_domains_to_ips: bool,
+    pub restrict_domains_to_cert: bool,
+    /// Blocked on its own (5.7.711).
+    pub blocked: bool,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub updated_at: Timestamp,
+    pub updated_by: String,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// One entry of the audit log: who changed what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub tenant_id: Option<TenantId>,
+    pub object: String,
+    pub detail: String,
+}
+
+/// Fixed, machine-readable kinds of trace events.
+string_enum!(
+    TraceKind {
+        Received => "received",
+        Refused => "refused",
+        Queued => "queued",
+        Attempt => "attempt",
+        Delivered => "delivered",
+        Deferred => "deferred",
+        Bounced => "bounced",
+        DsnSent => "dsn_sent",
+        Held => "held",
+        Released => "released",
+        Deleted => "deleted",
+    }
+);
+
+/// One step of a message's story (or a refusal, which has no queue id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    pub id: i64,
+    pub at_ms: i64,
+    pub kind: TraceKind,
+    pub queue_id: Option<String>,
+    pub message_id: Option<String>,
+    pub tenant_id: Option<TenantId>,
+    pub connector_id: Option<ConnectorId>,
+    pub client_ip: Option<String>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub sender_class: Option<SenderClass>,
+    /// SMTP reply given or received, when there is one.
+    pub reply: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl TraceEvent {
+    pub fn new(kind: TraceKind) -> Self {
+        TraceEvent {
+            id: 0,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            kind,
+            queue_id: None,
+            message_id: None,
+            tenant_id: None,
+            connector_id: None,
+            client_ip: None,
+            sender: None,
+            recipient: None,
+            sender_class: None,
+            reply: None,
+            detail: None,
+        }
+    }
+}
+
+/// Search criteria for the message trace.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    pub tenant_id: Option<TenantId>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub message_id: Option<String>,
+    pub queue_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: u32,
+}
+
+/// Everything the relay needs to attribute sessions and apply the relay rule, as read from the
+/// store in one consistent snapshot. `version` changes whenever any of it changes.
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryData {
+    pub version: i64,
+    pub tenants: Vec<Tenant>,
+    pub domains: Vec<AcceptedDomain>,
+    pub connectors: Vec<Connector>,
+}

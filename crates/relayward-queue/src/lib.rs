@@ -1,0 +1,1 @@
+//! relayward-queue

@@ -1,0 +1,112 @@
+//! `Store`: the directory (tenants, accepted domains, connectors), audit log and message trace.
+//! SQLite is the embedded default; the SQL is kept portable so PostgreSQL can be a second backend.
+
+use async_trait::async_trait;
+use relayward_core::{
+    AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId,
+    DomainKind, Tenant, TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
+};
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A new accepted domain. `domain` must already be normalized (lowercase, no trailing dot).
+#[derive(Debug, Clone)]
+pub struct NewDomain {
+    pub tenant_id: TenantId,
+    pub domain: String,
+    pub kind: DomainKind,
+    pub match_subdomains: bool,
+    /// Operator attests ownership: stored as verified at once.
+    pub verified: bool,
+}
+
+/// A new inbound connector. `auth_password_hash` is an argon2 PHC string, never a password.
+#[derive(Debug, Clone)]
+pub struct NewConnector {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub kind: ConnectorKind,
+    pub ip_ranges: Vec<ipnet::IpNet>,
+    pub cert_name: Option<String>,
+    pub auth_user: Option<String>,
+    pub auth_password_hash: Option<String>,
+    pub require_tls: bool,
+    pub allow_unregistered: bool,
+    pub restrict_domains_to_ips: bool,
+    pub restrict_domains_to_cert: bool,
+}
+
+/// Every method that changes the directory writes its audit entry (actor = `actor`) and bumps
+/// the directory version in the same transaction, so a running relay sees the change on its
+/// next poll and the audit log never misses a change.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Tenants
+    async fn create_tenant(&self, name: &str, admin_emails: &[String], actor: &str) -> Result<Tenant>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>>;
+    /// By exact name, or by id when `name_or_id` is all digits and no tenant has that name.
+    async fn find_tenant(&self, name_or_id: &str) -> Result<Option<Tenant>>;
+    async fn set_tenant_state(&self, id: TenantId, state: TenantState, actor: &str, reason: &str) -> Result<()>;
+
+    // Accepted domains
+    /// Conflict when the tenant already has the domain, or when `verified` and another tenant
+    /// has it verified. The verification token is random (32 lowercase alphanumerics).
+    async fn add_domain(&self, domain: NewDomain, actor: &str) -> Result<AcceptedDomain>;
+    async fn list_domains(&self, tenant: Option<TenantId>) -> Result<Vec<AcceptedDomain>>;
+    async fn get_domain(&self, tenant: TenantId, domain: &str) -> Result<Option<AcceptedDomain>>;
+    /// Conflict when another tenant has the same domain verified.
+    async fn set_domain_verified(&self, id: DomainId, verified: bool, actor: &str) -> Result<()>;
+    async fn remove_domain(&self, id: DomainId, actor: &str) -> Result<()>;
+
+    // Inbound connectors
+    /// Conflict on a duplicate (tenant, name) or an auth_user already used by any connector.
+    async fn add_connector(&self, connector: NewConnector, actor: &str) -> Result<Connector>;
+    async fn list_connectors(&self, tenant: Option<TenantId>) -> Result<Vec<Connector>>;
+    async fn get_connector(&self, id: ConnectorId) -> Result<Option<Connector>>;
+    /// Replaces every mutable field from `connector` (matched by id); sets updated_at/by.
+    async fn update_connector(&self, connector: &Connector, actor: &str) -> Result<()>;
+    async fn delete_connector(&self, id: ConnectorId, actor: &str) -> Result<()>;
+    /// Records last use; not audited and does not bump the directory version.
+    async fn touch_connectors(&self, used: &[(ConnectorId, Timestamp)]) -> Result<()>;
+
+    // The relay's view
+    async fn directory_version(&self) -> Result<i64>;
+    async fn load_directory(&self) -> Result<DirectoryData>;
+
+    // Audit log
+    async fn audit(&self, actor: &str, action: &str, tenant: Option<TenantId>, object: &str, detail: &str) -> Result<()>;
+    async fn list_audit(&self, tenant: Option<TenantId>, limit: u32) -> Result<Vec<AuditEntry>>;
+
+    // Message trace
+    async fn record_trace(&self, events: &[TraceEvent]) -> Result<()>;
+    /// Newest first, at most `query.limit` (0 means 100).
+    async fn search_trace(&self, query: &TraceQuery) -> Result<Vec<TraceEvent>>;
+}
+
+/// Open the store named by a URL: `sqlite://PATH` (created with its directory if missing).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(std::sync::Arc::new(SqliteStore::open(path).await?))
+    } else {
+        Err(StoreError::Invalid(format!(
+            "unsupported store URL {url:?} (expected sqlite://PATH)"
+        )))
+    }
+}
