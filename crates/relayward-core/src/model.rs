@@ -181,7 +181,7 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// Fixed, machine-readable kinds of trace events.
+// Fixed, machine-readable kinds of trace events.
 string_enum!(
     TraceKind {
         Received => "received",

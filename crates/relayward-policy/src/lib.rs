@@ -1,1 +1,12 @@
-//! relayward-policy
+//! Attribution of sessions to tenants and the relay rule (DESIGN.md "Attribution", "Relay rule").
+//! Pure decisions over an in-memory [`Directory`] snapshot: no sockets, no SQL.
+
+pub mod auth;
+pub mod directory;
+pub mod relay;
+
+pub use directory::{Directory, SharedDirectory};
+pub use relay::{
+    attribute, check_mail, check_rcpt, header_from_mismatch, Attributed, Attribution, ClientFacts,
+    MailOutcome, Method,
+};

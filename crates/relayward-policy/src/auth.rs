@@ -1,0 +1,41 @@
+//! SMTP AUTH secrets: argon2id PHC strings, never the password.
+
+use rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Constant-time verification against a stored PHC string. A missing or malformed hash never
+/// verifies.
+pub fn verify_password(hash: Option<&str>, password: &str) -> bool {
+    let Some(hash) = hash else { return false };
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let h = hash_password("s3cret").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(!h.contains("s3cret"));
+        assert!(verify_password(Some(&h), "s3cret"));
+        assert!(!verify_password(Some(&h), "S3cret"));
+        assert!(!verify_password(None, "s3cret"));
+        assert!(!verify_password(Some("garbage"), "s3cret"));
+    }
+}

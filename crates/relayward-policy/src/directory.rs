@@ -1,0 +1,256 @@
+//! The relay's in-memory view of the directory, indexed for the per-message path.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use ipnet::IpNet;
+use relayward_core::{Connector, ConnectorId, DirectoryData, Tenant, TenantId};
+
+/// Longest-prefix buckets: one hash map per prefix length present, so a lookup costs one
+/// probe per distinct prefix length rather than one per connector range.
+#[derive(Default, Debug)]
+struct IpTable {
+    v4: Vec<(u8, HashMap<u32, Vec<usize>>)>,
+    v6: Vec<(u8, HashMap<u128, Vec<usize>>)>,
+}
+
+fn mask4(addr: u32, len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        addr & (u32::MAX << (32 - len as u32))
+    }
+}
+
+fn mask6(addr: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        addr & (u128::MAX << (128 - len as u32))
+    }
+}
+
+impl IpTable {
+    fn insert(&mut self, net: &IpNet, idx: usize) {
+        match net {
+            IpNet::V4(n) => {
+                let len = n.prefix_len();
+                let key = mask4(u32::from(n.network()), len);
+                let pos = match self.v4.iter().position(|(l, _)| *l == len) {
+                    Some(p) => p,
+                    None => {
+                        self.v4.push((len, HashMap::new()));
+                        self.v4.len() - 1
+                    }
+                };
+                self.v4[pos].1.entry(key).or_default().push(idx);
+            }
+            IpNet::V6(n) => {
+                let len = n.prefix_len();
+                let key = mask6(u128::from(n.network()), len);
+                let pos = match self.v6.iter().position(|(l, _)| *l == len) {
+                    Some(p) => p,
+                    None => {
+                        self.v6.push((len, HashMap::new()));
+                        self.v6.len() - 1
+                    }
+                };
+                self.v6[pos].1.entry(key).or_default().push(idx);
+            }
+        }
+    }
+
+    fn lookup(&self, ip: IpAddr, out: &mut Vec<usize>) {
+        // An IPv4-mapped IPv6 peer (dual-stack listener) is the IPv4 client it maps.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                for (len, map) in &self.v4 {
+                    if let Some(v) = map.get(&mask4(a, *len)) {
+                        out.extend_from_slice(v);
+                    }
+                }
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                for (len, map) in &self.v6 {
+                    if let Some(v) = map.get(&mask6(a, *len)) {
+                        out.extend_from_slice(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A verified accepted domain as the relay sees it.
+#[derive(Debug, Clone, Copy)]
+struct DomainEntry {
+    tenant_id: TenantId,
+    match_subdomains: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    pub version: i64,
+    tenants: HashMap<TenantId, Tenant>,
+    /// Verified accepted domains only: pending ones do not count.
+    domains: HashMap<String, Vec<DomainEntry>>,
+    connectors: Vec<Connector>,
+    by_id: HashMap<ConnectorId, usize>,
+    by_cert: HashMap<String, Vec<usize>>,
+    by_auth: HashMap<String, usize>,
+    /// Connectors identified by source IP alone (no certificate, no AUTH user).
+    ip_only: IpTable,
+}
+
+impl Directory {
+    pub fn new(data: DirectoryData) -> Directory {
+        let mut dir = Directory {
+            version: data.version,
+            ..Default::default()
+        };
+        for t in data.tenants {
+            dir.tenants.insert(t.id, t);
+        }
+        for d in data.domains.into_iter().filter(|d| d.verified) {
+            dir.domains.entry(d.domain).or_default().push(DomainEntry {
+                tenant_id: d.tenant_id,
+                match_subdomains: d.match_subdomains,
+            });
+        }
+        for (idx, c) in data.connectors.into_iter().enumerate() {
+            dir.by_id.insert(c.id, idx);
+            if let Some(name) = &c.cert_name {
+                dir.by_cert.entry(name.to_lowercase()).or_default().push(idx);
+            }
+            if let Some(user) = &c.auth_user {
+                dir.by_auth.insert(user.clone(), idx);
+            }
+            if c.cert_name.is_none() && c.auth_user.is_none() {
+                for net in &c.ip_ranges {
+                    dir.ip_only.insert(net, idx);
+                }
+            }
+            dir.connectors.push(c);
+        }
+        dir
+    }
+
+    pub fn tenant(&self, id: TenantId) -> Option<&Tenant> {
+        self.tenants.get(&id)
+    }
+
+    pub fn connector(&self, id: ConnectorId) -> Option<&Connector> {
+        self.by_id.get(&id).map(|&i| &self.connectors[i])
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// Is `domain` (lowercase) a verified accepted domain of `tenant`, directly or as a
+    /// subdomain of one with `match_subdomains`?
+    pub fn is_registered(&self, tenant: TenantId, domain: &str) -> bool {
+        if let Some(entries) = self.domains.get(domain) {
+            if entries.iter().any(|e| e.tenant_id == tenant) {
+                return true;
+            }
+        }
+        let mut rest = domain;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(entries) = self.domains.get(rest) {
+                if entries
+                    .iter()
+                    .any(|e| e.tenant_id == tenant && e.match_subdomains)
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Enabled connectors identified by IP alone whose ranges contain `ip`.
+    pub fn ip_connectors(&self, ip: IpAddr) -> Vec<&Connector> {
+        let mut idx = Vec::new();
+        self.ip_only.lookup(ip, &mut idx);
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| &self.connectors[i])
+            .filter(|c| c.enabled)
+            .collect()
+    }
+
+    /// Enabled certificate connectors matching one of the verified certificate `names`, whose
+    /// name is an accepted domain of their tenant, and whose IP ranges (if any) contain `ip`.
+    pub fn cert_connectors(&self, names: &[String], ip: IpAddr) -> Vec<&Connector> {
+        let mut out: Vec<&Connector> = Vec::new();
+        for name in names {
+            let name = name.to_lowercase();
+            let Some(list) = self.by_cert.get(&name) else { continue };
+            for &i in list {
+                let c = &self.connectors[i];
+                if c.enabled
+                    && self.is_registered(c.tenant_id, &name)
+                    && ip_allowed(c, ip)
+                    && !out.iter().any(|o| o.id == c.id)
+                {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// The connector whose AUTH user is `user`, enabled or not.
+    pub fn auth_connector(&self, user: &str) -> Option<&Connector> {
+        self.by_auth.get(user).map(|&i| &self.connectors[i])
+    }
+}
+
+/// A connector without IP ranges accepts any source address.
+pub fn ip_allowed(c: &Connector, ip: IpAddr) -> bool {
+    c.ip_ranges.is_empty() || ip_in_ranges(&c.ip_ranges, ip)
+}
+
+pub fn ip_in_ranges(ranges: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    ranges.iter().any(|n| n.contains(&ip))
+}
+
+/// The current directory, swapped as a whole when the store changes. Readers take an `Arc`
+/// and keep a consistent snapshot for as long as they hold it.
+#[derive(Debug, Default)]
+pub struct SharedDirectory {
+    current: RwLock<Arc<Directory>>,
+}
+
+impl SharedDirectory {
+    pub fn new(dir: Directory) -> SharedDirectory {
+        SharedDirectory {
+            current: RwLock::new(Arc::new(dir)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Directory> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, dir: Directory) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dir);
+    }
+}
