@@ -1,1 +1,81 @@
-fn main() {}
+//! `relayward`: the relay (`serve`) and its administration commands.
+
+mod cli;
+mod config;
+mod dns;
+mod serve;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "relayward", version, about = "Multi-tenant outbound SMTP relay")]
+struct Cli {
+    /// Config file (default: ./relayward.toml if present, else the embedded defaults)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the relay
+    Serve,
+    /// Tenants
+    #[command(subcommand)]
+    Tenant(cli::TenantCmd),
+    /// Accepted (registered) domains
+    #[command(subcommand)]
+    Domain(cli::DomainCmd),
+    /// Inbound connectors
+    #[command(subcommand)]
+    Connector(cli::ConnectorCmd),
+    /// Spooled messages
+    #[command(subcommand)]
+    Queue(cli::QueueCmd),
+    /// Message trace search
+    Trace(cli::TraceArgs),
+    /// Audit log of administrative changes
+    Audit(cli::AuditArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("relayward: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("relayward: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve::run(config).await,
+            Command::Tenant(c) => cli::tenant(&config, c).await,
+            Command::Domain(c) => cli::domain(&config, c).await,
+            Command::Connector(c) => cli::connector(&config, c).await,
+            Command::Queue(c) => cli::queue(&config, c).await,
+            Command::Trace(a) => cli::trace(&config, a).await,
+            Command::Audit(a) => cli::audit(&config, a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined.
+            eprintln!("relayward: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}

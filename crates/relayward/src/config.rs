@@ -1,0 +1,223 @@
+//! `relayward.toml`. Every key has a default, so no file at all is needed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            listeners: vec![ListenerConfig::default()],
+            store: StoreConfig::default(),
+            delivery: DeliveryConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// EHLO name, Received "by", Reporting-MTA of DSNs.
+    pub hostname: String,
+    /// The SQLite database and the spool live here by default.
+    pub data_dir: PathBuf,
+    /// How often the relay checks the store for directory changes.
+    pub directory_poll_ms: u64,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "relay.example.net".into(),
+            data_dir: PathBuf::from("./relayward-data"),
+            directory_poll_ms: 1000,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CAs trusted for client certificates (default: the system's roots).
+    pub tls_client_ca: Option<PathBuf>,
+    pub implicit_tls: bool,
+    /// Allow AUTH on a connection without TLS (default: no; passwords never cross in clear).
+    pub auth_without_tls: bool,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            address: "127.0.0.1:2525".parse().expect("literal address"),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            implicit_tls: false,
+            auth_without_tls: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Default: `sqlite://<data_dir>/relayward.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Send everything to this next hop instead of looking up MX records.
+    pub smart_host: Option<String>,
+    pub mx_port: u16,
+    /// Use this DNS server instead of the system's.
+    pub dns_resolver: Option<SocketAddr>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            smart_host: None,
+            mx_port: 25,
+            dns_resolver: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_errors: usize,
+    pub max_received_headers: usize,
+    pub command_timeout_secs: u64,
+    pub data_block_timeout_secs: u64,
+    pub data_termination_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: 35 * 1024 * 1024,
+            max_recipients: 1000,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            max_errors: 10,
+            max_received_headers: 50,
+            command_timeout_secs: 300,
+            data_block_timeout_secs: 180,
+            data_termination_timeout_secs: 600,
+        }
+    }
+}
+
+impl Config {
+    /// `--config FILE`, else `./relayward.toml` if present, else the embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => {
+                let p = PathBuf::from("relayward.toml");
+                p.exists().then_some(p)
+            }
+        };
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.listeners.is_empty() {
+            anyhow::bail!("at least one [[listener]] is needed");
+        }
+        for l in &self.listeners {
+            if l.tls_cert.is_some() != l.tls_key.is_some() {
+                anyhow::bail!("listener {}: tls_cert and tls_key go together", l.address);
+            }
+            if l.implicit_tls && l.tls_cert.is_none() {
+                anyhow::bail!("listener {}: implicit_tls needs tls_cert and tls_key", l.address);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store_url(&self) -> String {
+        match &self.store.url {
+            Some(u) => u.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.server.data_dir.join("relayward.db").display()
+            ),
+        }
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.server.data_dir.join("spool")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_file() {
+        let c = Config::default();
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:2525");
+        assert_eq!(c.store_url(), "sqlite://./relayward-data/relayward.db");
+    }
+
+    #[test]
+    fn parses_design_example_and_rejects_typos() {
+        let c: Config = toml::from_str(
+            r#"
+            [server]
+            hostname = "relay.test"
+            data_dir = "/tmp/x"
+            [[listener]]
+            address = "127.0.0.1:2526"
+            [store]
+            url = "sqlite:///tmp/x/db"
+            [delivery]
+            smart_host = "127.0.0.1:2527"
+            mx_port = 2525
+            dns_resolver = "127.0.0.1:5353"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.delivery.mx_port, 2525);
+        assert_eq!(c.listeners.len(), 1);
+        assert!(toml::from_str::<Config>("[server]\nhostnme = \"x\"").is_err());
+    }
+}

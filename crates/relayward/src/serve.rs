@@ -1,0 +1,300 @@
+//! `relayward serve`: wires the store, the directory snapshot, the spool and the SMTP
+//! listeners together, and keeps the background tasks (directory reload, trace writer,
+//! connector last-use) running.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use async_trait::async_trait;
+use relayward_core::{ConnectorId, TraceEvent};
+use relayward_policy::{Directory, SharedDirectory};
+use relayward_queue::{Envelope, Recipient, RecipientStatus, Spool};
+use relayward_smtp::{IncomingMessage, ListenerConfig, MessageSink, Server, SmtpConfig, Timeouts};
+use relayward_store::Store;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.server.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    init_logging(&config);
+    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+        format!("cannot create data_dir {}", config.server.data_dir.display())
+    })?;
+    let store = relayward_store::open(&config.store_url())
+        .await
+        .map_err(|e| anyhow!("cannot open store: {e}"))?;
+    let spool = Arc::new(
+        Spool::open(config.spool_dir())
+            .map_err(|e| anyhow!("cannot open spool {}: {e}", config.spool_dir().display()))?,
+    );
+    let spooled = spool.scan().map_err(|e| anyhow!("spool scan: {e}"))?;
+    tracing::info!(messages = spooled.len(), "spool scanned");
+
+    let directory = Arc::new(SharedDirectory::new(Directory::new(
+        store.load_directory().await?,
+    )));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    tokio::spawn(reload_directory(
+        store.clone(),
+        directory.clone(),
+        Duration::from_millis(config.server.directory_poll_ms.max(100)),
+        shutdown_rx.clone(),
+    ));
+    let events = Arc::new(EventWriter::start(store.clone()));
+    let sink = Arc::new(SpoolSink {
+        spool: spool.clone(),
+    });
+
+    let limits = &config.limits;
+    let smtp_config = SmtpConfig {
+        hostname: config.server.hostname.clone(),
+        max_message_size: limits.max_message_size,
+        max_recipients: limits.max_recipients,
+        max_connections: limits.max_connections,
+        max_connections_per_ip: limits.max_connections_per_ip,
+        max_errors: limits.max_errors,
+        max_received_headers: limits.max_received_headers,
+        timeouts: Timeouts {
+            command: Duration::from_secs(limits.command_timeout_secs),
+            data_block: Duration::from_secs(limits.data_block_timeout_secs),
+            data_termination: Duration::from_secs(limits.data_termination_timeout_secs),
+        },
+    };
+    let server = Server::new(smtp_config, directory.clone(), sink, events.clone());
+
+    let mut tasks = Vec::new();
+    for l in &config.listeners {
+        let tls = match (&l.tls_cert, &l.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                relayward_smtp::load_tls(cert, key, l.tls_client_ca.as_deref())
+                    .map_err(|e| anyhow!("listener {}: {e}", l.address))?,
+            ),
+            _ => None,
+        };
+        let listener = tokio::net::TcpListener::bind(l.address)
+            .await
+            .with_context(|| format!("cannot listen on {}", l.address))?;
+        tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), "SMTP listener ready");
+        let cfg = ListenerConfig {
+            tls,
+            implicit_tls: l.implicit_tls,
+            auth_without_tls: l.auth_without_tls,
+        };
+        tasks.push(tokio::spawn(
+            server.clone().serve(listener, cfg, shutdown_rx.clone()),
+        ));
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    events.flush().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Polls the store's directory version and swaps the snapshot when it changed, so a change made
+/// with the CLI (another process) takes effect within one poll interval.
+async fn reload_directory(
+    store: Arc<dyn Store>,
+    directory: Arc<SharedDirectory>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let current = directory.current().version;
+        match store.directory_version().await {
+            Ok(v) if v == current => {}
+            Ok(_) => match store.load_directory().await {
+                Ok(data) => {
+                    let version = data.version;
+                    directory.replace(Directory::new(data));
+                    tracing::info!(version, "directory reloaded");
+                }
+                Err(e) => tracing::warn!(error = %e, "directory reload failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "directory version check failed"),
+        }
+    }
+}
+
+/// Trace events and connector use, written to the store in batches off the SMTP path.
+pub struct EventWriter {
+    tx: mpsc::Sender<Batch>,
+    used: Arc<Mutex<HashMap<ConnectorId, i64>>>,
+}
+
+enum Batch {
+    Event(Box<TraceEvent>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl EventWriter {
+    pub fn start(store: Arc<dyn Store>) -> EventWriter {
+        let (tx, mut rx) = mpsc::channel::<Batch>(65_536);
+        let used: Arc<Mutex<HashMap<ConnectorId, i64>>> = Arc::default();
+        let used_bg = used.clone();
+        tokio::spawn(async move {
+            let mut buf: Vec<TraceEvent> = Vec::with_capacity(512);
+            let mut last_touch = std::time::Instant::now();
+            loop {
+                let Some(first) = rx.recv().await else { break };
+                let mut waiters = Vec::new();
+                let mut push = |b: Batch, buf: &mut Vec<TraceEvent>| match b {
+                    Batch::Event(e) => buf.push(*e),
+                    Batch::Flush(w) => waiters.push(w),
+                };
+                push(first, &mut buf);
+                while buf.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(b) => push(b, &mut buf),
+                        Err(_) => break,
+                    }
+                }
+                if !buf.is_empty() {
+                    if let Err(e) = store.record_trace(&buf).await {
+                        tracing::error!(error = %e, events = buf.len(), "trace write failed");
+                    }
+                    buf.clear();
+                }
+                if last_touch.elapsed() > Duration::from_secs(5) || !waiters.is_empty() {
+                    let used: Vec<(ConnectorId, i64)> = used_bg
+                        .lock()
+                        .map(|mut m| m.drain().collect())
+                        .unwrap_or_default();
+                    if !used.is_empty() {
+                        if let Err(e) = store.touch_connectors(&used).await {
+                            tracing::warn!(error = %e, "connector last-use update failed");
+                        }
+                    }
+                    last_touch = std::time::Instant::now();
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+        });
+        EventWriter { tx, used }
+    }
+
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Batch::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl relayward_smtp::Events for EventWriter {
+    fn trace(&self, event: TraceEvent) {
+        if self.tx.try_send(Batch::Event(Box::new(event))).is_err() {
+            tracing::warn!("trace queue full: event dropped");
+        }
+    }
+
+    fn connector_used(&self, connector: i64) {
+        if let Ok(mut m) = self.used.lock() {
+            m.insert(connector, relayward_core::now());
+        }
+    }
+}
+
+/// Accepted messages go to the spool; `enqueue` returns only once they are fsynced.
+struct SpoolSink {
+    spool: Arc<Spool>,
+}
+
+#[async_trait]
+impl MessageSink for SpoolSink {
+    fn new_queue_id(&self) -> String {
+        self.spool.new_queue_id().to_string()
+    }
+
+    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), String> {
+        let now = relayward_core::now();
+        let envelope = Envelope {
+            queue_id: msg.queue_id.clone().into(),
+            received_at: msg.received_at,
+            tenant_id: Some(msg.tenant_id),
+            connector_id: Some(msg.connector_id),
+            client_ip: msg.client_ip.to_string(),
+            helo: msg.helo,
+            auth_user: msg.auth_user,
+            tls: msg.tls,
+            sender: msg.sender.map(|a| a.to_string()).unwrap_or_default(),
+            sender_class: msg.sender_class.to_string(),
+            header_from_mismatch: msg.header_from_mismatch,
+            message_id: msg.message_id,
+            size: msg.data.len() as u64,
+            body_8bit: msg.body_8bit,
+            smtputf8: msg.smtputf8,
+            dsn_ret: msg.dsn_ret,
+            dsn_envid: msg.dsn_envid,
+            recipients: msg
+                .recipients
+                .into_iter()
+                .map(|r| Recipient {
+                    address: r.address.to_string(),
+                    orcpt: r.orcpt,
+                    notify: r.notify,
+                    status: RecipientStatus::Queued,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_reply: None,
+                })
+                .collect(),
+            held: false,
+        };
+        let id = envelope.queue_id.clone();
+        self.spool
+            .store_async(id, envelope, msg.data)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// One word for a message's overall state, for `queue list`.
+pub fn queue_status(e: &Envelope) -> String {
+    if e.held {
+        return "held".into();
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in &e.recipients {
+        *counts
+            .entry(format!("{:?}", r.status).to_lowercase())
+            .or_default() += 1;
+    }
+    let mut parts: Vec<String> = counts.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    parts.sort();
+    parts.join(",")
+}
