@@ -152,8 +152,12 @@ impl QueueId {
         let mut last = LAST_MICROS.load(Ordering::Relaxed);
         let micros = loop {
             let next = now.max(last + 1);
-            match LAST_MICROS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match LAST_MICROS.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break next,
                 Err(actual) => last = actual,
             }
@@ -176,9 +180,9 @@ impl QueueId {
 
     /// Creation time in microseconds since the Unix epoch.
     pub fn timestamp_micros(&self) -> u64 {
-        self.0[..TIME_CHARS]
-            .iter()
-            .fold(0u64, |acc, &c| (acc << 5) | decode_char(c).unwrap_or(0) as u64)
+        self.0[..TIME_CHARS].iter().fold(0u64, |acc, &c| {
+            (acc << 5) | decode_char(c).unwrap_or(0) as u64
+        })
     }
 
     fn shard(&self) -> &str {
@@ -505,7 +509,7 @@ impl Spool {
         head.extend_from_slice(&(body.len() as u64).to_le_bytes());
         head.extend_from_slice(&json);
 
-        let tmp = self.inner.tmp.join(id.as_str());
+        let tmp = dest.to_path_buf();
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -517,15 +521,16 @@ impl Spool {
                     io_err(&tmp)(e)
                 }
             })?;
-        let written = file
-            .write_all(&head)
-            .and_then(|()| file.write_all(body))
+        let written = write_all(&mut file, &head)
+            .and_then(|()| write_all(&mut file, body))
             .and_then(|()| file.sync_all())
             .map_err(io_err(&tmp))
             .and_then(|()| {
                 drop(file);
-                fs::rename(&tmp, dest).map_err(io_err(dest))
+                test_pause();
+                Ok(())
             });
+        test_pause();
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -698,14 +703,15 @@ impl Spool {
             .create_new(true)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
-        let written = file
-            .write_all(&json)
+        let written = write_all(&mut file, &json)
             .and_then(|()| file.sync_all())
             .map_err(io_err(&tmp))
             .and_then(|()| {
                 drop(file);
+                test_pause();
                 fs::rename(&tmp, &dest).map_err(io_err(&dest))
             });
+        test_pause();
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -722,6 +728,7 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(io_err(&body)(e)),
         };
+        test_pause();
         let env = self.env_path(id);
         match fs::remove_file(&env) {
             Ok(()) => {}
@@ -750,7 +757,12 @@ impl Spool {
 
     /// [`Spool::store`] on the blocking pool. Takes `Envelope` or `Arc<Envelope>`, and `Vec<u8>`,
     /// `Arc<[u8]>` or anything else that owns bytes.
-    pub async fn store_async<E, B>(&self, id: QueueId, envelope: E, body: B) -> Result<(), SpoolError>
+    pub async fn store_async<E, B>(
+        &self,
+        id: QueueId,
+        envelope: E,
+        body: B,
+    ) -> Result<(), SpoolError>
     where
         E: Borrow<Envelope> + Send + 'static,
         B: AsRef<[u8]> + Send + 'static,
@@ -769,6 +781,33 @@ impl Spool {
 
     pub async fn remove_async(&self, id: QueueId) -> Result<(), SpoolError> {
         self.blocking(move |s| s.remove(&id)).await
+    }
+}
+
+/// Slow-motion mode for the SIGKILL test: writes trickle out in small pieces and every step of a
+/// commit sequence is followed by a pause, so that random kills land inside each step, not mostly
+/// inside fsync.
+#[cfg(test)]
+static SLOW_MOTION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn write_all(file: &mut File, buf: &[u8]) -> io::Result<()> {
+    #[cfg(test)]
+    if SLOW_MOTION.load(Ordering::Relaxed) {
+        for chunk in buf.chunks(8 * 1024) {
+            file.write_all(chunk)?;
+            test_pause();
+        }
+        return Ok(());
+    }
+    file.write_all(buf)
+}
+
+fn test_pause() {
+    #[cfg(test)]
+    if SLOW_MOTION.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_micros(
+            rand::random::<u64>() % 300,
+        ));
     }
 }
 
@@ -979,7 +1018,9 @@ mod tests {
         let ids: Vec<QueueId> = (0..100).map(|_| spool.new_queue_id()).collect();
         // Store newest first, so that order on disk or of writing cannot explain the result.
         for id in ids.iter().rev() {
-            spool.store(id, &envelope(*id, 1), id.as_str().as_bytes()).unwrap();
+            spool
+                .store(id, &envelope(*id, 1), id.as_str().as_bytes())
+                .unwrap();
         }
         drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
@@ -1032,7 +1073,14 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        for cut in [0, 5, HEADER_LEN as usize, 300, image.len() / 2, image.len() - 1] {
+        for cut in [
+            0,
+            5,
+            HEADER_LEN as usize,
+            300,
+            image.len() / 2,
+            image.len() - 1,
+        ] {
             fs::write(dir.path().join("tmp").join(id.as_str()), &image[..cut]).unwrap();
             assert!(spool.scan().unwrap().is_empty());
             assert!(matches!(spool.read_body(&id), Err(SpoolError::NotFound(_))));
@@ -1051,7 +1099,10 @@ mod tests {
         let path = spool.body_path(&id);
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(image.len() as u64 - 10).unwrap();
-        assert!(matches!(spool.read_body(&id), Err(SpoolError::Corrupt { .. })));
+        assert!(matches!(
+            spool.read_body(&id),
+            Err(SpoolError::Corrupt { .. })
+        ));
         fs::write(&path, b"garbage").unwrap();
         assert!(matches!(
             spool.read_envelope(&id),
@@ -1125,7 +1176,10 @@ mod tests {
         }
 
         spool.update_envelope(&id, &big).unwrap();
-        assert_eq!(fs::metadata(&body_file).unwrap().modified().unwrap(), body_mtime);
+        assert_eq!(
+            fs::metadata(&body_file).unwrap().modified().unwrap(),
+            body_mtime
+        );
         assert!(dir_names(&dir.path().join("tmp")).is_empty());
         drop(spool);
 
@@ -1156,7 +1210,10 @@ mod tests {
         assert!(!spool.body_path(&a).exists());
         assert!(!spool.env_path(&a).exists());
         assert_eq!(spool.scan().unwrap(), vec![b]);
-        assert!(matches!(spool.read_envelope(&a), Err(SpoolError::NotFound(_))));
+        assert!(matches!(
+            spool.read_envelope(&a),
+            Err(SpoolError::NotFound(_))
+        ));
         assert!(matches!(spool.read_body(&a), Err(SpoolError::NotFound(_))));
         assert!(matches!(spool.remove(&a), Err(SpoolError::NotFound(_))));
 
@@ -1164,7 +1221,10 @@ mod tests {
         // and scan cleans it up.
         spool.update_envelope(&b, &envelope(b, 1)).unwrap();
         fs::remove_file(spool.body_path(&b)).unwrap();
-        assert!(matches!(spool.read_envelope(&b), Err(SpoolError::NotFound(_))));
+        assert!(matches!(
+            spool.read_envelope(&b),
+            Err(SpoolError::NotFound(_))
+        ));
         assert!(spool.scan().unwrap().is_empty());
         assert!(!spool.env_path(&b).exists());
     }
@@ -1184,7 +1244,10 @@ mod tests {
         let mut all = HashSet::new();
         for t in threads {
             let ids = t.join().unwrap();
-            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase per thread");
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "ids increase per thread"
+            );
             for id in ids {
                 assert_eq!(id.as_str().len(), QUEUE_ID_LEN);
                 assert!(id.as_str().bytes().all(|c| c.is_ascii_alphanumeric()));
@@ -1254,7 +1317,11 @@ mod tests {
         let mut envs: Vec<Envelope> = more.iter().map(|id| envelope(*id, 1)).collect();
         envs[2].queue_id = ids[0];
         let err = spool
-            .store_many(more.iter().zip(&envs).map(|(id, e)| (id, e, b"x".as_slice())))
+            .store_many(
+                more.iter()
+                    .zip(&envs)
+                    .map(|(id, e)| (id, e, b"x".as_slice())),
+            )
             .unwrap_err();
         assert!(matches!(err, SpoolError::IdMismatch { .. }));
         assert_eq!(spool.scan().unwrap(), ids);
@@ -1294,18 +1361,21 @@ mod tests {
         })
     }
 
-    fn crash_body(id: &QueueId) -> Vec<u8> {
+    fn crash_len(id: &QueueId) -> usize {
         // Up to 256 KiB, so that kills land in the middle of writes, not only between them.
-        let len = 100 + (fnv(id) % (256 * 1024)) as usize;
+        100 + (fnv(id) % (256 * 1024)) as usize
+    }
+
+    fn crash_body(id: &QueueId) -> Vec<u8> {
         let seed = id.as_str().as_bytes();
-        (0..len)
+        (0..crash_len(id))
             .map(|i| seed[i % seed.len()].wrapping_add((i / seed.len()) as u8))
             .collect()
     }
 
     fn crash_envelope(id: &QueueId) -> Envelope {
         let mut env = envelope(*id, 1 + (fnv(id) % 5) as usize);
-        env.size = crash_body(id).len() as u64;
+        env.size = crash_len(id) as u64;
         env
     }
 
@@ -1333,6 +1403,10 @@ mod tests {
         let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
             return;
         };
+        SLOW_MOTION.store(
+            std::env::var_os("RELAYWARD_SPOOL_SLOW").is_some(),
+            Ordering::Relaxed,
+        );
         let spool = Spool::open(dir).unwrap();
         // Straight to fd 1, not through the test harness's capture.
         let mut out = io::stdout().lock();
@@ -1373,6 +1447,7 @@ mod tests {
                     "--test-threads=1",
                 ])
                 .env(CRASH_DIR_ENV, dir.path())
+                .env("RELAYWARD_SPOOL_SLOW", "1")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -1414,12 +1489,16 @@ mod tests {
                 }
             }
 
+            let leftovers = dir_names(&dir.path().join("tmp")).len();
             let spool = Spool::open(dir.path()).unwrap();
             assert!(dir_names(&dir.path().join("tmp")).is_empty());
             let present: HashSet<QueueId> = spool.scan().unwrap().into_iter().collect();
             for id in &stored {
                 if removed.contains(id) {
-                    assert!(!present.contains(id), "round {round}: {id} removed yet present");
+                    assert!(
+                        !present.contains(id),
+                        "round {round}: {id} removed yet present"
+                    );
                 } else if !crash_will_remove(id) {
                     assert!(present.contains(id), "round {round}: stored {id} lost");
                 }
@@ -1436,7 +1515,8 @@ mod tests {
                 }
             }
             eprintln!(
-                "round {round}: killed after {delay} ms, {this_round} stored this round, {} in spool",
+                "round {round}: killed after {delay} ms, {this_round} stored this round, \
+                 {leftovers} tmp leftovers, {} in spool",
                 present.len()
             );
         }

@@ -58,12 +58,23 @@ pub struct NewConnector {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Tenants
-    async fn create_tenant(&self, name: &str, admin_emails: &[String], actor: &str) -> Result<Tenant>;
+    async fn create_tenant(
+        &self,
+        name: &str,
+        admin_emails: &[String],
+        actor: &str,
+    ) -> Result<Tenant>;
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>>;
     /// By exact name, or by id when `name_or_id` is all digits and no tenant has that name.
     async fn find_tenant(&self, name_or_id: &str) -> Result<Option<Tenant>>;
-    async fn set_tenant_state(&self, id: TenantId, state: TenantState, actor: &str, reason: &str) -> Result<()>;
+    async fn set_tenant_state(
+        &self,
+        id: TenantId,
+        state: TenantState,
+        actor: &str,
+        reason: &str,
+    ) -> Result<()>;
 
     // Accepted domains
     /// Conflict when the tenant already has the domain, or when `verified` and another tenant
@@ -91,7 +102,14 @@ pub trait Store: Send + Sync + 'static {
     async fn load_directory(&self) -> Result<DirectoryData>;
 
     // Audit log
-    async fn audit(&self, actor: &str, action: &str, tenant: Option<TenantId>, object: &str, detail: &str) -> Result<()>;
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        tenant: Option<TenantId>,
+        object: &str,
+        detail: &str,
+    ) -> Result<()>;
     async fn list_audit(&self, tenant: Option<TenantId>, limit: u32) -> Result<Vec<AuditEntry>>;
 
     // Message trace

@@ -1,0 +1,221 @@
+//! Runs the real `relayward` binary: CLI commands against a temporary data directory, and
+//! `serve` as a child process that tests can SIGKILL and restart.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_relayward");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Relay {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Relay {
+    /// A relay on a free loopback port with its own data directory. `extra` is appended to the
+    /// generated TOML (e.g. a `[delivery]` section).
+    pub fn new(extra: &str) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("relayward.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhostname = \"relay.test\"\ndata_dir = \"{}\"\ndirectory_poll_ms = 200\n\n[[listener]]\naddress = \"{addr}\"\n\n{extra}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        Relay {
+            dir,
+            config,
+            addr,
+            child: None,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("RELAYWARD_AUTH_PASSWORD")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "relayward {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port(self.addr, &self.log_path());
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("serve.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs, exactly like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            c.kill().ok();
+            c.wait().ok();
+            panic!("relay did not stop on SIGTERM");
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_for_port(addr: SocketAddr, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "relay did not listen on {addr}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A deliberately small blocking SMTP client: one line out, one reply in.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut c = Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220"), "greeting: {greeting}");
+        c
+    }
+
+    /// The whole reply, lines joined with '\n'.
+    pub fn reply(&mut self) -> String {
+        let mut all = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "connection closed; got so far: {all:?}");
+            let line = line.trim_end().to_string();
+            let last = line.len() < 4 || line.as_bytes()[3] == b' ';
+            all.push(line);
+            if last {
+                return all.join("\n");
+            }
+        }
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.reply()
+    }
+
+    /// MAIL, RCPTs and DATA; returns the final reply (or the first refusal).
+    pub fn send(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        if !r.starts_with("250") {
+            return r;
+        }
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            if !r.starts_with("250") {
+                self.cmd("RSET");
+                return r;
+            }
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "DATA: {r}");
+        self.writer.write_all(body.as_bytes()).unwrap();
+        self.cmd("\r\n.")
+    }
+}
+
+pub fn message(from: &str, to: &str, subject: &str) -> String {
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@test.example>\r\n\r\nHello.\r\n"
+    )
+}
+
+/// Set up tenant `acme` with a verified domain and an IP connector for 127.0.0.1.
+pub fn provision_acme(relay: &Relay) {
+    relay.ok(&["tenant", "add", "acme", "--admin-email", "admin@acme.example"]);
+    relay.ok(&["domain", "add", "acme", "acme.example", "--verified"]);
+    relay.ok(&[
+        "connector", "add", "acme", "--name", "onprem", "--kind", "on-premises", "--ip",
+        "127.0.0.1/32",
+    ]);
+}
