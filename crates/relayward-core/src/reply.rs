@@ -147,3 +147,29 @@ mod tests {
         assert_eq!(START_DATA.to_string(), "354 End data with <CR><LF>.<CR><LF>");
     }
 }
+
+// Inbound SMTP session replies (relayward-smtp).
+pub const HELP: Reply = Reply::new(
+    214,
+    "2.0.0",
+    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+);
+pub const AUTH_CHALLENGE_EMPTY: Reply = Reply::new(334, "", "");
+/// Base64 of "Username:" (the AUTH LOGIN prompt every client expects).
+pub const AUTH_CHALLENGE_USERNAME: Reply = Reply::new(334, "", "VXNlcm5hbWU6");
+/// Base64 of "Password:".
+pub const AUTH_CHALLENGE_PASSWORD: Reply = Reply::new(334, "", "UGFzc3dvcmQ6");
+pub const AUTH_BAD_ENCODING: Reply =
+    Reply::new(501, "5.5.2", "Cannot Base64-decode client response");
+pub const AUTH_IN_TRANSACTION: Reply =
+    Reply::new(503, "5.5.1", "Error: AUTH not permitted during a mail transaction");
+
+/// `220 <hostname> ESMTP relayward`: no enhanced code, none is negotiated yet (RFC 2034).
+pub fn greeting(hostname: &str) -> Reply {
+    Reply::dynamic(220, "", format!("{hostname} ESMTP relayward"))
+}
+
+/// `250 2.0.0 Ok: queued as <id>`, only once the message is durably spooled.
+pub fn queued(queue_id: &str) -> Reply {
+    Reply::dynamic(250, "2.0.0", format!("Ok: queued as {queue_id}"))
+}

@@ -1,1 +1,205 @@
-//! relayward-smtp
+//! relayward-smtp: the inbound SMTP server.
+//!
+//! Tenants' servers connect here. Each session is attributed to a tenant by
+//! `relayward_policy` (certificate, AUTH, source IP), every MAIL/RCPT is decided against the
+//! directory snapshot current at that moment, and DATA hands the message to a [`MessageSink`]
+//! (the spool) before answering 250.
+//!
+//! Module layout follows the SMTP phases (Stalwart style): `inbound/ehlo.rs`, `inbound/mail.rs`,
+//! `inbound/rcpt.rs`, `inbound/data.rs`, `inbound/auth.rs`, `inbound/starttls.rs`; the read/write
+//! loop is `inbound/session.rs`, the accept loop and connection limits `listener.rs`, TLS
+//! configuration `tls.rs`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use relayward_core::{Address, ConnectorId, SenderClass, TenantId, TraceEvent};
+use relayward_policy::{Method, SharedDirectory};
+
+mod inbound;
+mod listener;
+mod tls;
+
+pub use tls::load_tls;
+
+/// Server-side timeouts (RFC 5321 section 4.5.3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Waiting for the next command line (and for TLS handshakes, AUTH continuations). 5 min.
+    pub command: Duration,
+    /// Waiting for each block of message data after 354. 3 min.
+    pub data_block: Duration,
+    /// Longest we take between the final "." and our reply (spooling): past it the client may
+    /// give up (its own 10 min timeout), so we answer 451 4.3.0 instead. 10 min.
+    pub data_termination: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: Duration::from_secs(5 * 60),
+            data_block: Duration::from_secs(3 * 60),
+            data_termination: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// Settings shared by every listener of one [`Server`].
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// EHLO name and the "by" of our Received header.
+    pub hostname: String,
+    /// Advertised as SIZE; larger messages get 552 5.3.4.
+    pub max_message_size: u64,
+    /// Recipients per transaction; more get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Concurrent sessions over all listeners; more get 421 4.7.0 at the greeting.
+    pub max_connections: usize,
+    /// Concurrent sessions from one client address; more get 421 4.7.0 at the greeting.
+    pub max_connections_per_ip: usize,
+    /// Replies of class 5 per session before "421 4.7.0 Too many errors" and close.
+    pub max_errors: usize,
+    /// Loop detection: a message carrying more Received headers than this gets 554 5.4.6.
+    pub max_received_headers: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            // The embedded default of DESIGN.md's `[server] hostname`.
+            hostname: "relay.example.net".to_string(),
+            max_message_size: 35 * 1024 * 1024,
+            max_recipients: 1000,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            max_errors: 10,
+            max_received_headers: 50,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Settings of one listening socket.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerConfig {
+    /// Some => STARTTLS offered (or implicit TLS); client certificates requested, optional,
+    /// verified (see [`load_tls`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS from the first byte (submissions/465 style). Needs `tls`.
+    pub implicit_tls: bool,
+    /// Offer and accept AUTH on a cleartext session. Default false: 538 5.7.11.
+    pub auth_without_tls: bool,
+}
+
+/// One recipient of an [`IncomingMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingRecipient {
+    pub address: Address,
+    /// DSN ORCPT as `rfc822;<address>` (xtext decoded), when the client gave one.
+    pub orcpt: Option<String>,
+    /// DSN NOTIFY keywords, uppercase (`SUCCESS`, `FAILURE`, `DELAY` or `NEVER`); empty when
+    /// the client gave none.
+    pub notify: Vec<String>,
+}
+
+/// What DATA hands to the queue.
+#[derive(Debug, Clone)]
+pub struct IncomingMessage {
+    pub queue_id: String,
+    /// Unix seconds.
+    pub received_at: i64,
+    pub tenant_id: TenantId,
+    pub connector_id: ConnectorId,
+    pub method: Method,
+    pub client_ip: IpAddr,
+    pub helo: String,
+    pub auth_user: Option<String>,
+    pub tls: bool,
+    /// None = null sender (`MAIL FROM:<>`).
+    pub sender: Option<Address>,
+    pub sender_class: SenderClass,
+    pub header_from_mismatch: bool,
+    pub message_id: Option<String>,
+    /// `BODY=8BITMIME`.
+    pub body_8bit: bool,
+    /// `SMTPUTF8`.
+    pub smtputf8: bool,
+    /// DSN `RET=` (`FULL` or `HDRS`).
+    pub dsn_ret: Option<String>,
+    /// DSN `ENVID=` (xtext decoded).
+    pub dsn_envid: Option<String>,
+    pub recipients: Vec<IncomingRecipient>,
+    /// The message with our Received: header prepended, dot-unstuffed, CRLF line ends.
+    pub data: Vec<u8>,
+}
+
+/// Where accepted messages go (the spool).
+#[async_trait]
+pub trait MessageSink: Send + Sync + 'static {
+    fn new_queue_id(&self) -> String;
+    /// Ok only once the message is durably on disk (the caller then answers 250).
+    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), String>;
+}
+
+/// Trace and usage events. Must not block: the binary batches them.
+pub trait Events: Send + Sync + 'static {
+    fn trace(&self, event: TraceEvent);
+    /// A connector carried an accepted message (for its `last_used_at`).
+    fn connector_used(&self, connector: ConnectorId);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Pem { path: PathBuf, what: String },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+}
+
+/// The inbound SMTP server: shared by all listeners, so the connection limits are global.
+pub struct Server {
+    pub(crate) config: SmtpConfig,
+    pub(crate) directory: Arc<SharedDirectory>,
+    pub(crate) sink: Arc<dyn MessageSink>,
+    pub(crate) events: Arc<dyn Events>,
+    pub(crate) limiter: listener::ConnLimiter,
+    pub(crate) header_parser: mail_parser::MessageParser,
+}
+
+impl Server {
+    pub fn new(
+        config: SmtpConfig,
+        directory: Arc<SharedDirectory>,
+        sink: Arc<dyn MessageSink>,
+        events: Arc<dyn Events>,
+    ) -> Arc<Server> {
+        Arc::new(Server {
+            config,
+            directory,
+            sink,
+            events,
+            limiter: listener::ConnLimiter::default(),
+            header_parser: inbound::data::header_parser(),
+        })
+    }
+
+    pub fn config(&self) -> &SmtpConfig {
+        &self.config
+    }
+
+    /// Sessions open right now, over all listeners.
+    pub fn active_connections(&self) -> usize {
+        self.limiter.total()
+    }
+}

@@ -132,7 +132,7 @@ impl SqliteStore {
 
     /// A transaction that holds the write lock from its start (see the module docs).
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin().await?)
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 

@@ -6,6 +6,35 @@
 //! - [`SmtpClient`]: a line-level SMTP client for driving the relay's listeners.
 //! - [`TestPki`]: a throwaway CA issuing server and client certificates.
 //!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use relayward_testkit::{DnsServer, SmtpClient, SmtpSink, TestPki};
+//!
+//! let pki = TestPki::new();
+//! let mx = SmtpSink::start("127.0.0.2:0").await;
+//! mx.enable_starttls(pki.server_config_for(&pki.issue_server(&["mx1.example.com"])));
+//! mx.reply_rcpt("bad@example.com", "550 5.1.1 No such user");
+//! mx.reply_data_times("451 4.3.0 try later", 1);
+//!
+//! let dns = DnsServer::start().await;
+//! dns.add_mx("example.com", 10, "mx1.example.com");
+//! dns.add_a("mx1.example.com", "127.0.0.2".parse()?);
+//! // ... point the relay at dns.addr() and outbound port mx.addr().port() ...
+//!
+//! let mut client = SmtpClient::connect_from("127.0.0.5".parse()?, mx.addr()).await?;
+//! client.read_reply().await?;
+//! client.ehlo("client.test").await?;
+//! client.starttls(pki.client_config(), "mx1.example.com").await?;
+//! client.ehlo("client.test").await?;
+//! let (code, _text) = client.send_message("a@client.test", &["b@example.com"], b"Subject: x\n\nhi\n").await?;
+//! assert_eq!(code, 451);
+//! client.send_message("a@client.test", &["b@example.com"], b"Subject: x\n\nhi\n").await?;
+//! let received = mx.wait_for(1, Duration::from_secs(5)).await;
+//! assert!(received[0].tls.is_some());
+//! # Ok(()) }
+//! ```
+//!
 //! Everything here panics on setup failure (bind errors, certificate generation) because a test
 //! that cannot build its fixture has nothing useful to report beyond the panic.
 

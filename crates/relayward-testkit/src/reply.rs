@@ -2,15 +2,12 @@
 ///
 /// Lines after the first may repeat the code (`"550 a\n550 b"`) or omit it (`"550 a\nb"`).
 pub(crate) fn to_wire(text: &str) -> String {
-    let lines: Vec<&str> = text
-        .split('\n')
-        .map(|l| l.trim_end_matches('\r'))
-        .collect();
+    let lines: Vec<&str> = text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
     let code = reply_code_str(text);
     let mut out = String::new();
     for (i, line) in lines.iter().enumerate() {
         let rest = match line.strip_prefix(code) {
-            Some(r) if r.is_empty() => "",
+            Some("") => "",
             Some(r) if r.starts_with(' ') || r.starts_with('-') => &r[1..],
             _ if i == 0 => line.get(3..).unwrap_or("").trim_start(),
             _ => line,

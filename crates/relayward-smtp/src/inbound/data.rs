@@ -1,0 +1,373 @@
+//! DATA: message reception (dot-unstuffing, line ends, limits), our Received header, header
+//! checks (loop detection, From domain, Message-ID) and the hand-off to the spool.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use mail_parser::{HeaderName, MessageParser};
+use relayward_core::{reply, Address, TraceEvent, TraceKind};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::session::{Session, Wait};
+use super::{sender_text, Decision, Exit};
+use crate::IncomingMessage;
+
+/// RFC 5321 section 4.5.3.1.6: 1000 octets with the CRLF.
+const MAX_TEXT_LINE: usize = 998;
+/// First allocation for a message without a SIZE hint.
+const INITIAL_CAPACITY: usize = 64 * 1024;
+
+/// Parses only what DATA needs; every other header is skipped (but still counted by name).
+pub(crate) fn header_parser() -> MessageParser {
+    MessageParser::new()
+        .header_address(HeaderName::From)
+        .header_id(HeaderName::MessageId)
+        .default_header_ignore()
+}
+
+struct Received {
+    /// A text line was over 1000 octets.
+    too_long: bool,
+    /// The message was over `max_message_size`.
+    too_big: bool,
+}
+
+/// What the header block says.
+struct HeaderFacts {
+    received: usize,
+    from_domain: Option<String>,
+    message_id: Option<String>,
+}
+
+fn header_facts(parser: &MessageParser, message: &[u8]) -> HeaderFacts {
+    // Only the header block: the parser need not walk a large body.
+    let end = if message.starts_with(b"\r\n") {
+        0
+    } else {
+        memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4)
+    };
+    let mut facts = HeaderFacts {
+        received: 0,
+        from_domain: None,
+        message_id: None,
+    };
+    if end == 0 {
+        return facts;
+    }
+    let Some(parsed) = parser.parse_headers(&message[..end]) else {
+        return facts;
+    };
+    facts.received = parsed
+        .headers()
+        .iter()
+        .filter(|h| h.name == HeaderName::Received)
+        .count();
+    facts.from_domain = parsed
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .and_then(|a| a.rsplit_once('@'))
+        .map(|(_, d)| d.trim_end_matches('.').to_lowercase());
+    facts.message_id = parsed.message_id().map(str::to_string);
+    facts
+}
+
+/// `Received:` per RFC 5321 section 4.4, with-protocol per RFC 3848.
+#[allow(clippy::too_many_arguments)]
+fn write_received(
+    out: &mut Vec<u8>,
+    helo: &str,
+    ip: IpAddr,
+    tls_info: Option<&str>,
+    hostname: &str,
+    protocol: &str,
+    queue_id: &str,
+    single_rcpt: Option<&Address>,
+    date: &str,
+) {
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(out, "Received: from {helo} ([{v4}])"),
+        IpAddr::V6(v6) => write!(out, "Received: from {helo} ([IPv6:{v6}])"),
+    };
+    if let Some(tls) = tls_info {
+        let _ = write!(out, "\r\n\t(using {tls})");
+    }
+    let _ = write!(
+        out,
+        "\r\n\tby {hostname} (relayward) with {protocol} id {queue_id}"
+    );
+    let _ = match single_rcpt {
+        Some(r) => write!(out, "\r\n\tfor <{r}>; {date}\r\n"),
+        None => write!(out, ";\r\n\t{date}\r\n"),
+    };
+}
+
+/// Append one content line (its line end stripped) with a CRLF. A bare CR inside becomes a
+/// line end too: RFC 5321 section 2.3.8 allows CR only before LF, and leaving it would let a
+/// client smuggle an end-of-data to a lenient server downstream.
+fn push_line(data: &mut Vec<u8>, mut content: &[u8]) {
+    while let Some(i) = memchr::memchr(b'\r', content) {
+        data.extend_from_slice(&content[..i]);
+        data.extend_from_slice(b"\r\n");
+        content = &content[i + 1..];
+    }
+    data.extend_from_slice(content);
+    data.extend_from_slice(b"\r\n");
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Read message data up to the lone "." line into `data`. `Err` means the connection is
+    /// gone (a timeout has been answered already).
+    async fn receive_data(&mut self, data: &mut Vec<u8>, limit: u64) -> Result<Received, ()> {
+        let start = data.len();
+        let mut r = Received {
+            too_long: false,
+            too_big: false,
+        };
+        // Inside a line already known to be too long, whose end we have not seen yet.
+        let mut skipping = false;
+        loop {
+            let avail = &self.rbuf[self.rpos..self.rend];
+            let Some(i) = memchr::memchr(b'\n', avail) else {
+                if avail.len() > MAX_TEXT_LINE + 2 {
+                    r.too_long = true;
+                    skipping = true;
+                    self.rpos = self.rend;
+                }
+                self.fill(Wait::Data).await?;
+                continue;
+            };
+            let line = &avail[..=i];
+            self.rpos += i + 1;
+            if skipping {
+                skipping = false;
+                continue;
+            }
+            // Only CRLF "." CRLF ends the data: a bare-LF "." is content (SMTP smuggling).
+            if line == b".\r\n" {
+                return Ok(r);
+            }
+            let content = match line.strip_suffix(b"\r\n") {
+                Some(c) => c,
+                None => &line[..line.len() - 1],
+            };
+            if content.len() > MAX_TEXT_LINE {
+                r.too_long = true;
+            }
+            if r.too_long || r.too_big {
+                continue;
+            }
+            let content = content.strip_prefix(b".").unwrap_or(content);
+            push_line(data, content);
+            if (data.len() - start) as u64 > limit {
+                r.too_big = true;
+                data.truncate(start);
+                data.shrink_to(start);
+            }
+        }
+    }
+
+    pub(crate) async fn data(&mut self) -> Option<Exit> {
+        let st = &mut self.st;
+        let Some(tx) = st.tx.as_ref() else {
+            st.reply(&reply::BAD_SEQUENCE_MAIL_FIRST);
+            return None;
+        };
+        if tx.recipients.is_empty() {
+            // RFC 2920 section 3.1: never 354 when every RCPT of a pipelined group failed.
+            let r = if tx.rcpt_attempts > 0 {
+                reply::NO_VALID_RECIPIENTS
+            } else {
+                reply::BAD_SEQUENCE_RCPT_FIRST
+            };
+            st.reply(&r);
+            return None;
+        }
+        let Decision::Accepted { attributed, class } = tx.decision.clone() else {
+            // Recipients are only added once the transaction is attributed.
+            st.reply(&reply::RELAY_DENIED);
+            return None;
+        };
+
+        let server = st.server.clone();
+        let config = &server.config;
+        let queue_id = server.sink.new_queue_id();
+        let received_at = relayward_core::now();
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        let protocol = match (st.esmtp, st.facts.tls, st.auth_user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
+        let capacity = match tx.size_hint {
+            0 => INITIAL_CAPACITY,
+            n => n.min(config.max_message_size) as usize + 1024,
+        };
+        let mut data = Vec::with_capacity(capacity);
+        write_received(
+            &mut data,
+            st.helo.as_deref().unwrap_or("unknown"),
+            st.ip,
+            st.tls_info.as_deref(),
+            &config.hostname,
+            protocol,
+            &queue_id,
+            match tx.recipients.as_slice() {
+                [only] => Some(&only.address),
+                _ => None,
+            },
+            &date,
+        );
+        let header_len = data.len();
+
+        st.write_reply(&reply::START_DATA);
+        if self.flush().await.is_err() {
+            return Some(Exit::Close);
+        }
+        let received = match self.receive_data(&mut data, config.max_message_size).await {
+            Ok(r) => r,
+            Err(()) => return Some(Exit::Close),
+        };
+
+        // Whatever happens next, the transaction is over (RFC 5321 section 4.1.1.4).
+        let st = &mut self.st;
+        let Some(mut tx) = st.tx.take() else {
+            return None;
+        };
+        let sender = sender_text(tx.sender.as_ref());
+        let refuse = |st: &mut super::State, r: &relayward_core::Reply, detail: &str| {
+            // The transaction is gone from the state: put its tenant on the event ourselves.
+            let mut ev = TraceEvent::new(TraceKind::Refused);
+            ev.client_ip = Some(st.ip_text.clone());
+            ev.reply = Some(r.to_string());
+            ev.sender = Some(sender.clone());
+            ev.tenant_id = Some(attributed.tenant_id);
+            ev.connector_id = Some(attributed.connector_id);
+            ev.sender_class = Some(class);
+            ev.queue_id = Some(queue_id.clone());
+            ev.detail = Some(detail.to_string());
+            st.server.events.trace(ev);
+            st.write_reply(r);
+            if r.code >= 500 {
+                st.errors += 1;
+            }
+        };
+        if received.too_long {
+            refuse(st, &reply::TEXT_LINE_TOO_LONG, "DATA");
+            return None;
+        }
+        if received.too_big {
+            refuse(st, &reply::MESSAGE_TOO_BIG, "DATA");
+            return None;
+        }
+        let facts = header_facts(&server.header_parser, &data[header_len..]);
+        if facts.received > config.max_received_headers {
+            refuse(
+                st,
+                &reply::LOOP_DETECTED,
+                &format!("{} Received headers", facts.received),
+            );
+            return None;
+        }
+        let dir = server.directory.current();
+        let mismatch = relayward_policy::header_from_mismatch(
+            &dir,
+            attributed.tenant_id,
+            class,
+            facts.from_domain.as_deref(),
+        );
+        drop(dir);
+
+        let recipients: Vec<String> = tx.recipients.iter().map(|r| r.address.to_string()).collect();
+        let size = data.len() - header_len;
+        let msg = IncomingMessage {
+            queue_id: queue_id.clone(),
+            received_at,
+            tenant_id: attributed.tenant_id,
+            connector_id: attributed.connector_id,
+            method: attributed.method,
+            client_ip: st.ip,
+            helo: st.helo.clone().unwrap_or_default(),
+            auth_user: st.auth_user.clone(),
+            tls: st.facts.tls,
+            sender: tx.sender.take(),
+            sender_class: class,
+            header_from_mismatch: mismatch,
+            message_id: facts.message_id.clone(),
+            body_8bit: tx.body_8bit,
+            smtputf8: tx.smtputf8,
+            dsn_ret: tx.dsn_ret.take(),
+            dsn_envid: tx.dsn_envid.take(),
+            recipients: std::mem::take(&mut tx.recipients),
+            data,
+        };
+        let enqueued =
+            tokio::time::timeout(config.timeouts.data_termination, server.sink.enqueue(msg)).await;
+        let st = &mut self.st;
+        match enqueued {
+            Ok(Ok(())) => {
+                let ok = reply::queued(&queue_id);
+                st.write_reply(&ok);
+                let ok = ok.to_string();
+                let detail = format!(
+                    "method={} size={} header_from_mismatch={}",
+                    attributed.method.as_str(),
+                    size,
+                    mismatch
+                );
+                for rcpt in recipients {
+                    let mut ev = TraceEvent::new(TraceKind::Received);
+                    ev.queue_id = Some(queue_id.clone());
+                    ev.message_id = facts.message_id.clone();
+                    ev.tenant_id = Some(attributed.tenant_id);
+                    ev.connector_id = Some(attributed.connector_id);
+                    ev.client_ip = Some(st.ip_text.clone());
+                    ev.sender = Some(sender.clone());
+                    ev.recipient = Some(rcpt);
+                    ev.sender_class = Some(class);
+                    ev.reply = Some(ok.clone());
+                    ev.detail = Some(detail.clone());
+                    server.events.trace(ev);
+                }
+                server.events.connector_used(attributed.connector_id);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(queue_id = %queue_id, error = %e, "enqueue failed");
+                refuse(st, &reply::LOCAL_PROBLEM, "enqueue failed");
+            }
+            Err(_) => {
+                tracing::warn!(queue_id = %queue_id, "enqueue timed out");
+                refuse(st, &reply::LOCAL_PROBLEM, "enqueue timed out");
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_cr_becomes_line_end() {
+        let mut v = Vec::new();
+        push_line(&mut v, b"a\r.\rb");
+        assert_eq!(v, b"a\r\n.\r\nb\r\n");
+    }
+
+    #[test]
+    fn header_facts_from_and_id() {
+        let p = header_parser();
+        let m = b"Received: from a\r\nReceived: from b\r\nFrom: \"X\" <x@Alpha.Example>\r\nMessage-ID: <id1@alpha.example>\r\n\r\nReceived: body\r\n";
+        let f = header_facts(&p, m);
+        assert_eq!(f.received, 2);
+        assert_eq!(f.from_domain.as_deref(), Some("alpha.example"));
+        assert_eq!(f.message_id.as_deref(), Some("id1@alpha.example"));
+        let f = header_facts(&p, b"\r\nbody only\r\n");
+        assert_eq!((f.received, f.from_domain), (0, None));
+    }
+}

@@ -1,0 +1,88 @@
+//! RCPT TO: recipient syntax, DSN parameters, recipient limit, and attribution by recipient
+//! domain while MAIL FROM left it open.
+
+use std::borrow::Cow;
+
+use relayward_core::{reply, Address, Reply};
+use relayward_policy::{check_rcpt, MailOutcome};
+use smtp_proto::RcptTo;
+
+use super::mail::extract_path;
+use super::{sender_text, Decision, State};
+use crate::IncomingRecipient;
+
+const NOTIFY_FLAGS: u64 = smtp_proto::RCPT_NOTIFY_SUCCESS
+    | smtp_proto::RCPT_NOTIFY_FAILURE
+    | smtp_proto::RCPT_NOTIFY_DELAY
+    | smtp_proto::RCPT_NOTIFY_NEVER;
+
+impl State {
+    pub(crate) fn rcpt(&mut self, line: &[u8], to: RcptTo<Cow<'_, str>>) {
+        match self.rcpt_inner(line, &to) {
+            Ok(()) => self.reply(&reply::RECIPIENT_OK),
+            Err((r, rcpt)) => {
+                let sender = self.tx.as_ref().map(|t| sender_text(t.sender.as_ref()));
+                self.refuse(&r, sender, rcpt, Some("RCPT".into()));
+            }
+        }
+    }
+
+    fn rcpt_inner(
+        &mut self,
+        line: &[u8],
+        to: &RcptTo<Cow<'_, str>>,
+    ) -> Result<(), (Reply, Option<String>)> {
+        let max_recipients = self.server.config.max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return Err((reply::BAD_SEQUENCE_MAIL_FIRST, None));
+        };
+        tx.rcpt_attempts += 1;
+        if to.flags & !NOTIFY_FLAGS != 0 || to.rrvs != 0 || (!self.esmtp && to.flags != 0)
+            || (!self.esmtp && to.orcpt.is_some())
+        {
+            return Err((reply::PARAM_NOT_RECOGNIZED, None));
+        }
+        let raw = extract_path(line).ok_or((reply::BAD_RECIPIENT_SYNTAX, None))?;
+        let shown = || Some(raw.to_string());
+        if !tx.smtputf8 && !raw.is_ascii() {
+            return Err((reply::SMTPUTF8_REQUIRED, shown()));
+        }
+        let address =
+            Address::parse(raw, tx.smtputf8).map_err(|_| (reply::BAD_RECIPIENT_SYNTAX, shown()))?;
+        if tx.recipients.len() >= max_recipients {
+            return Err((reply::TOO_MANY_RECIPIENTS, shown()));
+        }
+        if let Decision::Pending(candidates) = &tx.decision {
+            let dir = self.server.directory.current();
+            match check_rcpt(&dir, &self.facts, candidates, tx.sender.as_ref(), &address) {
+                Ok(MailOutcome::Accepted { attributed, class }) => {
+                    tx.decision = Decision::Accepted { attributed, class }
+                }
+                Ok(MailOutcome::PendingRcpt { .. }) => {
+                    return Err((reply::RELAY_DENIED, shown()))
+                }
+                Err(r) => return Err((r, shown())),
+            }
+        }
+        // A repeated recipient is accepted once: delivering it twice helps nobody.
+        if !tx.recipients.iter().any(|r| r.address == address) {
+            let mut notify = Vec::new();
+            for (flag, name) in [
+                (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+                (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
+                (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
+                (smtp_proto::RCPT_NOTIFY_NEVER, "NEVER"),
+            ] {
+                if to.flags & flag != 0 {
+                    notify.push(name.to_string());
+                }
+            }
+            tx.recipients.push(IncomingRecipient {
+                address,
+                orcpt: to.orcpt.as_ref().map(|o| format!("rfc822;{o}")),
+                notify,
+            });
+        }
+        Ok(())
+    }
+}

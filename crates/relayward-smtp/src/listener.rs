@@ -1,0 +1,252 @@
+//! Accept loop, connection limits and the life of one connection (greeting, optional TLS
+//! upgrade, session).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relayward_core::{reply, Reply, TraceEvent, TraceKind};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
+
+use crate::inbound::{Exit, Session, State};
+use crate::{ListenerConfig, Server};
+
+/// Global and per-address session counts.
+#[derive(Default)]
+pub(crate) struct ConnLimiter {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnLimiter {
+    pub(crate) fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one slot of the limiter until the session ends.
+pub(crate) struct ConnGuard {
+    server: Arc<Server>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let limiter = &self.server.limiter;
+        limiter.total.fetch_sub(1, Ordering::Relaxed);
+        let mut map = limiter.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn acquire(server: &Arc<Server>, ip: IpAddr) -> Option<ConnGuard> {
+    let limiter = &server.limiter;
+    let mut map = limiter.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    if limiter.total.load(Ordering::Relaxed) >= server.config.max_connections {
+        return None;
+    }
+    let n = map.entry(ip).or_insert(0);
+    if *n >= server.config.max_connections_per_ip {
+        return None;
+    }
+    *n += 1;
+    limiter.total.fetch_add(1, Ordering::Relaxed);
+    Some(ConnGuard {
+        server: server.clone(),
+        ip,
+    })
+}
+
+/// What every session of one listener shares.
+pub(crate) struct ListenerCtx {
+    pub(crate) acceptor: Option<TlsAcceptor>,
+    pub(crate) implicit_tls: bool,
+    pub(crate) auth_without_tls: bool,
+}
+
+/// Sessions of one listener still running, so `serve` can wait for them.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Resolves once shutdown is requested: the value becomes `true` or the sender is dropped.
+pub(crate) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Server {
+    /// Accept loop for one listener until `shutdown` fires (its value becomes `true`, or its
+    /// sender is dropped).
+    ///
+    /// On shutdown the listener stops accepting; sessions waiting for a command get
+    /// `421 4.3.2` and close, sessions inside DATA finish their message first. Returns once
+    /// every session of this listener has ended.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cfg: ListenerConfig,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        if cfg.implicit_tls && cfg.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "implicit_tls needs a TLS configuration",
+            ));
+        }
+        let ctx = Arc::new(ListenerCtx {
+            acceptor: cfg.tls.map(TlsAcceptor::from),
+            implicit_tls: cfg.implicit_tls,
+            auth_without_tls: cfg.auth_without_tls,
+        });
+        let in_flight = Arc::new(InFlight::default());
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown_requested(&mut shutdown) => break,
+                r = listener.accept() => r,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let ip = peer.ip().to_canonical();
+            let guard = acquire(&self, ip);
+            in_flight.count.fetch_add(1, Ordering::AcqRel);
+            let in_flight_guard = InFlightGuard(in_flight.clone());
+            let server = self.clone();
+            let ctx = ctx.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _in_flight = in_flight_guard;
+                match guard {
+                    Some(guard) => connection(server, ctx, tcp, ip, shutdown, guard).await,
+                    None => refuse_connection(server, tcp, ip).await,
+                }
+            });
+        }
+        drop(listener);
+        loop {
+            let idle = in_flight.idle.notified();
+            if in_flight.count.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            idle.await;
+        }
+    }
+}
+
+/// Over a connection limit: 421 as the greeting, then close (RFC 5321 section 3.1).
+async fn refuse_connection(server: Arc<Server>, mut tcp: TcpStream, ip: IpAddr) {
+    let r = reply::TOO_MANY_CONNECTIONS;
+    let mut ev = TraceEvent::new(TraceKind::Refused);
+    ev.client_ip = Some(ip.to_string());
+    ev.reply = Some(r.to_string());
+    ev.detail = Some("connect".into());
+    server.events.trace(ev);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tcp.write_all(r.to_wire().as_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
+}
+
+async fn connection(
+    server: Arc<Server>,
+    ctx: Arc<ListenerCtx>,
+    tcp: TcpStream,
+    ip: IpAddr,
+    shutdown: watch::Receiver<bool>,
+    _guard: ConnGuard,
+) {
+    let handshake_timeout = server.config.timeouts.command;
+    let mut state = State::new(server, ctx.clone(), ip, shutdown);
+    let greeting: Reply = reply::greeting(&state.server.config.hostname);
+
+    if ctx.implicit_tls {
+        let Some(acceptor) = ctx.acceptor.clone() else { return };
+        let Some(tls) = handshake(&acceptor, tcp, handshake_timeout, &state).await else {
+            return;
+        };
+        state.tls_established(tls.get_ref().1);
+        let mut session = Session::new(tls, state);
+        session.st.write_reply(&greeting);
+        session.run().await;
+        session.close().await;
+        return;
+    }
+
+    let mut session = Session::new(tcp, state);
+    session.st.write_reply(&greeting);
+    match session.run().await {
+        Exit::Close => session.close().await,
+        Exit::StartTls => {
+            let Some(acceptor) = ctx.acceptor.clone() else { return };
+            let (tcp, mut state, bufs) = session.into_parts();
+            let Some(tls) = handshake(&acceptor, tcp, handshake_timeout, &state).await else {
+                return;
+            };
+            state.tls_established(tls.get_ref().1);
+            let mut session = Session::from_parts(tls, state, bufs);
+            // Only one upgrade: a TLS session answers STARTTLS with 503.
+            if let Exit::Close = session.run().await {
+                session.close().await;
+            }
+        }
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    timeout: Duration,
+    state: &State,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            // A client certificate that does not verify ends here (rustls sends the alert).
+            let mut ev = TraceEvent::new(TraceKind::Refused);
+            ev.client_ip = Some(state.ip_text.clone());
+            ev.detail = Some(format!("TLS handshake failed: {e}"));
+            state.server.events.trace(ev);
+            None
+        }
+        Err(_) => None,
+    }
+}
