@@ -470,7 +470,7 @@ pub enum QueueCmd {
 }
 
 pub async fn queue(config: &Config, cmd: QueueCmd) -> Result<()> {
-    let spool = relayward_queue::Spool::open(config.spool_dir())
+    let spool = relayward_queue::Spool::open_read_only(config.spool_dir())
         .map_err(|e| anyhow!("cannot open spool {}: {e}", config.spool_dir().display()))?;
     match cmd {
         QueueCmd::List { json } => {

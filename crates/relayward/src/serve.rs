@@ -243,7 +243,10 @@ impl MessageSink for SpoolSink {
     async fn enqueue(&self, msg: IncomingMessage) -> Result<(), String> {
         let now = relayward_core::now();
         let envelope = Envelope {
-            queue_id: msg.queue_id.clone().into(),
+            queue_id: msg
+                .queue_id
+                .parse()
+                .map_err(|e| format!("bad queue id: {e}"))?,
             received_at: msg.received_at,
             tenant_id: Some(msg.tenant_id),
             connector_id: Some(msg.connector_id),
