@@ -42,9 +42,13 @@ impl Address {
         let mut rest = input;
         if rest.starts_with('@') {
             // A-d-l ":" — validate each hop, then drop it.
-            let colon = rest.find(':').ok_or_else(|| bad("source route without ':'"))?;
+            let colon = rest
+                .find(':')
+                .ok_or_else(|| bad("source route without ':'"))?;
             for hop in rest[..colon].split(',') {
-                let hop = hop.strip_prefix('@').ok_or_else(|| bad("malformed source route"))?;
+                let hop = hop
+                    .strip_prefix('@')
+                    .ok_or_else(|| bad("malformed source route"))?;
                 normalize_domain(hop).map_err(|_| bad("malformed source route"))?;
             }
             rest = &rest[colon + 1..];
@@ -68,7 +72,9 @@ impl Address {
             let end = end.ok_or_else(|| bad("unterminated quoted local part"))?;
             let local = &rest[..end + 2];
             let after = &stripped[end + 1..];
-            let domain = after.strip_prefix('@').ok_or_else(|| bad("missing '@domain'"))?;
+            let domain = after
+                .strip_prefix('@')
+                .ok_or_else(|| bad("missing '@domain'"))?;
             (local, domain)
         } else {
             let at = rest.rfind('@').ok_or_else(|| bad("missing '@domain'"))?;
@@ -76,7 +82,10 @@ impl Address {
             if local.is_empty() {
                 return Err(bad("empty local part"));
             }
-            if local.split('.').any(|atom| atom.is_empty() || !atom.chars().all(is_atext)) {
+            if local
+                .split('.')
+                .any(|atom| atom.is_empty() || !atom.chars().all(is_atext))
+            {
                 return Err(bad("local part is not a dot-string"));
             }
             (local, &rest[at + 1..])
@@ -105,7 +114,10 @@ impl Address {
 
 fn parse_address_literal(s: &str) -> Option<String> {
     let inner = s.strip_prefix('[')?.strip_suffix(']')?;
-    if let Some(v6) = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
+    if let Some(v6) = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+    {
         let ip: std::net::Ipv6Addr = v6.parse().ok()?;
         return Some(format!("[IPv6:{ip}]"));
     }
@@ -146,10 +158,15 @@ pub fn normalize_domain(input: &str) -> Result<String, Error> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
         {
-            return Err(bad("label has a character other than letters, digits and '-'"));
+            return Err(bad(
+                "label has a character other than letters, digits and '-'",
+            ));
         }
     }
-    if labels.last().is_some_and(|l| l.chars().all(|c| c.is_ascii_digit())) {
+    if labels
+        .last()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
+    {
         return Err(bad("top-level label is numeric"));
     }
     Ok(d)
@@ -206,15 +223,23 @@ mod tests {
             "user name@example.com",
             "user@example.123",
         ] {
-            assert!(Address::parse(bad, false).is_err(), "{bad:?} should be refused");
+            assert!(
+                Address::parse(bad, false).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 
     #[test]
     fn address_literals() {
-        assert_eq!(Address::parse("u@[192.0.2.1]", false).unwrap().domain, "[192.0.2.1]");
         assert_eq!(
-            Address::parse("u@[IPv6:2001:db8::1]", false).unwrap().domain,
+            Address::parse("u@[192.0.2.1]", false).unwrap().domain,
+            "[192.0.2.1]"
+        );
+        assert_eq!(
+            Address::parse("u@[IPv6:2001:db8::1]", false)
+                .unwrap()
+                .domain,
             "[IPv6:2001:db8::1]"
         );
     }
@@ -222,6 +247,9 @@ mod tests {
     #[test]
     fn utf8_needs_smtputf8() {
         assert!(Address::parse("jörg@exämple.de", false).is_err());
-        assert_eq!(Address::parse("jörg@EXÄMPLE.de", true).unwrap().domain, "exämple.de");
+        assert_eq!(
+            Address::parse("jörg@EXÄMPLE.de", true).unwrap().domain,
+            "exämple.de"
+        );
     }
 }

@@ -73,7 +73,10 @@ string_enum!(
 impl TenantState {
     /// Unregistered and null senders are refused with 5.7.750 in these states.
     pub fn blocks_unregistered(&self) -> bool {
-        matches!(self, TenantState::BlockedUnregistered | TenantState::UnderReview)
+        matches!(
+            self,
+            TenantState::BlockedUnregistered | TenantState::UnderReview
+        )
     }
 
     /// Every message is refused with 5.7.705.

@@ -58,19 +58,19 @@ pub const BLOCKED_UNREGISTERED: Reply = Reply::new(
     "5.7.750",
     "Service unavailable. Client blocked from sending from unregistered domains",
 );
-pub const TENANT_BLOCKED: Reply =
-    Reply::new(550, "5.7.705", "Access denied, tenant has exceeded threshold");
+pub const TENANT_BLOCKED: Reply = Reply::new(
+    550,
+    "5.7.705",
+    "Access denied, tenant has exceeded threshold",
+);
 pub const CONNECTOR_BLOCKED: Reply =
     Reply::new(550, "5.7.711", "Access denied, bad inbound connector");
-pub const SENDER_RESTRICTED: Reply =
-    Reply::new(550, "5.1.8", "Access denied, bad outbound sender");
-pub const RELAY_DENIED: Reply =
-    Reply::new(550, "5.7.64", "TenantAttribution; Relay Access Denied");
+pub const SENDER_RESTRICTED: Reply = Reply::new(550, "5.1.8", "Access denied, bad outbound sender");
+pub const RELAY_DENIED: Reply = Reply::new(550, "5.7.64", "TenantAttribution; Relay Access Denied");
 pub const MUST_STARTTLS: Reply = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
 pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.57", "Client was not authenticated");
 pub const AUTH_INVALID: Reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
-pub const RATE_LIMITED: Reply =
-    Reply::new(451, "4.7.500", "Access denied, please try again later");
+pub const RATE_LIMITED: Reply = Reply::new(451, "4.7.500", "Access denied, please try again later");
 pub const LOCAL_PROBLEM: Reply =
     Reply::new(451, "4.3.0", "Temporary local problem, try again later");
 
@@ -91,40 +91,46 @@ pub const READY_TLS: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
 pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
 pub const SYNTAX_ERROR: Reply = Reply::new(500, "5.5.2", "Syntax error, command unrecognized");
 pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.6", "Line too long");
-pub const BAD_ARGUMENTS: Reply = Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");
+pub const BAD_ARGUMENTS: Reply =
+    Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");
 pub const BAD_SENDER_SYNTAX: Reply = Reply::new(501, "5.1.7", "Bad sender address syntax");
-pub const BAD_RECIPIENT_SYNTAX: Reply =
-    Reply::new(501, "5.1.3", "Bad recipient address syntax");
+pub const BAD_RECIPIENT_SYNTAX: Reply = Reply::new(501, "5.1.3", "Bad recipient address syntax");
 pub const NOT_IMPLEMENTED: Reply = Reply::new(502, "5.5.1", "Command not implemented");
 pub const BAD_SEQUENCE_MAIL_FIRST: Reply = Reply::new(503, "5.5.1", "Error: need MAIL command");
 pub const BAD_SEQUENCE_RCPT_FIRST: Reply = Reply::new(503, "5.5.1", "Error: need RCPT command");
-pub const BAD_SEQUENCE_NESTED_MAIL: Reply =
-    Reply::new(503, "5.5.1", "Error: nested MAIL command");
-pub const BAD_SEQUENCE_EHLO_FIRST: Reply =
-    Reply::new(503, "5.5.1", "Error: send HELO/EHLO first");
+pub const BAD_SEQUENCE_NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: nested MAIL command");
+pub const BAD_SEQUENCE_EHLO_FIRST: Reply = Reply::new(503, "5.5.1", "Error: send HELO/EHLO first");
 pub const ALREADY_TLS: Reply = Reply::new(503, "5.5.1", "TLS already active");
 pub const ALREADY_AUTH: Reply = Reply::new(503, "5.5.1", "Already authenticated");
-pub const AUTH_NEEDS_TLS: Reply =
-    Reply::new(538, "5.7.11", "Encryption required for requested authentication mechanism");
-pub const AUTH_MECH_UNKNOWN: Reply =
-    Reply::new(504, "5.5.4", "Unrecognized authentication type");
+pub const AUTH_NEEDS_TLS: Reply = Reply::new(
+    538,
+    "5.7.11",
+    "Encryption required for requested authentication mechanism",
+);
+pub const AUTH_MECH_UNKNOWN: Reply = Reply::new(504, "5.5.4", "Unrecognized authentication type");
 pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.0.0", "Authentication cancelled");
-pub const PARAM_NOT_RECOGNIZED: Reply =
-    Reply::new(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented");
-pub const MESSAGE_TOO_BIG: Reply =
-    Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size");
+pub const PARAM_NOT_RECOGNIZED: Reply = Reply::new(
+    555,
+    "5.5.4",
+    "MAIL FROM/RCPT TO parameters not recognized or not implemented",
+);
+pub const MESSAGE_TOO_BIG: Reply = Reply::new(
+    552,
+    "5.3.4",
+    "Message size exceeds fixed maximum message size",
+);
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3", "Too many recipients");
-pub const LOOP_DETECTED: Reply =
-    Reply::new(554, "5.4.6", "Too many hops, mail loop detected");
-pub const TEXT_LINE_TOO_LONG: Reply =
-    Reply::new(500, "5.5.6", "Text line too long, maximum is 998 characters");
+pub const LOOP_DETECTED: Reply = Reply::new(554, "5.4.6", "Too many hops, mail loop detected");
+pub const TEXT_LINE_TOO_LONG: Reply = Reply::new(
+    500,
+    "5.5.6",
+    "Text line too long, maximum is 998 characters",
+);
 pub const TOO_MANY_CONNECTIONS: Reply =
     Reply::new(421, "4.7.0", "Too many connections, try again later");
-pub const TOO_MANY_ERRORS: Reply =
-    Reply::new(421, "4.7.0", "Too many errors, closing connection");
+pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0", "Too many errors, closing connection");
 pub const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Timeout exceeded, closing connection");
-pub const SHUTTING_DOWN: Reply =
-    Reply::new(421, "4.3.2", "Service shutting down, try again later");
+pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2", "Service shutting down, try again later");
 pub const SMTPUTF8_REQUIRED: Reply =
     Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
 pub const NO_VALID_RECIPIENTS: Reply = Reply::new(554, "5.5.1", "No valid recipients");
@@ -144,7 +150,10 @@ mod tests {
             RELAY_DENIED.to_string(),
             "550 5.7.64 TenantAttribution; Relay Access Denied"
         );
-        assert_eq!(START_DATA.to_string(), "354 End data with <CR><LF>.<CR><LF>");
+        assert_eq!(
+            START_DATA.to_string(),
+            "354 End data with <CR><LF>.<CR><LF>"
+        );
     }
 }
 
@@ -161,8 +170,11 @@ pub const AUTH_CHALLENGE_USERNAME: Reply = Reply::new(334, "", "VXNlcm5hbWU6");
 pub const AUTH_CHALLENGE_PASSWORD: Reply = Reply::new(334, "", "UGFzc3dvcmQ6");
 pub const AUTH_BAD_ENCODING: Reply =
     Reply::new(501, "5.5.2", "Cannot Base64-decode client response");
-pub const AUTH_IN_TRANSACTION: Reply =
-    Reply::new(503, "5.5.1", "Error: AUTH not permitted during a mail transaction");
+pub const AUTH_IN_TRANSACTION: Reply = Reply::new(
+    503,
+    "5.5.1",
+    "Error: AUTH not permitted during a mail transaction",
+);
 
 /// `220 <hostname> ESMTP relayward`: no enhanced code, none is negotiated yet (RFC 2034).
 pub fn greeting(hostname: &str) -> Reply {

@@ -2,7 +2,11 @@
 //! Pure decisions over an in-memory [`Directory`] snapshot: no sockets, no SQL.
 
 pub mod auth;
+pub mod counters;
+pub mod detector;
 pub mod directory;
+pub mod evidence;
+pub mod limits;
 pub mod relay;
 
 pub use directory::{Directory, SharedDirectory};

@@ -92,7 +92,9 @@ pub enum RouteError {
 
 /// Routing with one DNS resolver (and its cache) for the scheduler's lifetime.
 pub struct Router {
-    resolver: TokioResolver,
+    /// An error when the resolver could not be built (no system configuration): every MX lookup
+    /// then defers with that reason.
+    resolver: Result<TokioResolver, String>,
     config: Arc<DeliveryConfig>,
     /// TLS client configurations of the tenant routes that verify, built once.
     verified_tls: std::collections::HashMap<i64, Result<Arc<rustls::ClientConfig>, String>>,
@@ -174,19 +176,22 @@ fn literal_hop(host: &str, port: u16) -> Hop {
 }
 
 impl Router {
-    pub fn new(config: Arc<DeliveryConfig>) -> Result<Router, String> {
-        let resolver = build_resolver(config.dns_resolver)?;
+    pub fn new(config: Arc<DeliveryConfig>) -> Router {
+        let resolver = build_resolver(config.dns_resolver);
+        if let Err(e) = &resolver {
+            tracing::error!(error = %e, "no DNS resolver: MX delivery will defer");
+        }
         let verified_tls = config
             .tenant_routes
             .iter()
             .filter(|(_, r)| r.require_tls && r.verify_tls)
             .map(|(t, r)| (*t, tls::verified(r.tls_ca_file.as_deref())))
             .collect();
-        Ok(Router {
+        Router {
             resolver,
             config,
             verified_tls,
-        })
+        }
     }
 
     /// The hops for `dest`, in the order to try them.
@@ -264,7 +269,11 @@ impl Router {
             };
         }
         let fqdn = format!("{domain}.");
-        match self.resolver.mx_lookup(fqdn.as_str()).await {
+        let resolver = self
+            .resolver
+            .as_ref()
+            .map_err(|e| temporary("4.4.3", format!("451 4.4.3 {e}")))?;
+        match resolver.mx_lookup(fqdn.as_str()).await {
             Ok(lookup) => {
                 let mut mxs: Vec<(u16, String)> = Vec::new();
                 let mut null_mx = false;
@@ -338,7 +347,11 @@ impl Router {
             return Ok(vec![ip]);
         }
         let fqdn = format!("{}.", host.trim_end_matches('.'));
-        match self.resolver.lookup_ip(fqdn.as_str()).await {
+        let resolver = self
+            .resolver
+            .as_ref()
+            .map_err(|e| AddrError::Failed(e.clone()))?;
+        match resolver.lookup_ip(fqdn.as_str()).await {
             Ok(lookup) => Ok(lookup.iter().collect()),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Err(AddrError::NotFound),
             Err(e) => Err(AddrError::Failed(e.to_string())),

@@ -199,7 +199,9 @@ async fn connection(
     let greeting: Reply = reply::greeting(&state.server.config.hostname);
 
     if ctx.implicit_tls {
-        let Some(acceptor) = ctx.acceptor.clone() else { return };
+        let Some(acceptor) = ctx.acceptor.clone() else {
+            return;
+        };
         let Some(tls) = handshake(&acceptor, tcp, handshake_timeout, &state).await else {
             return;
         };
@@ -216,7 +218,9 @@ async fn connection(
     match session.run().await {
         Exit::Close => session.close().await,
         Exit::StartTls => {
-            let Some(acceptor) = ctx.acceptor.clone() else { return };
+            let Some(acceptor) = ctx.acceptor.clone() else {
+                return;
+            };
             let (tcp, mut state, bufs) = session.into_parts();
             let Some(tls) = handshake(&acceptor, tcp, handshake_timeout, &state).await else {
                 return;

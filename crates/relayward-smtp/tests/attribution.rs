@@ -22,7 +22,11 @@ async fn ip_attribution_registered_sender_is_queued() {
     let mut c = Client::connect(t.addr, ALPHA_IP).await;
     c.ehlo("mx.alpha.example").await;
     let r = c
-        .send_mail("a@alpha.example", &["r@dest.example"], &simple_body("a@alpha.example"))
+        .send_mail(
+            "a@alpha.example",
+            &["r@dest.example"],
+            &simple_body("a@alpha.example"),
+        )
         .await;
     assert_eq!(r, "250 2.0.0 Ok: queued as Q000001");
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
@@ -60,7 +64,10 @@ async fn unregistered_and_null_senders_refused_on_ip_connector() {
     assert_eq!(c.cmd("MAIL FROM:<x@beta.example>").await, RELAY_DENIED);
     assert_eq!(c.cmd("MAIL FROM:<>").await, RELAY_DENIED);
     // nothing was started: RCPT has no transaction
-    assert_eq!(c.cmd("RCPT TO:<r@dest.example>").await, "503 5.5.1 Error: need MAIL command");
+    assert_eq!(
+        c.cmd("RCPT TO:<r@dest.example>").await,
+        "503 5.5.1 Error: need MAIL command"
+    );
     assert_eq!(t.sink.count(), 0);
 
     let refused = t.events.of_kind(TraceKind::Refused);
@@ -76,7 +83,11 @@ async fn unregistered_and_null_senders_refused_on_ip_connector() {
 
 #[tokio::test]
 async fn unattributed_client_never_relays() {
-    let t = start(test_config()).await;
+    let config = relayward_smtp::SmtpConfig {
+        max_errors: 100,
+        ..test_config()
+    };
+    let t = start(config).await;
     let mut c = Client::connect(t.addr, STRANGER_IP).await;
     c.ehlo("spammer.example").await;
     for from in [
@@ -86,7 +97,11 @@ async fn unattributed_client_never_relays() {
         "@alpha.example:a@evil.example",
         "\"a@alpha.example\"@evil.example",
     ] {
-        assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).await, RELAY_DENIED, "{from}");
+        assert_eq!(
+            c.cmd(&format!("MAIL FROM:<{from}>")).await,
+            RELAY_DENIED,
+            "{from}"
+        );
     }
     for to in [
         "victim%evil.example@alpha.example",
@@ -100,7 +115,11 @@ async fn unattributed_client_never_relays() {
     }
     assert!(c.cmd("DATA").await.starts_with("503 "));
     assert_eq!(t.sink.count(), 0);
-    assert!(t.events.of_kind(TraceKind::Refused).iter().all(|e| e.tenant_id.is_none()));
+    assert!(t
+        .events
+        .of_kind(TraceKind::Refused)
+        .iter()
+        .all(|e| e.tenant_id.is_none()));
 }
 
 #[tokio::test]
@@ -109,7 +128,10 @@ async fn shared_ip_decided_by_recipient_domain_and_relay_tricks_fail() {
     let mut c = Client::connect(t.addr, SHARED_IP).await;
     c.ehlo("shared.hosting.example").await;
     // Neither tenant owns this sender: attribution waits for the recipient domain.
-    assert_eq!(c.cmd("MAIL FROM:<x@unknown.example>").await, "250 2.1.0 Sender ok");
+    assert_eq!(
+        c.cmd("MAIL FROM:<x@unknown.example>").await,
+        "250 2.1.0 Sender ok"
+    );
     for to in [
         "r@nobody.example",
         "victim@evil.example",
@@ -118,7 +140,11 @@ async fn shared_ip_decided_by_recipient_domain_and_relay_tricks_fail() {
         "epsilon.example!victim@evil.example",
         "\"victim@epsilon.example\"@evil.example",
     ] {
-        assert_eq!(c.cmd(&format!("RCPT TO:<{to}>")).await, RELAY_DENIED, "{to}");
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{to}>")).await,
+            RELAY_DENIED,
+            "{to}"
+        );
     }
     assert_eq!(
         c.cmd("RCPT TO:<victim@epsilon.example.>").await,
@@ -129,21 +155,37 @@ async fn shared_ip_decided_by_recipient_domain_and_relay_tricks_fail() {
     // alpha's domain names alpha, whose IP connector refuses unregistered senders
     assert_eq!(c.cmd("RCPT TO:<r@alpha.example>").await, RELAY_DENIED);
     // epsilon's connector allows unregistered senders: the recipient domain decides
-    assert_eq!(c.cmd("RCPT TO:<\"odd@local\"@epsilon.example>").await, "250 2.1.5 Recipient ok");
-    assert_eq!(c.cmd("RCPT TO:<r2@elsewhere.example>").await, "250 2.1.5 Recipient ok");
+    assert_eq!(
+        c.cmd("RCPT TO:<\"odd@local\"@epsilon.example>").await,
+        "250 2.1.5 Recipient ok"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<r2@elsewhere.example>").await,
+        "250 2.1.5 Recipient ok"
+    );
     assert_eq!(c.cmd("DATA").await, "354 End data with <CR><LF>.<CR><LF>");
     c.send("Subject: x\r\n\r\nhi\r\n").await;
     assert!(c.cmd(".").await.starts_with("250 2.0.0 Ok: queued as"));
     let m = &t.sink.messages()[0];
     assert_eq!((m.tenant_id, m.connector_id), (5, 6));
     assert_eq!(m.sender_class, SenderClass::Unregistered);
-    let domains: Vec<_> = m.recipients.iter().map(|r| r.address.domain.as_str()).collect();
+    let domains: Vec<_> = m
+        .recipients
+        .iter()
+        .map(|r| r.address.domain.as_str())
+        .collect();
     assert_eq!(domains, ["epsilon.example", "elsewhere.example"]);
     assert_eq!(m.recipients[0].address.local, "\"odd@local\"");
 
     // The sender alone decides when it is one tenant's domain.
-    assert_eq!(c.cmd("MAIL FROM:<a@alpha.example>").await, "250 2.1.0 Sender ok");
-    assert_eq!(c.cmd("RCPT TO:<r@epsilon.example>").await, "250 2.1.5 Recipient ok");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@alpha.example>").await,
+        "250 2.1.0 Sender ok"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<r@epsilon.example>").await,
+        "250 2.1.5 Recipient ok"
+    );
     c.cmd("RSET").await;
 }
 
@@ -156,21 +198,33 @@ async fn certificate_attribution_relays_unregistered_sender() {
     assert!(ehlo.contains("250-STARTTLS"), "{ehlo}");
     c.starttls(pki.client_config(Some(pki.beta_client()))).await;
     // RFC 3207: state is reset, EHLO again; STARTTLS no longer offered
-    assert_eq!(c.cmd("MAIL FROM:<a@beta.example>").await, "503 5.5.1 Error: send HELO/EHLO first");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@beta.example>").await,
+        "503 5.5.1 Error: send HELO/EHLO first"
+    );
     let ehlo = c.ehlo("mx.beta.example").await;
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
     let r = c
-        .send_mail("someone@gmail.example", &["r@dest.example"], "Subject: fwd\r\n\r\nx\r\n")
+        .send_mail(
+            "someone@gmail.example",
+            &["r@dest.example"],
+            "Subject: fwd\r\n\r\nx\r\n",
+        )
         .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
-    let r = c.send_mail("", &["r@dest.example"], "Subject: bounce\r\n\r\nx\r\n").await;
+    let r = c
+        .send_mail("", &["r@dest.example"], "Subject: bounce\r\n\r\nx\r\n")
+        .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     assert_eq!(c.cmd("STARTTLS").await, "503 5.5.1 TLS already active");
 
     let msgs = t.sink.messages();
     let m = &msgs[0];
-    assert_eq!((m.tenant_id, m.connector_id, m.method), (2, 2, Method::Certificate));
+    assert_eq!(
+        (m.tenant_id, m.connector_id, m.method),
+        (2, 2, Method::Certificate)
+    );
     assert_eq!(m.sender_class, SenderClass::Unregistered);
     assert!(m.tls);
     let data = String::from_utf8_lossy(&m.data);
@@ -187,7 +241,23 @@ async fn certificate_without_san_uses_common_name() {
     c.ehlo("client").await;
     c.starttls(pki.client_config(Some(pki.cn_client()))).await;
     c.ehlo("client").await;
-    assert_eq!(c.cmd("MAIL FROM:<a@beta.example>").await, "250 2.1.0 Sender ok");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@beta.example>").await,
+        "250 2.1.0 Sender ok"
+    );
+}
+
+#[test]
+fn load_tls_reports_bad_files() {
+    let pki = Pki::new();
+    let missing = pki.dir.path().join("missing.pem");
+    let err = relayward_smtp::load_tls(&missing, &pki.server_key, None).unwrap_err();
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+    // a key file is no certificate chain
+    assert!(relayward_smtp::load_tls(&pki.server_key, &pki.server_key, None).is_err());
+    assert!(
+        relayward_smtp::load_tls(&pki.server_cert, &pki.server_key, Some(&pki.server_key)).is_err()
+    );
 }
 
 #[tokio::test]
@@ -198,7 +268,10 @@ async fn untrusted_client_certificate_fails_handshake() {
     c.ehlo("client").await;
     assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS");
     // TLS 1.3: the client learns of the rejection on its first read.
-    let broken = match c.handshake(pki.client_config(Some(pki.rogue_client()))).await {
+    let broken = match c
+        .handshake(pki.client_config(Some(pki.rogue_client())))
+        .await
+    {
         Err(_) => true,
         Ok(()) => {
             c.send("EHLO client\r\n").await;
@@ -223,7 +296,9 @@ async fn tls_without_client_certificate_keeps_ip_attribution() {
     c.ehlo("client").await;
     c.starttls(pki.client_config(None)).await;
     c.ehlo("client").await;
-    let r = c.send_mail("a@alpha.example", &["r@dest.example"], "S: x\r\n\r\nx\r\n").await;
+    let r = c
+        .send_mail("a@alpha.example", &["r@dest.example"], "S: x\r\n\r\nx\r\n")
+        .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     assert!(t.sink.messages()[0].tls);
 }
@@ -263,12 +338,27 @@ async fn auth_plain_after_starttls() {
         c.auth_plain("nobody", GAMMA_PASSWORD).await,
         "535 5.7.8 Authentication credentials invalid"
     );
-    assert_eq!(c.auth_plain(GAMMA_USER, GAMMA_PASSWORD).await, "235 2.7.0 Authentication successful");
-    assert_eq!(c.auth_plain(GAMMA_USER, GAMMA_PASSWORD).await, "503 5.5.1 Already authenticated");
-    let r = c.send_mail("app@gamma.example", &["r@dest.example"], "S: x\r\n\r\nx\r\n").await;
+    assert_eq!(
+        c.auth_plain(GAMMA_USER, GAMMA_PASSWORD).await,
+        "235 2.7.0 Authentication successful"
+    );
+    assert_eq!(
+        c.auth_plain(GAMMA_USER, GAMMA_PASSWORD).await,
+        "503 5.5.1 Already authenticated"
+    );
+    let r = c
+        .send_mail(
+            "app@gamma.example",
+            &["r@dest.example"],
+            "S: x\r\n\r\nx\r\n",
+        )
+        .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     let m = &t.sink.messages()[0];
-    assert_eq!((m.tenant_id, m.connector_id, m.method), (3, 3, Method::Auth));
+    assert_eq!(
+        (m.tenant_id, m.connector_id, m.method),
+        (3, 3, Method::Auth)
+    );
     assert_eq!(m.auth_user.as_deref(), Some(GAMMA_USER));
     assert!(String::from_utf8_lossy(&m.data).contains(" with ESMTPSA id "));
     // the password appears in no event
@@ -288,12 +378,28 @@ async fn auth_login_with_challenges_initial_response_and_cancel() {
     assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
     assert_eq!(c.cmd("*").await, "501 5.0.0 Authentication cancelled");
     assert_eq!(c.cmd("AUTH PLAIN").await, "334 ");
-    assert_eq!(c.cmd("!!!").await, "501 5.5.2 Cannot Base64-decode client response");
-    assert_eq!(c.cmd("AUTH CRAM-MD5").await, "504 5.5.4 Unrecognized authentication type");
+    assert_eq!(
+        c.cmd("!!!").await,
+        "501 5.5.2 Cannot Base64-decode client response"
+    );
+    assert_eq!(
+        c.cmd("AUTH CRAM-MD5").await,
+        "504 5.5.4 Unrecognized authentication type"
+    );
 
-    assert_eq!(c.cmd(&format!("AUTH LOGIN {}", plain_b64(GAMMA_USER))).await, "334 UGFzc3dvcmQ6");
-    assert_eq!(c.cmd(&plain_b64(GAMMA_PASSWORD)).await, "235 2.7.0 Authentication successful");
-    assert_eq!(c.cmd("MAIL FROM:<app@gamma.example>").await, "250 2.1.0 Sender ok");
+    assert_eq!(
+        c.cmd(&format!("AUTH LOGIN {}", plain_b64(GAMMA_USER)))
+            .await,
+        "334 UGFzc3dvcmQ6"
+    );
+    assert_eq!(
+        c.cmd(&plain_b64(GAMMA_PASSWORD)).await,
+        "235 2.7.0 Authentication successful"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<app@gamma.example>").await,
+        "250 2.1.0 Sender ok"
+    );
 
     // the challenge form, on a new session
     let mut c = Client::connect(t.addr, STRANGER_IP).await;
@@ -302,7 +408,10 @@ async fn auth_login_with_challenges_initial_response_and_cancel() {
     c.ehlo("app").await;
     assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
     assert_eq!(c.cmd(&plain_b64(GAMMA_USER)).await, "334 UGFzc3dvcmQ6");
-    assert_eq!(c.cmd(&plain_b64(GAMMA_PASSWORD)).await, "235 2.7.0 Authentication successful");
+    assert_eq!(
+        c.cmd(&plain_b64(GAMMA_PASSWORD)).await,
+        "235 2.7.0 Authentication successful"
+    );
 }
 
 #[tokio::test]
@@ -317,9 +426,21 @@ async fn auth_allowed_in_cleartext_when_listener_says_so() {
     .await;
     let mut c = Client::connect(t.addr, STRANGER_IP).await;
     let ehlo = c.ehlo("app").await;
-    assert!(ehlo.contains("250-AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"), "{ehlo}");
-    assert_eq!(c.auth_plain(GAMMA_USER, GAMMA_PASSWORD).await, "235 2.7.0 Authentication successful");
-    let r = c.send_mail("app@gamma.example", &["r@dest.example"], "S: x\r\n\r\nx\r\n").await;
+    assert!(
+        ehlo.contains("250-AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        c.auth_plain(GAMMA_USER, GAMMA_PASSWORD).await,
+        "235 2.7.0 Authentication successful"
+    );
+    let r = c
+        .send_mail(
+            "app@gamma.example",
+            &["r@dest.example"],
+            "S: x\r\n\r\nx\r\n",
+        )
+        .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     assert!(String::from_utf8_lossy(&t.sink.messages()[0].data).contains(" with ESMTPA id "));
 }
@@ -336,7 +457,10 @@ async fn require_tls_connector_needs_starttls() {
     );
     c.starttls(pki.client_config(None)).await;
     c.ehlo("mx.delta.example").await;
-    assert_eq!(c.cmd("MAIL FROM:<a@delta.example>").await, "250 2.1.0 Sender ok");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@delta.example>").await,
+        "250 2.1.0 Sender ok"
+    );
 }
 
 #[tokio::test]
@@ -351,11 +475,20 @@ async fn implicit_tls_listener() {
         },
     )
     .await;
-    let mut c =
-        Client::connect_tls(t.addr, STRANGER_IP, pki.client_config(Some(pki.beta_client()))).await;
+    let mut c = Client::connect_tls(
+        t.addr,
+        STRANGER_IP,
+        pki.client_config(Some(pki.beta_client())),
+    )
+    .await;
     let ehlo = c.ehlo("mx.beta.example").await;
-    assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
-    let r = c.send_mail("x@gmail.example", &["r@dest.example"], "S: x\r\n\r\nx\r\n").await;
+    assert!(
+        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
+        "{ehlo}"
+    );
+    let r = c
+        .send_mail("x@gmail.example", &["r@dest.example"], "S: x\r\n\r\nx\r\n")
+        .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     assert_eq!(t.sink.messages()[0].method, Method::Certificate);
 }
@@ -365,7 +498,10 @@ async fn directory_swap_applies_to_next_mail() {
     let t = start(test_config()).await;
     let mut c = Client::connect(t.addr, ALPHA_IP).await;
     c.ehlo("mx.alpha.example").await;
-    assert_eq!(c.cmd("MAIL FROM:<a@alpha.example>").await, "250 2.1.0 Sender ok");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@alpha.example>").await,
+        "250 2.1.0 Sender ok"
+    );
     c.cmd("RSET").await;
 
     let mut data = fixture();
@@ -385,7 +521,10 @@ async fn directory_swap_applies_to_next_mail() {
         c.cmd("MAIL FROM:<x@gmail.example>").await,
         "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains"
     );
-    assert_eq!(c.cmd("MAIL FROM:<a@alpha.example>").await, "250 2.1.0 Sender ok");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@alpha.example>").await,
+        "250 2.1.0 Sender ok"
+    );
     c.cmd("RSET").await;
 
     // A connector added at runtime attributes a client that was a stranger at connect.
@@ -393,9 +532,14 @@ async fn directory_swap_applies_to_next_mail() {
     s.ehlo("new.alpha.example").await;
     assert_eq!(s.cmd("MAIL FROM:<a@alpha.example>").await, RELAY_DENIED);
     data.version = 4;
-    data.connectors[0].ip_ranges.push(format!("{STRANGER_IP}/32").parse().unwrap());
+    data.connectors[0]
+        .ip_ranges
+        .push(format!("{STRANGER_IP}/32").parse().unwrap());
     t.dir.replace(Directory::new(data));
-    assert_eq!(s.cmd("MAIL FROM:<a@alpha.example>").await, "250 2.1.0 Sender ok");
+    assert_eq!(
+        s.cmd("MAIL FROM:<a@alpha.example>").await,
+        "250 2.1.0 Sender ok"
+    );
 }
 
 #[tokio::test]
@@ -404,11 +548,19 @@ async fn header_from_outside_accepted_domains_is_marked() {
     let mut c = Client::connect(t.addr, ALPHA_IP).await;
     c.ehlo("mx.alpha.example").await;
     let r = c
-        .send_mail("a@alpha.example", &["r@dest.example"], &simple_body("ceo@paypal.example"))
+        .send_mail(
+            "a@alpha.example",
+            &["r@dest.example"],
+            &simple_body("ceo@paypal.example"),
+        )
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     let r = c
-        .send_mail("a@alpha.example", &["r@dest.example"], &simple_body("b@ALPHA.example"))
+        .send_mail(
+            "a@alpha.example",
+            &["r@dest.example"],
+            &simple_body("b@ALPHA.example"),
+        )
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     let msgs = t.sink.messages();

@@ -145,7 +145,10 @@ fn print_domains(domains: &[relayward_core::AcceptedDomain]) {
             ]
         })
         .collect::<Vec<_>>();
-    table::print(&["DOMAIN", "KIND", "SUBDOMAINS", "STATUS", "TXT RECORD"], &rows);
+    table::print(
+        &["DOMAIN", "KIND", "SUBDOMAINS", "STATUS", "TXT RECORD"],
+        &rows,
+    );
 }
 
 fn print_connectors(connectors: &[relayward_core::Connector]) {
@@ -177,12 +180,23 @@ fn print_connectors(connectors: &[relayward_core::Connector]) {
                 c.cert_name.clone().unwrap_or_default(),
                 c.auth_user.clone().unwrap_or_default(),
                 flags.join(","),
-                c.last_used_at.map(table::time).unwrap_or_else(|| "never".into()),
+                c.last_used_at
+                    .map(table::time)
+                    .unwrap_or_else(|| "never".into()),
             ]
         })
         .collect::<Vec<_>>();
     table::print(
-        &["ID", "NAME", "KIND", "IP RANGES", "CERT NAME", "AUTH USER", "FLAGS", "LAST USED"],
+        &[
+            "ID",
+            "NAME",
+            "KIND",
+            "IP RANGES",
+            "CERT NAME",
+            "AUTH USER",
+            "FLAGS",
+            "LAST USED",
+        ],
         &rows,
     );
 }
@@ -330,7 +344,12 @@ pub struct ConnectorAdd {
     auth_user: Option<String>,
     /// The password is hashed (argon2id) before it is stored. Prefer RELAYWARD_AUTH_PASSWORD
     /// to keep it out of the process list.
-    #[arg(long, env = "RELAYWARD_AUTH_PASSWORD", hide_env_values = true, requires = "auth_user")]
+    #[arg(
+        long,
+        env = "RELAYWARD_AUTH_PASSWORD",
+        hide_env_values = true,
+        requires = "auth_user"
+    )]
     auth_password: Option<String>,
     #[arg(long)]
     require_tls: bool,
@@ -492,7 +511,11 @@ pub async fn queue(config: &Config, cmd: QueueCmd) -> Result<()> {
                         e.queue_id.to_string(),
                         table::time(e.received_at),
                         e.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
-                        if e.sender.is_empty() { "<>".into() } else { e.sender.clone() },
+                        if e.sender.is_empty() {
+                            "<>".into()
+                        } else {
+                            e.sender.clone()
+                        },
                         e.recipients.len().to_string(),
                         e.size.to_string(),
                         crate::serve::queue_status(e),
@@ -500,7 +523,9 @@ pub async fn queue(config: &Config, cmd: QueueCmd) -> Result<()> {
                 })
                 .collect::<Vec<_>>();
             table::print(
-                &["QUEUE ID", "RECEIVED", "TENANT", "SENDER", "RCPTS", "SIZE", "STATUS"],
+                &[
+                    "QUEUE ID", "RECEIVED", "TENANT", "SENDER", "RCPTS", "SIZE", "STATUS",
+                ],
                 &rows,
             );
         }
@@ -515,13 +540,22 @@ pub async fn queue(config: &Config, cmd: QueueCmd) -> Result<()> {
                 return print_json(&e);
             }
             println!("queue id: {}", e.queue_id);
-            println!("received: {} from [{}] helo {}", table::time(e.received_at), e.client_ip, e.helo);
+            println!(
+                "received: {} from [{}] helo {}",
+                table::time(e.received_at),
+                e.client_ip,
+                e.helo
+            );
             println!("tenant: {:?}  connector: {:?}", e.tenant_id, e.connector_id);
             println!(
                 "sender: <{}> ({}{})",
                 e.sender,
                 e.sender_class,
-                if e.header_from_mismatch { ", header From mismatch" } else { "" }
+                if e.header_from_mismatch {
+                    ", header From mismatch"
+                } else {
+                    ""
+                }
             );
             println!("message-id: {}", e.message_id.clone().unwrap_or_default());
             println!("size: {}", e.size);
@@ -567,9 +601,12 @@ pub async fn trace(config: &Config, a: TraceArgs) -> Result<()> {
         Some(t) => Some(tenant_of(&*store, t).await?.id),
         None => None,
     };
-    let message_id = a
-        .message_id
-        .map(|m| m.trim().trim_start_matches('<').trim_end_matches('>').to_string());
+    let message_id = a.message_id.map(|m| {
+        m.trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string()
+    });
     let mut events = store
         .search_trace(&TraceQuery {
             tenant_id,
@@ -603,7 +640,17 @@ pub async fn trace(config: &Config, a: TraceArgs) -> Result<()> {
             ]
         })
         .collect::<Vec<_>>();
-    table::print(&["TIME", "EVENT", "QUEUE ID", "SENDER", "RECIPIENT", "REPLY/DETAIL"], &rows);
+    table::print(
+        &[
+            "TIME",
+            "EVENT",
+            "QUEUE ID",
+            "SENDER",
+            "RECIPIENT",
+            "REPLY/DETAIL",
+        ],
+        &rows,
+    );
     Ok(())
 }
 

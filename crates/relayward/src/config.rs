@@ -166,7 +166,10 @@ impl Config {
                 anyhow::bail!("listener {}: tls_cert and tls_key go together", l.address);
             }
             if l.implicit_tls && l.tls_cert.is_none() {
-                anyhow::bail!("listener {}: implicit_tls needs tls_cert and tls_key", l.address);
+                anyhow::bail!(
+                    "listener {}: implicit_tls needs tls_cert and tls_key",
+                    l.address
+                );
             }
         }
         Ok(())

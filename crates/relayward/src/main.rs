@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "relayward", version, about = "Multi-tenant outbound SMTP relay")]
+#[command(
+    name = "relayward",
+    version,
+    about = "Multi-tenant outbound SMTP relay"
+)]
 struct Cli {
     /// Config file (default: ./relayward.toml if present, else the embedded defaults)
     #[arg(long, global = true, value_name = "FILE")]
@@ -52,7 +56,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("relayward: cannot start runtime: {e}");

@@ -20,7 +20,9 @@ use crate::config::Config;
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.server.log_format == "json" {
         builder.json().init();
     } else {
@@ -31,7 +33,10 @@ fn init_logging(config: &Config) {
 pub async fn run(config: Config) -> Result<()> {
     init_logging(&config);
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
-        format!("cannot create data_dir {}", config.server.data_dir.display())
+        format!(
+            "cannot create data_dir {}",
+            config.server.data_dir.display()
+        )
     })?;
     let store = relayward_store::open(&config.store_url())
         .await
@@ -94,9 +99,11 @@ pub async fn run(config: Config) -> Result<()> {
             implicit_tls: l.implicit_tls,
             auth_without_tls: l.auth_without_tls,
         };
-        tasks.push(tokio::spawn(
-            server.clone().serve(listener, cfg, shutdown_rx.clone()),
-        ));
+        tasks.push(tokio::spawn(server.clone().serve(
+            listener,
+            cfg,
+            shutdown_rx.clone(),
+        )));
     }
 
     wait_for_signal().await;
@@ -297,7 +304,10 @@ pub fn queue_status(e: &Envelope) -> String {
             .entry(format!("{:?}", r.status).to_lowercase())
             .or_default() += 1;
     }
-    let mut parts: Vec<String> = counts.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    let mut parts: Vec<String> = counts
+        .into_iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect();
     parts.sort();
     parts.join(",")
 }

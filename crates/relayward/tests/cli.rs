@@ -20,42 +20,89 @@ fn bad_usage_exits_2_and_failures_exit_1_with_one_line() {
 #[test]
 fn tenant_domain_connector_lifecycle_is_audited() {
     let relay = Relay::new("");
-    let id = relay.ok(&["tenant", "add", "acme", "--admin-email", "admin@acme.example"]);
-    assert!(id.trim().parse::<i64>().is_ok(), "tenant add prints the id: {id:?}");
+    let id = relay.ok(&[
+        "tenant",
+        "add",
+        "acme",
+        "--admin-email",
+        "admin@acme.example",
+    ]);
+    assert!(
+        id.trim().parse::<i64>().is_ok(),
+        "tenant add prints the id: {id:?}"
+    );
     // duplicate name refused, nothing changed
     let out = relay.cli(&["tenant", "add", "acme"]);
     assert_eq!(out.status.code(), Some(1));
 
     let txt = relay.ok(&["domain", "add", "acme", "Acme.Example"]);
-    assert!(txt.contains("acme.example. IN TXT \"relayward-verification="), "{txt}");
+    assert!(
+        txt.contains("acme.example. IN TXT \"relayward-verification="),
+        "{txt}"
+    );
     let list = relay.ok(&["domain", "list", "acme", "--json"]);
     let domains: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(domains[0]["domain"], "acme.example");
     assert_eq!(domains[0]["verified"], false);
 
-    for bad in ["acme.example.", "-x.example", "localhost", "a b.example"] {
+    for bad in [
+        "acme.example.",
+        "x-.example",
+        "localhost",
+        "a b.example",
+        "a..example",
+    ] {
         let out = relay.cli(&["domain", "add", "acme", bad, "--verified"]);
         assert_eq!(out.status.code(), Some(1), "{bad} must be refused");
     }
 
     relay.ok(&[
-        "connector", "add", "acme", "--name", "onprem", "--kind", "on-premises", "--ip",
-        "192.0.2.0/24", "--ip", "2001:db8::/48",
+        "connector",
+        "add",
+        "acme",
+        "--name",
+        "onprem",
+        "--kind",
+        "on-premises",
+        "--ip",
+        "192.0.2.0/24",
+        "--ip",
+        "2001:db8::/48",
     ]);
     for (args, why) in [
         (vec!["--ip", "192.0.2.1/24"], "host bits"),
         (vec!["--ip", "not-an-ip"], "bad CIDR"),
         (vec![], "no identification"),
-        (vec!["--auth-user", "u", "--auth-password", "short"], "short password"),
+        (
+            vec!["--auth-user", "u", "--auth-password", "short"],
+            "short password",
+        ),
     ] {
-        let mut cmd = vec!["connector", "add", "acme", "--name", "x", "--kind", "partner"];
+        let mut cmd = vec![
+            "connector",
+            "add",
+            "acme",
+            "--name",
+            "x",
+            "--kind",
+            "partner",
+        ];
         cmd.extend(args);
         let out = relay.cli(&cmd);
         assert_eq!(out.status.code(), Some(1), "{why}: {out:?}");
     }
     relay.ok(&[
-        "connector", "add", "acme", "--name", "app", "--kind", "partner", "--auth-user",
-        "acme-app", "--auth-password", "correct horse battery",
+        "connector",
+        "add",
+        "acme",
+        "--name",
+        "app",
+        "--kind",
+        "partner",
+        "--auth-user",
+        "acme-app",
+        "--auth-password",
+        "correct horse battery",
     ]);
     let list = relay.ok(&["connector", "list", "acme", "--json"]);
     assert!(!list.contains("correct horse"), "password never shown");
@@ -73,9 +120,16 @@ fn tenant_domain_connector_lifecycle_is_audited() {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    for want in ["tenant.create", "domain.add", "connector.create", "connector.update"] {
+    for want in [
+        "tenant.create",
+        "domain.add",
+        "connector.create",
+        "connector.update",
+    ] {
         assert!(
-            actions.iter().any(|a| a.starts_with(want.split('.').next().unwrap())),
+            actions
+                .iter()
+                .any(|a| a.starts_with(want.split('.').next().unwrap())),
             "audit lacks {want}: {actions:?}"
         );
     }

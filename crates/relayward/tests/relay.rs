@@ -26,7 +26,10 @@ fn cli_changes_take_effect_without_restart() {
         if r.starts_with("250") {
             break;
         }
-        assert!(Instant::now() < deadline, "still refused 2 s after the change: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "still refused 2 s after the change: {r}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -111,16 +114,21 @@ fn trace_records_accepts_and_refusals() {
         let refused = relay.ok(&["trace", "--sender", "spam@unregistered.example", "--json"]);
         let ev: serde_json::Value = serde_json::from_str(&out).unwrap();
         let rf: serde_json::Value = serde_json::from_str(&refused).unwrap();
-        let has_received = ev.as_array().unwrap().iter().any(|e| e["kind"] == "received");
-        let has_refused = rf
+        let has_received = ev
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["kind"] == "refused" && e["reply"].as_str().unwrap_or("").contains("5.7.64"));
+            .any(|e| e["kind"] == "received");
+        let has_refused = rf.as_array().unwrap().iter().any(|e| {
+            e["kind"] == "refused" && e["reply"].as_str().unwrap_or("").contains("5.7.64")
+        });
         if has_received && has_refused {
             break;
         }
-        assert!(Instant::now() < deadline, "trace incomplete: {out} / {refused}");
+        assert!(
+            Instant::now() < deadline,
+            "trace incomplete: {out} / {refused}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -64,9 +64,16 @@ async fn verification_by_dns_txt() {
 
     // right token among many TXT strings
     dns.add_txt("acme.example", &["v=spf1 -all"]);
-    dns.add_txt("acme.example", &[&format!("relayward-verification={token}")]);
+    dns.add_txt(
+        "acme.example",
+        &[&format!("relayward-verification={token}")],
+    );
     let out = cli(&relay, &["domain", "verify", "acme", "acme.example"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(verified(&relay));
     let audit = relay.ok(&["audit", "--json"]);
     assert!(audit.contains("domain.verify"), "{audit}");

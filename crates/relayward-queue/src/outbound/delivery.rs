@@ -153,13 +153,13 @@ impl HopFailure {
 }
 
 impl Outbound {
-    pub fn new(config: Arc<DeliveryConfig>) -> Result<Outbound, String> {
-        Ok(Outbound {
-            router: Router::new(config.clone())?,
+    pub fn new(config: Arc<DeliveryConfig>) -> Outbound {
+        Outbound {
+            router: Router::new(config.clone()),
             pool: ConnectionPool::default(),
             opportunistic: tls::opportunistic(),
             config,
-        })
+        }
     }
 
     fn timeouts(&self) -> Timeouts {

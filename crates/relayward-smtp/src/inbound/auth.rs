@@ -62,8 +62,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match credentials {
             Ok(Some((user, password))) => self.verify(user, password).await,
             Ok(None) => {
-                self.st
-                    .refuse(&reply::AUTH_INVALID, None, None, Some("AUTH malformed".into()));
+                self.st.refuse(
+                    &reply::AUTH_INVALID,
+                    None,
+                    None,
+                    Some("AUTH malformed".into()),
+                );
             }
             Err(Abort::Replied) => {}
             Err(Abort::Closed) => return Some(Exit::Close),
@@ -87,7 +91,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !authz.is_empty() && authz != authc {
             return Ok(None);
         }
-        match (String::from_utf8(authc.to_vec()), String::from_utf8(password.to_vec())) {
+        match (
+            String::from_utf8(authc.to_vec()),
+            String::from_utf8(password.to_vec()),
+        ) {
             (Ok(u), Ok(p)) if !u.is_empty() => Ok(Some((u, p))),
             _ => Ok(None),
         }
@@ -97,7 +104,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         &mut self,
         initial: Option<&[u8]>,
     ) -> Result<Option<(String, String)>, Abort> {
-        let user = self.response(initial, &reply::AUTH_CHALLENGE_USERNAME).await?;
+        let user = self
+            .response(initial, &reply::AUTH_CHALLENGE_USERNAME)
+            .await?;
         let password = self.response(None, &reply::AUTH_CHALLENGE_PASSWORD).await?;
         match (String::from_utf8(user), String::from_utf8(password)) {
             (Ok(u), Ok(p)) if !u.is_empty() => Ok(Some((u, p))),

@@ -235,9 +235,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
         // Whatever happens next, the transaction is over (RFC 5321 section 4.1.1.4).
         let st = &mut self.st;
-        let Some(mut tx) = st.tx.take() else {
-            return None;
-        };
+        let mut tx = st.tx.take()?;
         let sender = sender_text(tx.sender.as_ref());
         let refuse = |st: &mut super::State, r: &relayward_core::Reply, detail: &str| {
             // The transaction is gone from the state: put its tenant on the event ourselves.
@@ -282,7 +280,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         drop(dir);
 
-        let recipients: Vec<String> = tx.recipients.iter().map(|r| r.address.to_string()).collect();
+        let recipients: Vec<String> = tx
+            .recipients
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
         let size = data.len() - header_len;
         let msg = IncomingMessage {
             queue_id: queue_id.clone(),

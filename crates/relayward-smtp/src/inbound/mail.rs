@@ -136,7 +136,10 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(extract_path(b"MAIL FROM:<a@b.example>\r\n"), Some("a@b.example"));
+        assert_eq!(
+            extract_path(b"MAIL FROM:<a@b.example>\r\n"),
+            Some("a@b.example")
+        );
         assert_eq!(extract_path(b"MAIL FROM:<>\r\n"), Some(""));
         assert_eq!(
             extract_path(b"RCPT TO:<\"x>y@z\"@b.example> NOTIFY=NEVER\r\n"),

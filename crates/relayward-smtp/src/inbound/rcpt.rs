@@ -37,7 +37,9 @@ impl State {
             return Err((reply::BAD_SEQUENCE_MAIL_FIRST, None));
         };
         tx.rcpt_attempts += 1;
-        if to.flags & !NOTIFY_FLAGS != 0 || to.rrvs != 0 || (!self.esmtp && to.flags != 0)
+        if to.flags & !NOTIFY_FLAGS != 0
+            || to.rrvs != 0
+            || (!self.esmtp && to.flags != 0)
             || (!self.esmtp && to.orcpt.is_some())
         {
             return Err((reply::PARAM_NOT_RECOGNIZED, None));
@@ -58,9 +60,7 @@ impl State {
                 Ok(MailOutcome::Accepted { attributed, class }) => {
                     tx.decision = Decision::Accepted { attributed, class }
                 }
-                Ok(MailOutcome::PendingRcpt { .. }) => {
-                    return Err((reply::RELAY_DENIED, shown()))
-                }
+                Ok(MailOutcome::PendingRcpt { .. }) => return Err((reply::RELAY_DENIED, shown())),
                 Err(r) => return Err((r, shown())),
             }
         }

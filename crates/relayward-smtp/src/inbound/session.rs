@@ -271,9 +271,7 @@ fn parse_error_reply(e: &smtp_proto::Error) -> Reply {
         Error::InvalidSenderAddress => reply::BAD_SENDER_SYNTAX,
         Error::InvalidRecipientAddress => reply::BAD_RECIPIENT_SYNTAX,
         Error::SyntaxError { syntax } if syntax.starts_with("MAIL") => reply::BAD_SENDER_SYNTAX,
-        Error::SyntaxError { syntax } if syntax.starts_with("RCPT") => {
-            reply::BAD_RECIPIENT_SYNTAX
-        }
+        Error::SyntaxError { syntax } if syntax.starts_with("RCPT") => reply::BAD_RECIPIENT_SYNTAX,
         Error::SyntaxError { .. } | Error::InvalidParameter { .. } => reply::BAD_ARGUMENTS,
         Error::UnsupportedParameter { .. } => reply::PARAM_NOT_RECOGNIZED,
         _ => reply::SYNTAX_ERROR,

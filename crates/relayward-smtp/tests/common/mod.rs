@@ -237,7 +237,9 @@ pub struct ClientCert {
 fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::DigitalSignature,
@@ -256,7 +258,9 @@ fn leaf(
     let mut params =
         rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
     params.extended_key_usages = vec![usage];
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
@@ -412,7 +416,11 @@ impl Client {
     }
 
     /// Connect with TLS from the first byte (implicit TLS listener).
-    pub async fn connect_tls(addr: SocketAddr, src: &str, cfg: Arc<rustls::ClientConfig>) -> Client {
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        src: &str,
+        cfg: Arc<rustls::ClientConfig>,
+    ) -> Client {
         let mut c = Client::connect_raw(addr, src).await;
         c.handshake(cfg).await.unwrap();
         let greeting = c.reply().await;
@@ -450,7 +458,10 @@ impl Client {
     pub async fn reply(&mut self) -> String {
         let mut lines = Vec::new();
         loop {
-            let line = self.line().await.expect("connection closed while awaiting a reply");
+            let line = self
+                .line()
+                .await
+                .expect("connection closed while awaiting a reply");
             let last = line.len() < 4 || line.as_bytes()[3] == b' ';
             lines.push(line);
             if last {
@@ -495,7 +506,9 @@ impl Client {
             panic!("already TLS")
         };
         let name = rustls::pki_types::ServerName::try_from(HOSTNAME).unwrap();
-        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await?;
         self.conn = Some(Conn::Tls(Box::new(tls)));
         Ok(())
     }
@@ -508,8 +521,8 @@ impl Client {
     }
 
     pub async fn auth_plain(&mut self, user: &str, password: &str) -> String {
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("\0{user}\0{password}"));
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
         self.cmd(&format!("AUTH PLAIN {token}")).await
     }
 

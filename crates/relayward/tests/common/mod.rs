@@ -180,7 +180,9 @@ impl Client {
     }
 
     pub fn cmd(&mut self, line: &str) -> String {
-        self.writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
         self.reply()
     }
 
@@ -212,10 +214,23 @@ pub fn message(from: &str, to: &str, subject: &str) -> String {
 
 /// Set up tenant `acme` with a verified domain and an IP connector for 127.0.0.1.
 pub fn provision_acme(relay: &Relay) {
-    relay.ok(&["tenant", "add", "acme", "--admin-email", "admin@acme.example"]);
+    relay.ok(&[
+        "tenant",
+        "add",
+        "acme",
+        "--admin-email",
+        "admin@acme.example",
+    ]);
     relay.ok(&["domain", "add", "acme", "acme.example", "--verified"]);
     relay.ok(&[
-        "connector", "add", "acme", "--name", "onprem", "--kind", "on-premises", "--ip",
+        "connector",
+        "add",
+        "acme",
+        "--name",
+        "onprem",
+        "--kind",
+        "on-premises",
+        "--ip",
         "127.0.0.1/32",
     ]);
 }

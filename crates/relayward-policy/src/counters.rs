@@ -1,0 +1,1525 @@
+//! Sliding-window counters for the abuse detector and the per-sender limits.
+//!
+//! [`Counters`] is the seam between the per-message path and the counter store: every update
+//! is one call that changes every window of the tenant, its connector and its sender at once
+//! and answers with the [`Snapshot`] the detector needs, so a Redis implementation can do the
+//! same in one script and the detector never reads half an update. [`InProcessCounters`] is the
+//! single-node implementation: sharded `Mutex<HashMap>`, no I/O, time passed in by the caller
+//! (unix milliseconds) so tests drive a simulated clock.
+//!
+//! # Layout and memory
+//!
+//! Counted per window: messages, recipients, external recipients, unregistered-sender messages
+//! and recipients, null-sender messages, header/envelope mismatches, and remote replies by
+//! [`RemoteClass`] (delivered, spam/policy block, bad mailbox, other) — 11 `u32` fields.
+//!
+//! * **Tenant** (the detector's input, exact to the bucket): three rings of time buckets,
+//!   1 minute = 6 × 10 s, 1 hour = 12 × 5 min, 24 hours = 24 × 1 h; 42 buckets × 48 bytes
+//!   (11 counters + epoch) = 2,016 bytes. Distinct counts (recipient domains, and once the
+//!   tenant sends unregistered mail, unregistered sender domains and addresses) are
+//!   *timestamped linear-counting bitmaps*: 256 slots of `u16` last-seen ticks (10 s) each
+//!   (512 bytes), so one array answers any window up to 24 h exactly as a bitmap would; the
+//!   estimate `-m ln(zeros/m)` is within ~5 % up to 100 and ~7 % at 500 distinct values, and
+//!   saturates at ~1,400 (reported as 1,420). Baseline: 48 bytes.
+//!   Fixed part of a tenant entry: 2,704 bytes (`size_of`, see the test `memory_layout`).
+//! * **Unregistered evidence** (allocated on a tenant's first unregistered, null-sender or
+//!   mismatched message): two more bitmaps (1,024 bytes), three space-saving top-k tables of
+//!   k = 20 (domains, addresses, source IPs) in two 12-hour generations, and a ring of 16
+//!   sample messages (queue id and Message-ID cut at 128 bytes). About 9 KB typical
+//!   (domains ~16 bytes, addresses ~24 bytes), bounded by 6 × 20 × 300 bytes + 16 × 600 bytes
+//!   ≈ 46 KB at the longest legal keys.
+//! * **Connector and sender** entries (many per tenant, so kept compact): each window is the
+//!   classic two-bucket sliding estimate (current + previous period, the previous one weighted
+//!   by how much of it still falls in the window) of the same 11 counters, plus 64-bit
+//!   linear-counting bitmaps for the three distinct counts: 464 bytes each (+ the key and
+//!   hash-map slot, ~60 bytes for a sender address).
+//!
+//! So a tenant sending only registered mail from one connector and 20 active sender
+//! addresses holds 2.7 KB + 0.5 KB + 20 × 0.5 KB ≈ 13 KB; one with unregistered traffic adds
+//! ~9 KB. Bounded per tenant by `max_connectors_per_tenant` (default 32) and
+//! `max_senders_per_tenant` (default 1,000; the least recently seen sender is evicted, its
+//! restriction — kept apart — is not): at most ≈ 2.7 + 46 + 32 × 0.5 + 1,000 × 0.53 KB ≈ 600 KB.
+//! Entries idle for `idle_expiry_secs` (default 48 h) are dropped by [`Counters::expire`].
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use relayward_core::{Address, ConnectorId, SenderClass, TenantId};
+use serde::{Deserialize, Serialize};
+
+use crate::evidence::{
+    truncated, ConnectorActivity, Observations, RecentTopK, RejectionSample, Ring, Sample,
+    MAX_SAMPLE_TEXT,
+};
+use crate::limits::SenderRestriction;
+
+pub const SECOND_MS: i64 = 1_000;
+pub const MINUTE_MS: i64 = 60 * SECOND_MS;
+pub const HOUR_MS: i64 = 60 * MINUTE_MS;
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+
+// ---------------------------------------------------------------------------------------------
+// Remote replies
+
+/// What a remote server's answer to a delivery attempt says about the tenant's mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteClass {
+    Delivered,
+    /// Refused as spam or by policy (block lists, reputation): the signal that a tenant is
+    /// burning the relay's IPs.
+    SpamBlock,
+    /// The recipient does not exist (5.1.x): address-list harvesting shows up here.
+    BadMailbox,
+    Other,
+}
+
+/// Words that mark a refusal as a spam or reputation block. Lowercase.
+const SPAM_WORDS: &[&str] = &[
+    "blocked",
+    "block list",
+    "blocklist",
+    "blacklist",
+    "listed",
+    "spam",
+    "reputation",
+    "rbl",
+    "dnsbl",
+    "spamhaus",
+    "spamcop",
+    "barracuda",
+    "junk",
+    "unsolicited",
+    "bulk mail",
+    "abuse",
+];
+
+/// Words of recipient-unknown replies that carry no enhanced code. Lowercase.
+const BAD_MAILBOX_WORDS: &[&str] = &[
+    "user unknown",
+    "unknown user",
+    "no such user",
+    "no such mailbox",
+    "does not exist",
+    "invalid recipient",
+    "recipient unknown",
+    "unknown recipient",
+    "address rejected: user",
+];
+
+/// `"5.7.1"` → `(5, 7, 1)`.
+fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
+    let mut it = s.split('.');
+    let class: u8 = it.next()?.parse().ok()?;
+    let subject: u16 = it.next()?.parse().ok()?;
+    let detail: u16 = it.next()?.parse().ok()?;
+    if it.next().is_some() || !(2..=5).contains(&class) {
+        return None;
+    }
+    Some((class, subject, detail))
+}
+
+/// Classify a remote server's reply to a delivery attempt. `enhanced` may be empty, in which
+/// case a leading `x.y.z` token of `text` is used (many servers put it there).
+///
+/// * 2xx: delivered.
+/// * 5.7.1, or any x.7.x whose text speaks of blocks, spam, listings or reputation: spam/policy
+///   block. A 4.7.x greylisting reply has none of those words and stays "other".
+/// * 5.1.x: bad mailbox.
+/// * No enhanced code: the text decides, recipient-unknown words first.
+pub fn classify_remote_reply(code: u16, enhanced: &str, text: &str) -> RemoteClass {
+    if (200..300).contains(&code) {
+        return RemoteClass::Delivered;
+    }
+    let mut enhanced = enhanced.trim();
+    let mut text = text.trim();
+    if enhanced.is_empty() {
+        let first = text.split_whitespace().next().unwrap_or("");
+        if parse_enhanced(first).is_some() {
+            enhanced = first;
+            text = text[first.len()..].trim_start();
+        }
+    }
+    let lower = text.to_ascii_lowercase();
+    // Greylisting says "listed" too, and is no verdict on the mail.
+    let greylisting = lower.contains("greylist") || lower.contains("graylist");
+    let spammy = !greylisting && SPAM_WORDS.iter().any(|w| lower.contains(w));
+    match parse_enhanced(enhanced) {
+        Some((5, 7, 1)) => RemoteClass::SpamBlock,
+        Some((4 | 5, 7, _)) if spammy => RemoteClass::SpamBlock,
+        Some((5, 1, _)) => RemoteClass::BadMailbox,
+        Some((4 | 5, _, _)) if spammy && code >= 500 => RemoteClass::SpamBlock,
+        Some(_) => RemoteClass::Other,
+        None if code >= 500 && BAD_MAILBOX_WORDS.iter().any(|w| lower.contains(w)) => {
+            RemoteClass::BadMailbox
+        }
+        None if code >= 400 && spammy => RemoteClass::SpamBlock,
+        None => RemoteClass::Other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events and what the counters answer
+
+/// One accepted message, as the DATA phase knows it.
+#[derive(Debug, Clone)]
+pub struct MessageEvent<'a> {
+    pub tenant: TenantId,
+    pub connector: ConnectorId,
+    pub class: SenderClass,
+    /// P1 sender; `None` for the null reverse-path.
+    pub sender: Option<&'a Address>,
+    /// Header From is not an accepted domain while P1 is (DESIGN.md "Sender class").
+    pub mismatch: bool,
+    pub recipients: &'a [Address],
+    /// How many of `recipients` are outside the tenant's accepted domains.
+    pub external_recipients: u32,
+    pub client_ip: Option<IpAddr>,
+    pub queue_id: Option<&'a str>,
+    pub message_id: Option<&'a str>,
+}
+
+/// The outcome of one delivery attempt to one recipient.
+#[derive(Debug, Clone)]
+pub struct RemoteReplyEvent<'a> {
+    pub tenant: TenantId,
+    pub connector: Option<ConnectorId>,
+    pub sender: Option<&'a Address>,
+    pub class: RemoteClass,
+    pub queue_id: Option<&'a str>,
+    /// The reply as received, kept (cut) in the evidence of spam blocks.
+    pub reply: Option<&'a str>,
+}
+
+/// Totals over one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowStats {
+    pub messages: u64,
+    pub recipients: u64,
+    pub external_recipients: u64,
+    pub unregistered_messages: u64,
+    pub unregistered_recipients: u64,
+    pub null_messages: u64,
+    pub mismatches: u64,
+    pub remote_delivered: u64,
+    pub remote_spam: u64,
+    pub remote_bad_mailbox: u64,
+    pub remote_other: u64,
+    /// Approximate distinct counts (linear counting).
+    pub unregistered_domains: u32,
+    pub unregistered_senders: u32,
+    pub recipient_domains: u32,
+}
+
+impl WindowStats {
+    /// Messages the relay rule treats alike: unregistered plus null senders.
+    pub fn not_registered(&self) -> u64 {
+        self.unregistered_messages + self.null_messages
+    }
+
+    pub fn registered_messages(&self) -> u64 {
+        self.messages.saturating_sub(self.not_registered())
+    }
+
+    pub fn remote_total(&self) -> u64 {
+        self.remote_delivered + self.remote_spam + self.remote_bad_mailbox + self.remote_other
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Windows {
+    pub minute: WindowStats,
+    pub hour: WindowStats,
+    pub day: WindowStats,
+}
+
+/// The tenant's usual hourly volumes: exponentially weighted moving averages of completed
+/// clock hours (bias-corrected while young, so the first day is not read as silence).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Completed hours folded in.
+    pub hours: u32,
+    pub messages_per_hour: f64,
+    /// Unregistered plus null-sender messages.
+    pub unregistered_per_hour: f64,
+    pub unregistered_domains_per_hour: f64,
+}
+
+impl Baseline {
+    pub fn unregistered_share(&self) -> f64 {
+        if self.messages_per_hour > 0.0 {
+            (self.unregistered_per_hour / self.messages_per_hour).min(1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConnectorWindows {
+    pub connector: ConnectorId,
+    pub windows: Windows,
+}
+
+/// What the detector needs after an update.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub tenant: TenantId,
+    pub at_ms: i64,
+    pub windows: Windows,
+    pub baseline: Baseline,
+    /// The connector of the event, when there was one.
+    pub connector: Option<ConnectorWindows>,
+    /// The sender of the event, when there was one.
+    pub sender: Option<Windows>,
+}
+
+/// One bucket of a tenant's series, for the evidence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    pub start_ms: i64,
+    pub messages: u32,
+    pub recipients: u32,
+    pub unregistered_messages: u32,
+    pub null_messages: u32,
+    pub mismatches: u32,
+    pub remote_spam: u32,
+    pub remote_bad_mailbox: u32,
+}
+
+/// A sender's usage against its limits, and its standing restriction if any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SenderUsage {
+    pub messages_last_minute: u64,
+    pub external_recipients_last_hour: u64,
+    pub recipients_last_day: u64,
+    pub restriction: Option<SenderRestriction>,
+    /// An alert about this sender was already raised; do not repeat it before then.
+    pub alerted_until_ms: Option<i64>,
+}
+
+/// The counter store. Implementations must make each method one atomic step.
+pub trait Counters: Send + Sync {
+    /// Count one accepted message in every window of its tenant, connector and sender.
+    fn record(&self, now_ms: i64, event: &MessageEvent<'_>) -> Snapshot;
+    /// Count one remote reply to a delivery attempt.
+    fn record_remote_reply(&self, now_ms: i64, event: &RemoteReplyEvent<'_>) -> Snapshot;
+    /// The tenant's windows without counting anything (periodic re-evaluation).
+    fn snapshot(&self, now_ms: i64, tenant: TenantId) -> Snapshot;
+    /// Windows, series, top talkers and samples for the evidence of a transition.
+    fn observations(&self, now_ms: i64, tenant: TenantId) -> Observations;
+    /// `sender` is a [`sender_key`].
+    fn sender_usage(&self, now_ms: i64, tenant: TenantId, sender: &str) -> SenderUsage;
+    /// Set (`Some`) or lift (`None`) a sender restriction; returns the previous one. Setting
+    /// one starts the sender's windows afresh, so that when it ends the sender is not
+    /// restricted again at once by the traffic that caused it.
+    fn set_sender_restriction(
+        &self,
+        tenant: TenantId,
+        sender: &str,
+        restriction: Option<SenderRestriction>,
+    ) -> Option<SenderRestriction>;
+    /// Remember that an alert was raised about `sender` until `until_ms`.
+    fn set_sender_alerted(&self, now_ms: i64, tenant: TenantId, sender: &str, until_ms: i64);
+    /// Standing restrictions of a tenant's senders.
+    fn sender_restrictions(&self, now_ms: i64, tenant: TenantId)
+        -> Vec<(String, SenderRestriction)>;
+    /// Drop idle entries and ended restrictions; returns how many tenants were dropped.
+    fn expire(&self, now_ms: i64) -> usize;
+}
+
+/// The key of a sender address in the counters and restrictions: lowercase `local@domain`
+/// (local parts are case-insensitive in practice, and a spammer must not reset its limits by
+/// changing case).
+pub fn sender_key(addr: &Address) -> String {
+    let mut s = String::with_capacity(addr.local.len() + 1 + addr.domain.len());
+    s.extend(addr.local.chars().flat_map(char::to_lowercase));
+    s.push('@');
+    s.push_str(&addr.domain);
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CountersConfig {
+    /// Lock shards; a power of two is not required.
+    pub shards: usize,
+    /// Tenant, connector and sender entries not updated for this long are dropped.
+    pub idle_expiry_secs: u64,
+    pub max_connectors_per_tenant: usize,
+    /// Beyond this, a new sender evicts the tenant's least recently seen one.
+    pub max_senders_per_tenant: usize,
+    /// Weight of each completed hour in the baseline (0.05: about a day's memory).
+    pub baseline_alpha: f64,
+    /// An hour adds at most `max(floor, clip_factor × baseline)` to the unregistered and
+    /// domain baselines, so a burst (or a slow ramp) cannot teach the detector that abuse is
+    /// normal.
+    pub baseline_clip_factor: f64,
+    /// Rows of each top-k table (domains, addresses, source IPs).
+    pub top_k: usize,
+    /// Each top-k generation covers this long; the table reports one to two of them.
+    pub top_k_period_secs: u64,
+    /// Sample messages kept per tenant.
+    pub samples: usize,
+    /// Set from `[detector] floor_unregistered_per_hour`.
+    #[serde(skip)]
+    pub baseline_clip_min_unregistered: f64,
+    /// Set from `[detector] floor_unregistered_domains_per_hour`.
+    #[serde(skip)]
+    pub baseline_clip_min_domains: f64,
+}
+
+impl Default for CountersConfig {
+    fn default() -> Self {
+        CountersConfig {
+            shards: 64,
+            idle_expiry_secs: 48 * 3600,
+            max_connectors_per_tenant: 32,
+            max_senders_per_tenant: 1000,
+            baseline_alpha: 0.05,
+            baseline_clip_factor: 3.0,
+            top_k: 20,
+            top_k_period_secs: 12 * 3600,
+            samples: 16,
+            baseline_clip_min_unregistered: 100.0,
+            baseline_clip_min_domains: 5.0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks
+
+const N: usize = 11;
+const MESSAGES: usize = 0;
+const RECIPIENTS: usize = 1;
+const EXTERNAL: usize = 2;
+const UNREG_MESSAGES: usize = 3;
+const UNREG_RECIPIENTS: usize = 4;
+const NULL_MESSAGES: usize = 5;
+const MISMATCHES: usize = 6;
+const R_DELIVERED: usize = 7;
+const R_SPAM: usize = 8;
+const R_BAD_MAILBOX: usize = 9;
+const R_OTHER: usize = 10;
+
+type Counts = [u32; N];
+
+// Indexes of the distinct counts.
+const D_UNREG_DOMAINS: usize = 0;
+const D_UNREG_SENDERS: usize = 1;
+const D_RCPT_DOMAINS: usize = 2;
+
+fn stats(c: &[u64; N], distinct: [u32; 3]) -> WindowStats {
+    WindowStats {
+        messages: c[MESSAGES],
+        recipients: c[RECIPIENTS],
+        external_recipients: c[EXTERNAL],
+        unregistered_messages: c[UNREG_MESSAGES],
+        unregistered_recipients: c[UNREG_RECIPIENTS],
+        null_messages: c[NULL_MESSAGES],
+        mismatches: c[MISMATCHES],
+        remote_delivered: c[R_DELIVERED],
+        remote_spam: c[R_SPAM],
+        remote_bad_mailbox: c[R_BAD_MAILBOX],
+        remote_other: c[R_OTHER],
+        unregistered_domains: distinct[D_UNREG_DOMAINS],
+        unregistered_senders: distinct[D_UNREG_SENDERS],
+        recipient_domains: distinct[D_RCPT_DOMAINS],
+    }
+}
+
+/// Stable within a process (SipHash with fixed keys).
+fn hash_str(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// Linear counting: distinct values estimated from a bitmap of `m` bits with `set` set.
+fn linear_count(m: usize, set: usize) -> f64 {
+    let m_f = m as f64;
+    if set >= m {
+        // Saturated: report the expected count at which the last bit fills.
+        return m_f * m_f.ln();
+    }
+    -m_f * ((m - set) as f64 / m_f).ln()
+}
+
+fn lc64(bits: u64) -> f64 {
+    linear_count(64, bits.count_ones() as usize)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    epoch: u32,
+    c: Counts,
+}
+
+/// `B` buckets of `W` milliseconds, indexed by `epoch % B`; a bucket whose epoch is not the
+/// one expected is stale and reads as zero.
+#[derive(Debug, Clone)]
+struct BucketRing<const B: usize, const W: i64> {
+    b: [Bucket; B],
+}
+
+impl<const B: usize, const W: i64> BucketRing<B, W> {
+    const EMPTY: u32 = u32::MAX;
+
+    fn new() -> Self {
+        BucketRing {
+            b: [Bucket {
+                epoch: Self::EMPTY,
+                c: [0; N],
+            }; B],
+        }
+    }
+
+    fn epoch(now_ms: i64) -> u32 {
+        (now_ms.max(0) / W).min(u32::MAX as i64 - 1) as u32
+    }
+
+    fn add(&mut self, now_ms: i64, d: &Counts) {
+        let e = Self::epoch(now_ms);
+        let slot = &mut self.b[e as usize % B];
+        if slot.epoch != e {
+            *slot = Bucket { epoch: e, c: [0; N] };
+        }
+        for (c, d) in slot.c.iter_mut().zip(d) {
+            *c = c.saturating_add(*d);
+        }
+    }
+
+    fn live(e: u32, now_epoch: u32) -> bool {
+        e != Self::EMPTY && e <= now_epoch && now_epoch - e < B as u32
+    }
+
+    fn sum(&self, now_ms: i64) -> [u64; N] {
+        let now_e = Self::epoch(now_ms);
+        let mut out = [0u64; N];
+        for s in &self.b {
+            if Self::live(s.epoch, now_e) {
+                for (o, c) in out.iter_mut().zip(&s.c) {
+                    *o += *c as u64;
+                }
+            }
+        }
+        out
+    }
+
+    fn bucket(&self, epoch: u32) -> Option<&Counts> {
+        let s = &self.b[epoch as usize % B];
+        (s.epoch == epoch).then_some(&s.c)
+    }
+
+    fn series(&self, now_ms: i64) -> Vec<SeriesPoint> {
+        let now_e = Self::epoch(now_ms);
+        (0..B as u32)
+            .rev()
+            .filter_map(|back| now_e.checked_sub(back))
+            .map(|e| {
+                let c = self.bucket(e).copied().unwrap_or([0; N]);
+                SeriesPoint {
+                    start_ms: e as i64 * W,
+                    messages: c[MESSAGES],
+                    recipients: c[RECIPIENTS],
+                    unregistered_messages: c[UNREG_MESSAGES],
+                    null_messages: c[NULL_MESSAGES],
+                    mismatches: c[MISMATCHES],
+                    remote_spam: c[R_SPAM],
+                    remote_bad_mailbox: c[R_BAD_MAILBOX],
+                }
+            })
+            .collect()
+    }
+}
+
+/// Tick of the timestamped bitmaps.
+const TICK_MS: i64 = 10 * SECOND_MS;
+/// Ticks per window: 1 minute, 1 hour, 24 hours.
+const WINDOW_TICKS: [i64; 3] = [MINUTE_MS / TICK_MS, HOUR_MS / TICK_MS, DAY_MS / TICK_MS];
+/// Rebase the `u16` stamps before they overflow, keeping 25 hours.
+const REBASE_AT: i64 = 60_000;
+const KEEP_TICKS: i64 = 9_000;
+const SLOTS: usize = 256;
+
+/// Linear-counting bitmap whose slots hold the tick (relative to the tenant's base, plus one;
+/// 0 = never) at which they were last set: the bitmap of any window is "slots set since".
+#[derive(Debug, Clone)]
+struct Stamps {
+    slots: [u16; SLOTS],
+}
+
+impl Stamps {
+    fn new() -> Self {
+        Stamps { slots: [0; SLOTS] }
+    }
+
+    fn mark(&mut self, rel: u16, hash: u64) {
+        self.slots[(hash % SLOTS as u64) as usize] = rel;
+    }
+
+    fn shift(&mut self, by: i64) {
+        let by = by.clamp(0, u16::MAX as i64) as u16;
+        for s in &mut self.slots {
+            *s = s.saturating_sub(by);
+        }
+    }
+
+    /// Estimates for the 1-minute, 1-hour and 24-hour windows ending at tick `rel`.
+    fn counts(&self, rel: u16) -> [u32; 3] {
+        let th: [u16; 3] =
+            WINDOW_TICKS.map(|w| (rel as i64 - w + 1).clamp(1, u16::MAX as i64) as u16);
+        let mut set = [0usize; 3];
+        for &s in &self.slots {
+            set[0] += (s >= th[0]) as usize;
+            set[1] += (s >= th[1]) as usize;
+            set[2] += (s >= th[2]) as usize;
+        }
+        set.map(|n| linear_count(SLOTS, n).round() as u32)
+    }
+}
+
+/// Two-bucket sliding estimate over windows of `W` ms.
+#[derive(Debug, Clone, Copy)]
+struct Pair<const W: i64> {
+    epoch: i64,
+    cur: Counts,
+    prev: Counts,
+    cur_bits: [u64; 3],
+    prev_bits: [u64; 3],
+}
+
+impl<const W: i64> Pair<W> {
+    const NEW: Self = Pair {
+        epoch: i64::MIN,
+        cur: [0; N],
+        prev: [0; N],
+        cur_bits: [0; 3],
+        prev_bits: [0; 3],
+    };
+
+    fn add(&mut self, now_ms: i64, d: &Counts, bits: &[u64; 3]) {
+        let e = now_ms.div_euclid(W);
+        if e > self.epoch {
+            if self.epoch.checked_add(1) == Some(e) {
+                self.prev = self.cur;
+                self.prev_bits = self.cur_bits;
+            } else {
+                self.prev = [0; N];
+                self.prev_bits = [0; 3];
+            }
+            self.cur = [0; N];
+            self.cur_bits = [0; 3];
+            self.epoch = e;
+        }
+        // A clock that went back counts into the current period.
+        for (c, d) in self.cur.iter_mut().zip(d) {
+            *c = c.saturating_add(*d);
+        }
+        for (c, b) in self.cur_bits.iter_mut().zip(bits) {
+            *c |= *b;
+        }
+    }
+
+    fn estimate(&self, now_ms: i64) -> WindowStats {
+        const ZERO: Counts = [0; N];
+        let e = now_ms.div_euclid(W);
+        let prev_weight = 1.0 - now_ms.rem_euclid(W) as f64 / W as f64;
+        let (cur, prev, cb, pb) = if e <= self.epoch {
+            (&self.cur, &self.prev, self.cur_bits, self.prev_bits)
+        } else if self.epoch.checked_add(1) == Some(e) {
+            (&ZERO, &self.cur, [0; 3], self.cur_bits)
+        } else {
+            return WindowStats::default();
+        };
+        let mut c = [0u64; N];
+        for i in 0..N {
+            c[i] = (prev[i] as f64 * prev_weight + cur[i] as f64).round() as u64;
+        }
+        let mut distinct = [0u32; 3];
+        for j in 0..3 {
+            let now_only = lc64(cb[j]);
+            let both = lc64(cb[j] | pb[j]);
+            distinct[j] = (now_only + (both - now_only) * prev_weight).round() as u32;
+        }
+        stats(&c, distinct)
+    }
+}
+
+/// Windows of a connector or a sender.
+#[derive(Debug, Clone)]
+struct Compact {
+    minute: Pair<MINUTE_MS>,
+    hour: Pair<HOUR_MS>,
+    day: Pair<DAY_MS>,
+    last_seen_ms: i64,
+    alerted_until_ms: i64,
+}
+
+impl Compact {
+    fn new(now_ms: i64) -> Self {
+        Compact {
+            minute: Pair::NEW,
+            hour: Pair::NEW,
+            day: Pair::NEW,
+            last_seen_ms: now_ms,
+            alerted_until_ms: i64::MIN,
+        }
+    }
+
+    fn add(&mut self, now_ms: i64, d: &Counts, bits: &[u64; 3]) {
+        self.minute.add(now_ms, d, bits);
+        self.hour.add(now_ms, d, bits);
+        self.day.add(now_ms, d, bits);
+        self.last_seen_ms = self.last_seen_ms.max(now_ms);
+    }
+
+    fn windows(&self, now_ms: i64) -> Windows {
+        Windows {
+            minute: self.minute.estimate(now_ms),
+            hour: self.hour.estimate(now_ms),
+            day: self.day.estimate(now_ms),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.minute = Pair::NEW;
+        self.hour = Pair::NEW;
+        self.day = Pair::NEW;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BaselineState {
+    /// First clock hour not yet folded in.
+    next_hour: i64,
+    b: Baseline,
+}
+
+impl BaselineState {
+    fn push(&mut self, messages: f64, unregistered: f64, domains: f64, cfg: &CountersConfig) {
+        let b = &mut self.b;
+        let alpha = cfg.baseline_alpha.max(1.0 / (b.hours as f64 + 1.0));
+        let clip = |x: f64, current: f64, min: f64| x.min(min.max(cfg.baseline_clip_factor * current));
+        let u = clip(
+            unregistered,
+            b.unregistered_per_hour,
+            cfg.baseline_clip_min_unregistered,
+        );
+        let d = clip(
+            domains,
+            b.unregistered_domains_per_hour,
+            cfg.baseline_clip_min_domains,
+        );
+        b.messages_per_hour += alpha * (messages - b.messages_per_hour);
+        b.unregistered_per_hour += alpha * (u - b.unregistered_per_hour);
+        b.unregistered_domains_per_hour += alpha * (d - b.unregistered_domains_per_hour);
+        b.hours = b.hours.saturating_add(1);
+    }
+}
+
+/// What a tenant's unregistered, null-sender and mismatched traffic leaves behind.
+#[derive(Debug, Clone)]
+struct Suspect {
+    domains: Stamps,
+    senders: Stamps,
+    /// Distinct unregistered domains of the current clock hour, for the baseline.
+    clock_hour: i64,
+    clock_hour_domains: [u64; 4],
+    top_domains: RecentTopK<Box<str>>,
+    top_senders: RecentTopK<Box<str>>,
+    top_ips: RecentTopK<IpAddr>,
+    samples: Ring<Sample>,
+}
+
+impl Suspect {
+    fn new(cfg: &CountersConfig) -> Self {
+        let period = cfg.top_k_period_secs.max(1) as i64 * SECOND_MS;
+        Suspect {
+            domains: Stamps::new(),
+            senders: Stamps::new(),
+            clock_hour: i64::MIN,
+            clock_hour_domains: [0; 4],
+            top_domains: RecentTopK::new(cfg.top_k, period),
+            top_senders: RecentTopK::new(cfg.top_k, period),
+            top_ips: RecentTopK::new(cfg.top_k, period),
+            samples: Ring::new(cfg.samples),
+        }
+    }
+
+    fn clock_hour_count(&self, hour: i64) -> f64 {
+        if self.clock_hour != hour {
+            return 0.0;
+        }
+        let set: u32 = self.clock_hour_domains.iter().map(|w| w.count_ones()).sum();
+        linear_count(256, set as usize)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TenantEntry {
+    last_seen_ms: i64,
+    minute: BucketRing<6, { 10 * SECOND_MS }>,
+    hour: BucketRing<12, { 5 * MINUTE_MS }>,
+    day: BucketRing<24, HOUR_MS>,
+    base_tick: i64,
+    recipient_domains: Stamps,
+    baseline: BaselineState,
+    suspect: Option<Box<Suspect>>,
+    rejections: Option<Box<Ring<RejectionSample>>>,
+    connectors: Vec<(ConnectorId, Compact)>,
+    senders: HashMap<Box<str>, Compact>,
+}
+
+impl TenantEntry {
+    fn new(now_ms: i64) -> Self {
+        TenantEntry {
+            last_seen_ms: now_ms,
+            minute: BucketRing::new(),
+            hour: BucketRing::new(),
+            day: BucketRing::new(),
+            base_tick: now_ms.div_euclid(TICK_MS),
+            recipient_domains: Stamps::new(),
+            baseline: BaselineState {
+                next_hour: now_ms.div_euclid(HOUR_MS),
+                b: Baseline::default(),
+            },
+            suspect: None,
+            rejections: None,
+            connectors: Vec::new(),
+            senders: HashMap::new(),
+        }
+    }
+
+    /// The current tick relative to the base, rebasing the stamps when they near overflow.
+    fn tick(&mut self, now_ms: i64) -> u16 {
+        let tick = now_ms.div_euclid(TICK_MS).max(self.base_tick);
+        if tick - self.base_tick + 1 > REBASE_AT {
+            let new_base = tick - KEEP_TICKS;
+            let shift = new_base - self.base_tick;
+            self.recipient_domains.shift(shift);
+            if let Some(s) = &mut self.suspect {
+                s.domains.shift(shift);
+                s.senders.shift(shift);
+            }
+            self.base_tick = new_base;
+        }
+        (tick - self.base_tick + 1) as u16
+    }
+
+    /// Fold the clock hours completed since the last call into the baseline.
+    fn fold_baseline(&mut self, now_ms: i64, cfg: &CountersConfig) {
+        let current = now_ms.div_euclid(HOUR_MS);
+        // After a long silence only the last week matters: older hours have decayed away.
+        let mut h = self.baseline.next_hour.max(current - 24 * 7);
+        while h < current {
+            let (m, u) = match u32::try_from(h).ok().and_then(|e| self.day.bucket(e)) {
+                Some(c) => (
+                    c[MESSAGES] as f64,
+                    (c[UNREG_MESSAGES] + c[NULL_MESSAGES]) as f64,
+                ),
+                None => (0.0, 0.0),
+            };
+            let d = self.suspect.as_ref().map_or(0.0, |s| s.clock_hour_count(h));
+            self.baseline.push(m, u, d, cfg);
+            h += 1;
+        }
+        self.baseline.next_hour = self.baseline.next_hour.max(current);
+    }
+
+    fn touch(&mut self, now_ms: i64, cfg: &CountersConfig) -> u16 {
+        self.last_seen_ms = self.last_seen_ms.max(now_ms);
+        self.fold_baseline(now_ms, cfg);
+        self.tick(now_ms)
+    }
+
+    fn add(&mut self, now_ms: i64, d: &Counts) {
+        self.minute.add(now_ms, d);
+        self.hour.add(now_ms, d);
+        self.day.add(now_ms, d);
+    }
+
+    fn windows(&self, now_ms: i64, rel: u16) -> Windows {
+        let rcpt = self.recipient_domains.counts(rel);
+        let (dom, snd) = match &self.suspect {
+            Some(s) => (s.domains.counts(rel), s.senders.counts(rel)),
+            None => ([0; 3], [0; 3]),
+        };
+        let d = |i: usize| [dom[i], snd[i], rcpt[i]];
+        Windows {
+            minute: stats(&self.minute.sum(now_ms), d(0)),
+            hour: stats(&self.hour.sum(now_ms), d(1)),
+            day: stats(&self.day.sum(now_ms), d(2)),
+        }
+    }
+
+    fn suspect(&mut self, cfg: &CountersConfig) -> &mut Suspect {
+        self.suspect.get_or_insert_with(|| Box::new(Suspect::new(cfg)))
+    }
+
+    fn connector(&mut self, now_ms: i64, id: ConnectorId, cap: usize) -> &mut Compact {
+        if let Some(i) = self.connectors.iter().position(|(c, _)| *c == id) {
+            return &mut self.connectors[i].1;
+        }
+        if self.connectors.len() >= cap.max(1) {
+            if let Some(i) = (0..self.connectors.len())
+                .min_by_key(|&i| self.connectors[i].1.last_seen_ms)
+            {
+                self.connectors.swap_remove(i);
+            }
+        }
+        self.connectors.push((id, Compact::new(now_ms)));
+        let last = self.connectors.len() - 1;
+        &mut self.connectors[last].1
+    }
+
+    fn sender(&mut self, now_ms: i64, key: &str, cap: usize) -> &mut Compact {
+        if !self.senders.contains_key(key) {
+            if self.senders.len() >= cap.max(1) {
+                let oldest = self
+                    .senders
+                    .iter()
+                    .min_by_key(|(_, c)| c.last_seen_ms)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.senders.remove(&k);
+                }
+            }
+            self.senders.insert(Box::from(key), Compact::new(now_ms));
+        }
+        self.senders.get_mut(key).expect("inserted above")
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    tenants: HashMap<TenantId, TenantEntry>,
+    /// Kept apart from the tenant entries: a restriction outlives idle expiry and eviction.
+    restrictions: HashMap<TenantId, HashMap<Box<str>, SenderRestriction>>,
+}
+
+/// The single-node [`Counters`].
+#[derive(Debug)]
+pub struct InProcessCounters {
+    cfg: CountersConfig,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl InProcessCounters {
+    pub fn new(cfg: CountersConfig) -> Self {
+        let n = cfg.shards.max(1);
+        InProcessCounters {
+            cfg,
+            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+
+    pub fn config(&self) -> &CountersConfig {
+        &self.cfg
+    }
+
+    fn shard(&self, tenant: TenantId) -> MutexGuard<'_, Shard> {
+        // Fibonacci hashing spreads sequential ids over the shards.
+        let h = (tenant as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let i = ((h >> 32) % self.shards.len() as u64) as usize;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tenants currently held.
+    pub fn tenant_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).tenants.len())
+            .sum()
+    }
+}
+
+fn snapshot_of(
+    entry: &TenantEntry,
+    tenant: TenantId,
+    now_ms: i64,
+    rel: u16,
+    connector: Option<ConnectorId>,
+    sender: Option<&str>,
+) -> Snapshot {
+    Snapshot {
+        tenant,
+        at_ms: now_ms,
+        windows: entry.windows(now_ms, rel),
+        baseline: entry.baseline.b,
+        connector: connector.and_then(|id| {
+            entry
+                .connectors
+                .iter()
+                .find(|(c, _)| *c == id)
+                .map(|(c, w)| ConnectorWindows {
+                    connector: *c,
+                    windows: w.windows(now_ms),
+                })
+        }),
+        sender: sender.and_then(|k| entry.senders.get(k).map(|s| s.windows(now_ms))),
+    }
+}
+
+impl Counters for InProcessCounters {
+    fn record(&self, now_ms: i64, ev: &MessageEvent<'_>) -> Snapshot {
+        let cfg = &self.cfg;
+        let mut shard = self.shard(ev.tenant);
+        let entry = shard
+            .tenants
+            .entry(ev.tenant)
+            .or_insert_with(|| TenantEntry::new(now_ms));
+        let rel = entry.touch(now_ms, cfg);
+
+        let n = ev.recipients.len().min(u32::MAX as usize) as u32;
+        let mut d: Counts = [0; N];
+        d[MESSAGES] = 1;
+        d[RECIPIENTS] = n;
+        d[EXTERNAL] = ev.external_recipients.min(n);
+        match ev.class {
+            SenderClass::Unregistered => {
+                d[UNREG_MESSAGES] = 1;
+                d[UNREG_RECIPIENTS] = n;
+            }
+            SenderClass::Null => d[NULL_MESSAGES] = 1,
+            SenderClass::Registered => {}
+        }
+        d[MISMATCHES] = ev.mismatch as u32;
+        entry.add(now_ms, &d);
+
+        let mut bits = [0u64; 3];
+        for r in ev.recipients {
+            let h = hash_str(&r.domain);
+            entry.recipient_domains.mark(rel, h);
+            bits[D_RCPT_DOMAINS] |= 1 << (h % 64);
+        }
+
+        let key = ev.sender.map(sender_key);
+        let suspicious = ev.class != SenderClass::Registered || ev.mismatch;
+        if suspicious {
+            let hour = now_ms.div_euclid(HOUR_MS);
+            let s = entry.suspect(cfg);
+            if let (SenderClass::Unregistered, Some(addr), Some(key)) =
+                (ev.class, ev.sender, key.as_deref())
+            {
+                let hd = hash_str(&addr.domain);
+                let hs = hash_str(key);
+                s.domains.mark(rel, hd);
+                s.senders.mark(rel, hs);
+                bits[D_UNREG_DOMAINS] |= 1 << (hd % 64);
+                bits[D_UNREG_SENDERS] |= 1 << (hs % 64);
+                if s.clock_hour != hour {
+                    s.clock_hour = hour;
+                    s.clock_hour_domains = [0; 4];
+                }
+                let slot = (hd % 256) as usize;
+                s.clock_hour_domains[slot / 64] |= 1 << (slot % 64);
+                s.top_domains
+                    .add(now_ms, addr.domain.as_str(), 1, |k: &str| Box::from(k));
+                s.top_senders.add(now_ms, key, 1, |k: &str| Box::from(k));
+            }
+            if let Some(ip) = ev.client_ip {
+                s.top_ips.add(now_ms, &ip, 1, |ip| *ip);
+            }
+            s.samples.push(Sample {
+                at_ms: now_ms,
+                class: ev.class,
+                mismatch: ev.mismatch,
+                connector: ev.connector,
+                sender: key.as_deref().map(|k| truncated(k, MAX_SAMPLE_TEXT * 2)),
+                client_ip: ev.client_ip,
+                queue_id: ev.queue_id.map(|q| truncated(q, MAX_SAMPLE_TEXT)),
+                message_id: ev.message_id.map(|m| truncated(m, MAX_SAMPLE_TEXT)),
+            });
+        }
+
+        entry
+            .connector(now_ms, ev.connector, cfg.max_connectors_per_tenant)
+            .add(now_ms, &d, &bits);
+        if let Some(k) = key.as_deref() {
+            entry
+                .sender(now_ms, k, cfg.max_senders_per_tenant)
+                .add(now_ms, &d, &bits);
+        }
+        snapshot_of(
+            entry,
+            ev.tenant,
+            now_ms,
+            rel,
+            Some(ev.connector),
+            key.as_deref(),
+        )
+    }
+
+    fn record_remote_reply(&self, now_ms: i64, ev: &RemoteReplyEvent<'_>) -> Snapshot {
+        let cfg = &self.cfg;
+        let mut shard = self.shard(ev.tenant);
+        let entry = shard
+            .tenants
+            .entry(ev.tenant)
+            .or_insert_with(|| TenantEntry::new(now_ms));
+        let rel = entry.touch(now_ms, cfg);
+        let mut d: Counts = [0; N];
+        d[match ev.class {
+            RemoteClass::Delivered => R_DELIVERED,
+            RemoteClass::SpamBlock => R_SPAM,
+            RemoteClass::BadMailbox => R_BAD_MAILBOX,
+            RemoteClass::Other => R_OTHER,
+        }] = 1;
+        entry.add(now_ms, &d);
+        let key = ev.sender.map(sender_key);
+        if ev.class == RemoteClass::SpamBlock {
+            entry
+                .rejections
+                .get_or_insert_with(|| Box::new(Ring::new(cfg.samples)))
+                .push(RejectionSample {
+                    at_ms: now_ms,
+                    sender: key.clone(),
+                    queue_id: ev.queue_id.map(|q| truncated(q, MAX_SAMPLE_TEXT)),
+                    reply: ev.reply.map(|r| truncated(r, MAX_SAMPLE_TEXT * 2)),
+                });
+        }
+        if let Some(c) = ev.connector {
+            entry
+                .connector(now_ms, c, cfg.max_connectors_per_tenant)
+                .add(now_ms, &d, &[0; 3]);
+        }
+        if let Some(k) = key.as_deref() {
+            entry
+                .sender(now_ms, k, cfg.max_senders_per_tenant)
+                .add(now_ms, &d, &[0; 3]);
+        }
+        snapshot_of(entry, ev.tenant, now_ms, rel, ev.connector, key.as_deref())
+    }
+
+    fn snapshot(&self, now_ms: i64, tenant: TenantId) -> Snapshot {
+        let mut shard = self.shard(tenant);
+        match shard.tenants.get_mut(&tenant) {
+            Some(entry) => {
+                entry.fold_baseline(now_ms, &self.cfg);
+                let rel = entry.tick(now_ms);
+                snapshot_of(entry, tenant, now_ms, rel, None, None)
+            }
+            None => Snapshot {
+                tenant,
+                at_ms: now_ms,
+                ..Snapshot::default()
+            },
+        }
+    }
+
+    fn observations(&self, now_ms: i64, tenant: TenantId) -> Observations {
+        let mut shard = self.shard(tenant);
+        let Some(entry) = shard.tenants.get_mut(&tenant) else {
+            return Observations {
+                tenant,
+                at_ms: now_ms,
+                ..Observations::default()
+            };
+        };
+        entry.fold_baseline(now_ms, &self.cfg);
+        let rel = entry.tick(now_ms);
+        let mut obs = Observations {
+            tenant,
+            at_ms: now_ms,
+            windows: entry.windows(now_ms, rel),
+            baseline: entry.baseline.b,
+            series_5min: entry.hour.series(now_ms),
+            series_hourly: entry.day.series(now_ms),
+            connectors: entry
+                .connectors
+                .iter()
+                .map(|(c, w)| ConnectorActivity {
+                    connector: *c,
+                    windows: w.windows(now_ms),
+                })
+                .collect(),
+            rejection_samples: entry.rejections.as_ref().map_or(Vec::new(), |r| r.to_vec()),
+            ..Observations::default()
+        };
+        if let Some(s) = &entry.suspect {
+            obs.top_unregistered_domains = s.top_domains.report(now_ms);
+            obs.top_unregistered_senders = s.top_senders.report(now_ms);
+            obs.top_source_ips = s.top_ips.report(now_ms);
+            obs.samples = s.samples.to_vec();
+        }
+        obs
+    }
+
+    fn sender_usage(&self, now_ms: i64, tenant: TenantId, sender: &str) -> SenderUsage {
+        let mut shard = self.shard(tenant);
+        let mut usage = SenderUsage::default();
+        if let Some(m) = shard.restrictions.get_mut(&tenant) {
+            match m.get(sender) {
+                Some(r) if r.until_ms.is_some_and(|u| u <= now_ms) => {
+                    m.remove(sender);
+                }
+                Some(r) => usage.restriction = Some(r.clone()),
+                None => {}
+            }
+        }
+        if let Some(s) = shard
+            .tenants
+            .get(&tenant)
+            .and_then(|e| e.senders.get(sender))
+        {
+            usage.messages_last_minute = s.minute.estimate(now_ms).messages;
+            usage.external_recipients_last_hour = s.hour.estimate(now_ms).external_recipients;
+            usage.recipients_last_day = s.day.estimate(now_ms).recipients;
+            usage.alerted_until_ms = (s.alerted_until_ms > now_ms).then_some(s.alerted_until_ms);
+        }
+        usage
+    }
+
+    fn set_sender_restriction(
+        &self,
+        tenant: TenantId,
+        sender: &str,
+        restriction: Option<SenderRestriction>,
+    ) -> Option<SenderRestriction> {
+        let mut shard = self.shard(tenant);
+        match restriction {
+            Some(r) => {
+                if let Some(s) = shard
+                    .tenants
+                    .get_mut(&tenant)
+                    .and_then(|e| e.senders.get_mut(sender))
+                {
+                    s.reset();
+                }
+                shard
+                    .restrictions
+                    .entry(tenant)
+                    .or_default()
+                    .insert(Box::from(sender), r)
+            }
+            None => {
+                let m = shard.restrictions.get_mut(&tenant)?;
+                let prev = m.remove(sender);
+                if m.is_empty() {
+                    shard.restrictions.remove(&tenant);
+                }
+                prev
+            }
+        }
+    }
+
+    fn set_sender_alerted(&self, now_ms: i64, tenant: TenantId, sender: &str, until_ms: i64) {
+        let cap = self.cfg.max_senders_per_tenant;
+        let mut shard = self.shard(tenant);
+        let entry = shard
+            .tenants
+            .entry(tenant)
+            .or_insert_with(|| TenantEntry::new(now_ms));
+        entry.sender(now_ms, sender, cap).alerted_until_ms = until_ms;
+    }
+
+    fn sender_restrictions(
+        &self,
+        now_ms: i64,
+        tenant: TenantId,
+    ) -> Vec<(String, SenderRestriction)> {
+        let shard = self.shard(tenant);
+        let mut out: Vec<(String, SenderRestriction)> = shard
+            .restrictions
+            .get(&tenant)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, r)| r.until_ms.is_none_or(|u| u > now_ms))
+                    .map(|(k, r)| (k.to_string(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn expire(&self, now_ms: i64) -> usize {
+        let idle = self.cfg.idle_expiry_secs as i64 * SECOND_MS;
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let before = shard.tenants.len();
+            shard.tenants.retain(|_, e| {
+                e.senders.retain(|_, s| now_ms - s.last_seen_ms < idle);
+                e.connectors.retain(|(_, c)| now_ms - c.last_seen_ms < idle);
+                now_ms - e.last_seen_ms < idle
+            });
+            dropped += before - shard.tenants.len();
+            shard.restrictions.retain(|_, m| {
+                m.retain(|_, r| r.until_ms.is_none_or(|u| u > now_ms));
+                !m.is_empty()
+            });
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s, false).unwrap()
+    }
+
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    #[test]
+    fn classifier() {
+        use RemoteClass::*;
+        let c = classify_remote_reply;
+        assert_eq!(c(250, "2.0.0", "Ok: queued"), Delivered);
+        assert_eq!(c(550, "5.7.1", "Message rejected"), SpamBlock);
+        assert_eq!(
+            c(550, "5.7.350", "Remote server returned message detected as spam"),
+            SpamBlock
+        );
+        assert_eq!(
+            c(554, "", "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"),
+            SpamBlock
+        );
+        assert_eq!(
+            c(421, "4.7.0", "IP listed on a DNS block list, try later"),
+            SpamBlock
+        );
+        assert_eq!(c(450, "4.7.1", "Greylisted, please try again later"), Other);
+        assert_eq!(c(550, "5.7.26", "Unauthenticated email is not accepted"), Other);
+        assert_eq!(c(550, "5.1.1", "The email account does not exist"), BadMailbox);
+        assert_eq!(c(550, "", "5.1.10 Recipient not found"), BadMailbox);
+        assert_eq!(c(550, "", "User unknown in local recipient table"), BadMailbox);
+        assert_eq!(c(554, "", "Your IP is blacklisted"), SpamBlock);
+        assert_eq!(c(451, "4.3.0", "Temporary local problem"), Other);
+        assert_eq!(c(552, "5.2.2", "Mailbox full"), Other);
+    }
+
+    #[test]
+    fn rings_slide() {
+        let mut r: BucketRing<6, 10_000> = BucketRing::new();
+        let mut d = [0; N];
+        d[MESSAGES] = 1;
+        for i in 0..60 {
+            r.add(T0 + i * 1000, &d);
+        }
+        assert_eq!(r.sum(T0 + 59_000)[MESSAGES], 60);
+        // 10 s later the first bucket has left the window.
+        assert_eq!(r.sum(T0 + 60_000)[MESSAGES], 50);
+        assert_eq!(r.sum(T0 + 120_000)[MESSAGES], 0);
+        assert_eq!(r.series(T0 + 59_000).len(), 6);
+    }
+
+    #[test]
+    fn stamps_count_distinct_per_window() {
+        let mut s = Stamps::new();
+        // 40 distinct values over the last hour, 5 of them in the last minute.
+        for i in 0..40u64 {
+            let rel = if i < 35 { 10 } else { 355 };
+            s.mark(rel, hash_str(&format!("d{i}.example")));
+        }
+        let [m, h, d] = s.counts(360);
+        assert!((4..=6).contains(&m), "{m}");
+        assert!((36..=44).contains(&h), "{h}");
+        assert_eq!(h, d);
+        let mut big = Stamps::new();
+        for i in 0..500u64 {
+            big.mark(100, hash_str(&format!("x{i}")));
+        }
+        let est = big.counts(100)[0];
+        assert!((430..=570).contains(&est), "{est}");
+        // Rebasing keeps recent stamps and drops old ones.
+        big.shift(50);
+        assert_eq!(big.counts(50)[0], est);
+        big.shift(60);
+        assert_eq!(big.counts(50)[2], 0);
+    }
+
+    #[test]
+    fn pair_windows_estimate() {
+        let mut p: Pair<MINUTE_MS> = Pair::NEW;
+        let mut d = [0; N];
+        d[MESSAGES] = 1;
+        for i in 0..30 {
+            p.add(T0 + i * 1000, &d, &[1, 0, 0]);
+        }
+        assert_eq!(p.estimate(T0 + 30_000).messages, 30);
+        // Half-way through the next minute, half of the last one still counts.
+        assert_eq!(p.estimate(T0 + 90_000).messages, 15);
+        assert_eq!(p.estimate(T0 + 90_000).unregistered_domains, 1);
+        assert_eq!(p.estimate(T0 + 125_000).messages, 0);
+    }
+
+    fn msg<'a>(
+        tenant: TenantId,
+        class: SenderClass,
+        sender: Option<&'a Address>,
+        rcpts: &'a [Address],
+    ) -> MessageEvent<'a> {
+        MessageEvent {
+            tenant,
+            connector: 7,
+            class,
+            sender,
+            mismatch: false,
+            recipients: rcpts,
+            external_recipients: rcpts.len() as u32,
+            client_ip: Some("192.0.2.10".parse().unwrap()),
+            queue_id: Some("Q1"),
+            message_id: Some("<m@x>"),
+        }
+    }
+
+    #[test]
+    fn record_counts_every_level_and_evidence() {
+        let c = InProcessCounters::new(CountersConfig::default());
+        let rcpts = [addr("a@ext.example"), addr("b@other.example")];
+        let reg = addr("Alice@tenant.example");
+        let mut snap = Snapshot::default();
+        for i in 0..10 {
+            snap = c.record(T0 + i * 1000, &msg(1, SenderClass::Registered, Some(&reg), &rcpts));
+        }
+        for i in 0..30 {
+            let s = addr(&format!("x{i}@spam{}.example", i % 15));
+            snap = c.record(
+                T0 + 10_000 + i * 100,
+                &msg(1, SenderClass::Unregistered, Some(&s), &rcpts),
+            );
+        }
+        snap = c.record(T0 + 14_000, &msg(1, SenderClass::Null, None, &rcpts));
+        let h = snap.windows.hour;
+        assert_eq!(h.messages, 41);
+        assert_eq!(h.recipients, 82);
+        assert_eq!(h.unregistered_messages, 30);
+        assert_eq!(h.null_messages, 1);
+        assert_eq!(h.not_registered(), 31);
+        assert!((14..=16).contains(&h.unregistered_domains), "{}", h.unregistered_domains);
+        assert!((28..=32).contains(&h.unregistered_senders));
+        assert_eq!(h.recipient_domains, 2);
+        assert_eq!(snap.windows.minute.messages, 41);
+        assert_eq!(snap.connector.unwrap().windows.minute.messages, 41);
+        assert!(snap.sender.is_none());
+
+        let reg_usage = c.sender_usage(T0 + 15_000, 1, "alice@tenant.example");
+        assert_eq!(reg_usage.messages_last_minute, 10);
+        assert_eq!(reg_usage.recipients_last_day, 20);
+
+        let obs = c.observations(T0 + 15_000, 1);
+        assert_eq!(obs.top_unregistered_domains.len(), 15);
+        assert_eq!(obs.top_unregistered_domains[0].count, 2);
+        assert_eq!(obs.top_source_ips[0].key, "192.0.2.10");
+        assert_eq!(obs.top_source_ips[0].count, 31);
+        assert_eq!(obs.samples.len(), 16);
+        assert_eq!(obs.series_5min.len(), 12);
+        assert_eq!(obs.series_hourly.len(), 24);
+        assert_eq!(obs.series_hourly.last().unwrap().unregistered_messages, 30);
+
+        // Remote replies land in the tenant, connector and sender windows.
+        let s = c.record_remote_reply(
+            T0 + 16_000,
+            &RemoteReplyEvent {
+                tenant: 1,
+                connector: Some(7),
+                sender: Some(&reg),
+                class: RemoteClass::SpamBlock,
+                queue_id: Some("Q9"),
+                reply: Some("550 5.7.1 blocked"),
+            },
+        );
+        assert_eq!(s.windows.hour.remote_spam, 1);
+        assert_eq!(s.sender.unwrap().hour.remote_spam, 1);
+        assert_eq!(c.observations(T0 + 16_000, 1).rejection_samples.len(), 1);
+    }
+
+    #[test]
+    fn baseline_learns_and_resists_bursts() {
+        let c = InProcessCounters::new(CountersConfig::default());
+        let rcpt = [addr("r@ext.example")];
+        let reg = addr("a@tenant.example");
+        let fwd = addr("f@forwarded.example");
+        let mut t = T0;
+        // Two days: 50 registered and 10 unregistered an hour.
+        for _ in 0..48 {
+            for i in 0..60 {
+                let ev = if i < 10 {
+                    msg(1, SenderClass::Unregistered, Some(&fwd), &rcpt)
+                } else {
+                    msg(1, SenderClass::Registered, Some(&reg), &rcpt)
+                };
+                c.record(t + i * MINUTE_MS, &ev);
+            }
+            t += HOUR_MS;
+        }
+        let b = c.snapshot(t, 1).baseline;
+        assert_eq!(b.hours, 48);
+        assert!((b.messages_per_hour - 60.0).abs() < 1.0, "{b:?}");
+        assert!((b.unregistered_per_hour - 10.0).abs() < 0.5, "{b:?}");
+        assert!((b.unregistered_domains_per_hour - 1.0).abs() < 0.1, "{b:?}");
+        // One hour of 5,000 unregistered messages moves it by at most alpha × floor.
+        for i in 0..5000 {
+            c.record(t + i * 700, &msg(1, SenderClass::Unregistered, Some(&fwd), &rcpt));
+        }
+        let b2 = c.snapshot(t + HOUR_MS, 1).baseline;
+        assert!(b2.unregistered_per_hour < 15.0, "{b2:?}");
+    }
+
+    #[test]
+    fn restrictions_outlive_expiry_and_idle_entries_go() {
+        let c = InProcessCounters::new(CountersConfig::default());
+        let rcpt = [addr("r@ext.example")];
+        let a = addr("a@tenant.example");
+        c.record(T0, &msg(1, SenderClass::Registered, Some(&a), &rcpt));
+        c.set_sender_restriction(
+            1,
+            "a@tenant.example",
+            Some(SenderRestriction {
+                since_ms: T0,
+                until_ms: None,
+                limit: crate::limits::Limit::MessagesPerMinute,
+                action: crate::limits::LimitAction::Block,
+                reason: "test".into(),
+            }),
+        );
+        assert_eq!(c.tenant_count(), 1);
+        assert_eq!(c.expire(T0 + 49 * HOUR_MS), 1);
+        assert_eq!(c.tenant_count(), 0);
+        let u = c.sender_usage(T0 + 49 * HOUR_MS, 1, "a@tenant.example");
+        assert!(u.restriction.is_some());
+        assert_eq!(u.messages_last_minute, 0);
+    }
+
+    #[test]
+    fn sender_cap_evicts_least_recent() {
+        let cfg = CountersConfig {
+            max_senders_per_tenant: 3,
+            ..CountersConfig::default()
+        };
+        let c = InProcessCounters::new(cfg);
+        let rcpt = [addr("r@ext.example")];
+        for i in 0..5 {
+            let s = addr(&format!("s{i}@tenant.example"));
+            c.record(T0 + i, &msg(1, SenderClass::Registered, Some(&s), &rcpt));
+        }
+        assert_eq!(c.sender_usage(T0 + 10, 1, "s0@tenant.example").messages_last_minute, 0);
+        assert_eq!(c.sender_usage(T0 + 10, 1, "s4@tenant.example").messages_last_minute, 1);
+    }
+
+    #[test]
+    fn memory_layout() {
+        use std::mem::size_of;
+        let tenant = size_of::<TenantEntry>();
+        let compact = size_of::<Compact>();
+        let suspect = size_of::<Suspect>();
+        println!(
+            "size_of: TenantEntry {tenant} B, Compact (connector/sender) {compact} B, \
+             Suspect {suspect} B (+ heap of its top-k keys and samples)"
+        );
+        // The doc comment of this module quotes these figures.
+        assert!(tenant <= 2_800, "{tenant}");
+        assert!(compact <= 480, "{compact}");
+    }
+}
