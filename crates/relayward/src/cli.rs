@@ -217,6 +217,18 @@ pub enum DomainCmd {
     },
     /// Check the domain's DNS TXT record and mark it verified when it is there
     Verify { tenant: String, domain: String },
+    /// Register many domains from a file (one per line; '#' comments); prints a summary
+    Import {
+        tenant: String,
+        file: std::path::PathBuf,
+        #[arg(long, default_value = "authoritative", value_parser = ["authoritative", "internal-relay"])]
+        kind: String,
+        #[arg(long)]
+        match_subdomains: bool,
+        /// The operator attests ownership of every domain in the file (audited)
+        #[arg(long)]
+        verified: bool,
+    },
     /// List a tenant's domains
     List {
         tenant: String,
@@ -282,6 +294,50 @@ pub async fn domain(config: &Config, cmd: DomainCmd) -> Result<()> {
                     found.len()
                 );
             }
+        }
+        DomainCmd::Import {
+            tenant,
+            file,
+            kind,
+            match_subdomains,
+            verified,
+        } => {
+            let t = tenant_of(&*store, &tenant).await?;
+            let kind: DomainKind = kind.parse()?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            // Validate everything first: a bad line changes nothing.
+            let mut domains = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let d = normalize_domain(line)
+                    .map_err(|e| anyhow!("{}:{}: {e}", file.display(), n + 1))?;
+                domains.push(d);
+            }
+            let (mut added, mut existing) = (0, 0);
+            for domain in domains {
+                if store.get_domain(t.id, &domain).await?.is_some() {
+                    existing += 1;
+                    continue;
+                }
+                store
+                    .add_domain(
+                        NewDomain {
+                            tenant_id: t.id,
+                            domain,
+                            kind,
+                            match_subdomains,
+                            verified,
+                        },
+                        &actor(),
+                    )
+                    .await?;
+                added += 1;
+            }
+            println!("{added} added, {existing} already present");
         }
         DomainCmd::List { tenant, json } => {
             let t = tenant_of(&*store, &tenant).await?;

@@ -139,3 +139,54 @@ fn tenant_domain_connector_lifecycle_is_audited() {
     assert!(show.contains("state: active"), "{show}");
     assert!(show.contains("disabled"), "{show}");
 }
+
+#[test]
+fn domain_import_is_all_or_nothing_on_bad_lines() {
+    let relay = Relay::new("");
+    relay.ok(&["tenant", "add", "bulk"]);
+    let file = relay.dir.path().join("domains.txt");
+    std::fs::write(
+        &file,
+        "a.example\n# comment\nb.example\nbad_domain..example\n",
+    )
+    .unwrap();
+    let out = relay.cli(&[
+        "domain",
+        "import",
+        "bulk",
+        file.to_str().unwrap(),
+        "--verified",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("domains.txt:4"));
+    assert_eq!(relay.ok(&["domain", "list", "bulk", "--json"]).trim(), "[]");
+
+    std::fs::write(
+        &file,
+        "a.example\n# comment\nB.example  # trailing comment\n\nc.example\n",
+    )
+    .unwrap();
+    let out = relay.ok(&[
+        "domain",
+        "import",
+        "bulk",
+        file.to_str().unwrap(),
+        "--verified",
+    ]);
+    assert_eq!(out.trim(), "3 added, 0 already present");
+    let out = relay.ok(&[
+        "domain",
+        "import",
+        "bulk",
+        file.to_str().unwrap(),
+        "--verified",
+    ]);
+    assert_eq!(out.trim(), "0 added, 3 already present");
+    let list: serde_json::Value =
+        serde_json::from_str(&relay.ok(&["domain", "list", "bulk", "--json"])).unwrap();
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["verified"] == true));
+}

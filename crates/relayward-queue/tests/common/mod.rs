@@ -5,6 +5,7 @@
 
 pub mod auth_sink;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,15 +19,22 @@ use tokio::sync::watch;
 
 /// Records every trace event.
 #[derive(Default)]
-pub struct Recorder(Mutex<Vec<TraceEvent>>);
+pub struct Recorder(Mutex<Vec<TraceEvent>>, AtomicUsize);
 
 impl DeliveryEvents for Recorder {
     fn trace(&self, ev: TraceEvent) {
+        if ev.kind == TraceKind::Delivered {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
         self.0.lock().unwrap().push(ev);
     }
 }
 
 impl Recorder {
+    pub fn delivered(&self) -> usize {
+        self.1.load(Ordering::Relaxed)
+    }
+
     pub fn all(&self) -> Vec<TraceEvent> {
         self.0.lock().unwrap().clone()
     }
