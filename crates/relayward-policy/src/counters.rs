@@ -15,31 +15,34 @@
 //!
 //! * **Tenant** (the detector's input, exact to the bucket): three rings of time buckets,
 //!   1 minute = 6 × 10 s, 1 hour = 12 × 5 min, 24 hours = 24 × 1 h; 42 buckets × 48 bytes
-//!   (11 counters + epoch) = 2,016 bytes. Distinct counts (recipient domains, and once the
-//!   tenant sends unregistered mail, unregistered sender domains and addresses) are
-//!   *timestamped linear-counting bitmaps*: 256 slots of `u16` last-seen ticks (10 s) each
-//!   (512 bytes), so one array answers any window up to 24 h exactly as a bitmap would; the
-//!   estimate `-m ln(zeros/m)` is within ~5 % up to 100 and ~7 % at 500 distinct values, and
-//!   saturates at ~1,400 (reported as 1,420). Baseline: 48 bytes.
-//!   Fixed part of a tenant entry: 2,704 bytes (`size_of`, see the test `memory_layout`).
-//! * **Unregistered evidence** (allocated on a tenant's first unregistered, null-sender or
-//!   mismatched message): two more bitmaps (1,024 bytes), three space-saving top-k tables of
-//!   k = 20 (domains, addresses, source IPs) in two 12-hour generations, and a ring of 16
-//!   sample messages (queue id and Message-ID cut at 128 bytes). About 9 KB typical
-//!   (domains ~16 bytes, addresses ~24 bytes), bounded by 6 × 20 × 300 bytes + 16 × 600 bytes
-//!   ≈ 46 KB at the longest legal keys.
-//! * **Connector and sender** entries (many per tenant, so kept compact): each window is the
-//!   classic two-bucket sliding estimate (current + previous period, the previous one weighted
-//!   by how much of it still falls in the window) of the same 11 counters, plus 64-bit
-//!   linear-counting bitmaps for the three distinct counts: 464 bytes each (+ the key and
-//!   hash-map slot, ~60 bytes for a sender address).
+//!   (11 `u32` counters + epoch) = 2,016 bytes. Distinct counts (recipient domains, and once
+//!   the tenant sends unregistered mail, unregistered sender domains and addresses) are
+//!   *timestamped linear-counting bitmaps*: 256 slots holding the `u16` tick (10 s) at which
+//!   each was last set (512 bytes), so one array answers any window up to 24 h as a plain
+//!   bitmap of that window would; the estimate `-m ln(zeros/m)` has a standard error of ~5 % at
+//!   100 and ~7 % at 500 distinct values, and saturates at ~1,400 (reported as 1,420). With the
+//!   baseline and bookkeeping: **2,672 bytes** (`size_of::<TenantEntry>()`, checked by the test
+//!   `memory_layout`).
+//! * **Suspect traffic** (allocated on a tenant's first unregistered, null-sender or
+//!   mismatched message): two more bitmaps, three space-saving top-k tables (unregistered
+//!   domains, unregistered addresses, source IPs; k = 20, two 12-hour generations: 120 rows of
+//!   32 or 40 bytes) and a ring of 16 sample messages (112 bytes + queue id and Message-ID cut
+//!   at 128 bytes): 1,344 + 4,160 + 1,792 bytes + keys ≈ **10.6 KB** typical (keys of ~24
+//!   bytes), at most ≈ 36 KB with 256-byte keys. Remote spam blocks keep another ring of 16
+//!   (80 bytes + texts): ≈ 3 KB typical, 11.5 KB at most.
+//! * **Connector and sender** entries (many per tenant, so kept compact): each of the three
+//!   windows is the classic two-bucket sliding estimate (current and previous period, the
+//!   previous weighted by how much of it still falls in the window) of the same 11 counters,
+//!   plus 64-bit linear-counting bitmaps for the three distinct counts: **448 bytes**; a sender
+//!   costs ≈ 0.56 KB with its key and hash-map slot.
 //!
-//! So a tenant sending only registered mail from one connector and 20 active sender
-//! addresses holds 2.7 KB + 0.5 KB + 20 × 0.5 KB ≈ 13 KB; one with unregistered traffic adds
-//! ~9 KB. Bounded per tenant by `max_connectors_per_tenant` (default 32) and
-//! `max_senders_per_tenant` (default 1,000; the least recently seen sender is evicted, its
-//! restriction — kept apart — is not): at most ≈ 2.7 + 46 + 32 × 0.5 + 1,000 × 0.53 KB ≈ 600 KB.
-//! Entries idle for `idle_expiry_secs` (default 48 h) are dropped by [`Counters::expire`].
+//! So a tenant sending only registered mail through one connector from 20 active addresses
+//! holds 2.7 + 0.5 + 20 × 0.56 ≈ 14 KB; unregistered traffic and spam blocks add ≈ 14 KB.
+//! Bounded per tenant by `max_connectors_per_tenant` (32) and `max_senders_per_tenant`
+//! (1,000; a new sender evicts the least recently seen, whose restriction — kept apart — stays):
+//! at most 2.7 + 36 + 11.5 + 32 × 0.46 + 1,000 × 0.8 ≈ 870 KB with 256-byte keys everywhere.
+//! Entries idle for `idle_expiry_secs` (48 h) are dropped by [`Counters::expire`], which the
+//! caller runs every minute or so.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -324,8 +327,11 @@ pub trait Counters: Send + Sync {
     /// Remember that an alert was raised about `sender` until `until_ms`.
     fn set_sender_alerted(&self, now_ms: i64, tenant: TenantId, sender: &str, until_ms: i64);
     /// Standing restrictions of a tenant's senders.
-    fn sender_restrictions(&self, now_ms: i64, tenant: TenantId)
-        -> Vec<(String, SenderRestriction)>;
+    fn sender_restrictions(
+        &self,
+        now_ms: i64,
+        tenant: TenantId,
+    ) -> Vec<(String, SenderRestriction)>;
     /// Drop idle entries and ended restrictions; returns how many tenants were dropped.
     fn expire(&self, now_ms: i64) -> usize;
 }
@@ -488,7 +494,10 @@ impl<const B: usize, const W: i64> BucketRing<B, W> {
         let e = Self::epoch(now_ms);
         let slot = &mut self.b[e as usize % B];
         if slot.epoch != e {
-            *slot = Bucket { epoch: e, c: [0; N] };
+            *slot = Bucket {
+                epoch: e,
+                c: [0; N],
+            };
         }
         for (c, d) in slot.c.iter_mut().zip(d) {
             *c = c.saturating_add(*d);
@@ -706,7 +715,8 @@ impl BaselineState {
     fn push(&mut self, messages: f64, unregistered: f64, domains: f64, cfg: &CountersConfig) {
         let b = &mut self.b;
         let alpha = cfg.baseline_alpha.max(1.0 / (b.hours as f64 + 1.0));
-        let clip = |x: f64, current: f64, min: f64| x.min(min.max(cfg.baseline_clip_factor * current));
+        let clip =
+            |x: f64, current: f64, min: f64| x.min(min.max(cfg.baseline_clip_factor * current));
         let u = clip(
             unregistered,
             b.unregistered_per_hour,
@@ -860,7 +870,8 @@ impl TenantEntry {
     }
 
     fn suspect(&mut self, cfg: &CountersConfig) -> &mut Suspect {
-        self.suspect.get_or_insert_with(|| Box::new(Suspect::new(cfg)))
+        self.suspect
+            .get_or_insert_with(|| Box::new(Suspect::new(cfg)))
     }
 
     fn connector(&mut self, now_ms: i64, id: ConnectorId, cap: usize) -> &mut Compact {
@@ -868,8 +879,8 @@ impl TenantEntry {
             return &mut self.connectors[i].1;
         }
         if self.connectors.len() >= cap.max(1) {
-            if let Some(i) = (0..self.connectors.len())
-                .min_by_key(|&i| self.connectors[i].1.last_seen_ms)
+            if let Some(i) =
+                (0..self.connectors.len()).min_by_key(|&i| self.connectors[i].1.last_seen_ms)
             {
                 self.connectors.swap_remove(i);
             }
@@ -1278,11 +1289,19 @@ mod tests {
         assert_eq!(c(250, "2.0.0", "Ok: queued"), Delivered);
         assert_eq!(c(550, "5.7.1", "Message rejected"), SpamBlock);
         assert_eq!(
-            c(550, "5.7.350", "Remote server returned message detected as spam"),
+            c(
+                550,
+                "5.7.350",
+                "Remote server returned message detected as spam"
+            ),
             SpamBlock
         );
         assert_eq!(
-            c(554, "", "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"),
+            c(
+                554,
+                "",
+                "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"
+            ),
             SpamBlock
         );
         assert_eq!(
@@ -1290,10 +1309,19 @@ mod tests {
             SpamBlock
         );
         assert_eq!(c(450, "4.7.1", "Greylisted, please try again later"), Other);
-        assert_eq!(c(550, "5.7.26", "Unauthenticated email is not accepted"), Other);
-        assert_eq!(c(550, "5.1.1", "The email account does not exist"), BadMailbox);
+        assert_eq!(
+            c(550, "5.7.26", "Unauthenticated email is not accepted"),
+            Other
+        );
+        assert_eq!(
+            c(550, "5.1.1", "The email account does not exist"),
+            BadMailbox
+        );
         assert_eq!(c(550, "", "5.1.10 Recipient not found"), BadMailbox);
-        assert_eq!(c(550, "", "User unknown in local recipient table"), BadMailbox);
+        assert_eq!(
+            c(550, "", "User unknown in local recipient table"),
+            BadMailbox
+        );
         assert_eq!(c(554, "", "Your IP is blacklisted"), SpamBlock);
         assert_eq!(c(451, "4.3.0", "Temporary local problem"), Other);
         assert_eq!(c(552, "5.2.2", "Mailbox full"), Other);
@@ -1379,25 +1407,31 @@ mod tests {
         let c = InProcessCounters::new(CountersConfig::default());
         let rcpts = [addr("a@ext.example"), addr("b@other.example")];
         let reg = addr("Alice@tenant.example");
-        let mut snap = Snapshot::default();
         for i in 0..10 {
-            snap = c.record(T0 + i * 1000, &msg(1, SenderClass::Registered, Some(&reg), &rcpts));
+            c.record(
+                T0 + i * 1000,
+                &msg(1, SenderClass::Registered, Some(&reg), &rcpts),
+            );
         }
         for i in 0..30 {
             let s = addr(&format!("x{i}@spam{}.example", i % 15));
-            snap = c.record(
+            c.record(
                 T0 + 10_000 + i * 100,
                 &msg(1, SenderClass::Unregistered, Some(&s), &rcpts),
             );
         }
-        snap = c.record(T0 + 14_000, &msg(1, SenderClass::Null, None, &rcpts));
+        let snap = c.record(T0 + 14_000, &msg(1, SenderClass::Null, None, &rcpts));
         let h = snap.windows.hour;
         assert_eq!(h.messages, 41);
         assert_eq!(h.recipients, 82);
         assert_eq!(h.unregistered_messages, 30);
         assert_eq!(h.null_messages, 1);
         assert_eq!(h.not_registered(), 31);
-        assert!((14..=16).contains(&h.unregistered_domains), "{}", h.unregistered_domains);
+        assert!(
+            (14..=16).contains(&h.unregistered_domains),
+            "{}",
+            h.unregistered_domains
+        );
         assert!((28..=32).contains(&h.unregistered_senders));
         assert_eq!(h.recipient_domains, 2);
         assert_eq!(snap.windows.minute.messages, 41);
@@ -1461,7 +1495,10 @@ mod tests {
         assert!((b.unregistered_domains_per_hour - 1.0).abs() < 0.1, "{b:?}");
         // One hour of 5,000 unregistered messages moves it by at most alpha × floor.
         for i in 0..5000 {
-            c.record(t + i * 700, &msg(1, SenderClass::Unregistered, Some(&fwd), &rcpt));
+            c.record(
+                t + i * 700,
+                &msg(1, SenderClass::Unregistered, Some(&fwd), &rcpt),
+            );
         }
         let b2 = c.snapshot(t + HOUR_MS, 1).baseline;
         assert!(b2.unregistered_per_hour < 15.0, "{b2:?}");
@@ -1504,8 +1541,16 @@ mod tests {
             let s = addr(&format!("s{i}@tenant.example"));
             c.record(T0 + i, &msg(1, SenderClass::Registered, Some(&s), &rcpt));
         }
-        assert_eq!(c.sender_usage(T0 + 10, 1, "s0@tenant.example").messages_last_minute, 0);
-        assert_eq!(c.sender_usage(T0 + 10, 1, "s4@tenant.example").messages_last_minute, 1);
+        assert_eq!(
+            c.sender_usage(T0 + 10, 1, "s0@tenant.example")
+                .messages_last_minute,
+            0
+        );
+        assert_eq!(
+            c.sender_usage(T0 + 10, 1, "s4@tenant.example")
+                .messages_last_minute,
+            1
+        );
     }
 
     #[test]
@@ -1516,7 +1561,12 @@ mod tests {
         let suspect = size_of::<Suspect>();
         println!(
             "size_of: TenantEntry {tenant} B, Compact (connector/sender) {compact} B, \
-             Suspect {suspect} B (+ heap of its top-k keys and samples)"
+             Suspect {suspect} B, Sample {} B, RejectionSample {} B, top-k row (str) {} B, \
+             top-k row (ip) {} B",
+            size_of::<Sample>(),
+            size_of::<RejectionSample>(),
+            size_of::<(Box<str>, u64, u64)>(),
+            size_of::<(IpAddr, u64, u64)>(),
         );
         // The doc comment of this module quotes these figures.
         assert!(tenant <= 2_800, "{tenant}");

@@ -127,7 +127,10 @@ impl Directory {
         for (idx, c) in data.connectors.into_iter().enumerate() {
             dir.by_id.insert(c.id, idx);
             if let Some(name) = &c.cert_name {
-                dir.by_cert.entry(name.to_lowercase()).or_default().push(idx);
+                dir.by_cert
+                    .entry(name.to_lowercase())
+                    .or_default()
+                    .push(idx);
             }
             if let Some(user) = &c.auth_user {
                 dir.by_auth.insert(user.clone(), idx);
@@ -195,7 +198,9 @@ impl Directory {
         let mut out: Vec<&Connector> = Vec::new();
         for name in names {
             let name = name.to_lowercase();
-            let Some(list) = self.by_cert.get(&name) else { continue };
+            let Some(list) = self.by_cert.get(&name) else {
+                continue;
+            };
             for &i in list {
                 let c = &self.connectors[i];
                 if c.enabled

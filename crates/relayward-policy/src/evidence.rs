@@ -307,7 +307,10 @@ mod tests {
             t.add(k.as_str(), 1, |k: &str| Box::from(k));
         }
         let keys: Vec<&str> = t.iter().map(|(k, _, _)| &**k).collect();
-        assert!(keys.contains(&"heavy-a") && keys.contains(&"heavy-b"), "{keys:?}");
+        assert!(
+            keys.contains(&"heavy-a") && keys.contains(&"heavy-b"),
+            "{keys:?}"
+        );
         for (k, c, e) in t.iter() {
             if &**k == "heavy-a" {
                 assert!(c - e <= 250 && 250 <= c);

@@ -307,20 +307,36 @@ mod tests {
         let s = addr("Printer@tenant.example");
         let r = [addr("x@ext.example")];
         for i in 0..30 {
-            assert_eq!(send(&c, &l, NOON + i * 100, &s, &r), SenderDecision::Allow, "{i}");
+            assert_eq!(
+                send(&c, &l, NOON + i * 100, &s, &r),
+                SenderDecision::Allow,
+                "{i}"
+            );
         }
         let d = send(&c, &l, NOON + 3_100, &s, &r);
         let midnight = 1_767_225_600_000 + DAY_MS;
         match &d {
             SenderDecision::Restrict { until_ms, reason } => {
                 assert_eq!(*until_ms, Some(midnight));
-                assert!(reason.contains("messages per minute 31 over the limit of 30"), "{reason}");
+                assert!(
+                    reason.contains("messages per minute 31 over the limit of 30"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(d.reply().unwrap().to_string(), "550 5.1.8 Access denied, bad outbound sender");
+        assert_eq!(
+            d.reply().unwrap().to_string(),
+            "550 5.1.8 Access denied, bad outbound sender"
+        );
         // Still refused later today, whatever the case of the address.
-        let later = send(&c, &l, NOON + 5 * HOUR_MS, &addr("printer@tenant.example"), &r);
+        let later = send(
+            &c,
+            &l,
+            NOON + 5 * HOUR_MS,
+            &addr("printer@tenant.example"),
+            &r,
+        );
         assert!(matches!(later, SenderDecision::Restrict { .. }));
         assert!(matches!(
             send(&c, &l, midnight - 1, &s, &r),
@@ -329,23 +345,34 @@ mod tests {
         // Free again at 00:00 UTC, with fresh windows.
         assert_eq!(send(&c, &l, midnight, &s, &r), SenderDecision::Allow);
         // Another sender of the tenant was never affected.
-        assert_eq!(send(&c, &l, NOON + 3_200, &addr("hr@tenant.example"), &r), SenderDecision::Allow);
+        assert_eq!(
+            send(&c, &l, NOON + 3_200, &addr("hr@tenant.example"), &r),
+            SenderDecision::Allow
+        );
     }
 
     #[test]
     fn external_recipients_per_hour_block_until_lifted() {
         let (c, l) = setup(LimitAction::Block);
         let s = addr("app@tenant.example");
-        let rcpts: Vec<Address> = (0..50).map(|i| addr(&format!("u{i}@ext{i}.example"))).collect();
+        let rcpts: Vec<Address> = (0..50)
+            .map(|i| addr(&format!("u{i}@ext{i}.example")))
+            .collect();
         // 10 messages × 50 recipients = 500: at the limit, allowed; spaced to stay under 30/min.
         for i in 0..10 {
-            assert_eq!(send(&c, &l, NOON + i * 5_000, &s, &rcpts), SenderDecision::Allow);
+            assert_eq!(
+                send(&c, &l, NOON + i * 5_000, &s, &rcpts),
+                SenderDecision::Allow
+            );
         }
         let d = send(&c, &l, NOON + 60_000, &s, &rcpts);
         match &d {
             SenderDecision::Restrict { until_ms, reason } => {
                 assert_eq!(*until_ms, None);
-                assert!(reason.contains("external recipients per hour 550"), "{reason}");
+                assert!(
+                    reason.contains("external recipients per hour 550"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -357,7 +384,10 @@ mod tests {
         assert_eq!(l.restrictions(NOON + 3 * DAY_MS, 1).len(), 1);
         let lifted = l.lift(1, &s).expect("was restricted");
         assert_eq!(lifted.limit, Limit::ExternalRecipientsPerHour);
-        assert_eq!(send(&c, &l, NOON + 3 * DAY_MS + 1, &s, &rcpts[..1]), SenderDecision::Allow);
+        assert_eq!(
+            send(&c, &l, NOON + 3 * DAY_MS + 1, &s, &rcpts[..1]),
+            SenderDecision::Allow
+        );
     }
 
     #[test]
@@ -365,7 +395,9 @@ mod tests {
         let (c, l) = setup(LimitAction::Alert);
         let s = addr("newsletter@tenant.example");
         // Internal recipients: not external, but they count per day.
-        let rcpts: Vec<Address> = (0..100).map(|i| addr(&format!("u{i}@tenant.example"))).collect();
+        let rcpts: Vec<Address> = (0..100)
+            .map(|i| addr(&format!("u{i}@tenant.example")))
+            .collect();
         let mut alerts = Vec::new();
         let mut t = NOON - 6 * HOUR_MS;
         for _ in 0..120 {

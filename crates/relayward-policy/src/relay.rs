@@ -202,8 +202,7 @@ fn sender_rule(
     let class = classify(dir, att.tenant_id, sender);
     match class {
         SenderClass::Registered => {
-            if connector.restrict_domains_to_ips && !ip_in_ranges(&connector.ip_ranges, facts.ip)
-            {
+            if connector.restrict_domains_to_ips && !ip_in_ranges(&connector.ip_ranges, facts.ip) {
                 return Err(reply::RELAY_DENIED);
             }
             if connector.restrict_domains_to_cert && att.method != Method::Certificate {
@@ -347,8 +346,14 @@ mod tests {
                 other => panic!("{ip}: {other:?}"),
             }
         }
-        assert_eq!(attribute(&d, &facts("127.0.0.9")), Attribution::Unattributed);
-        assert_eq!(attribute(&d, &facts("2001:db9::1")), Attribution::Unattributed);
+        assert_eq!(
+            attribute(&d, &facts("127.0.0.9")),
+            Attribution::Unattributed
+        );
+        assert_eq!(
+            attribute(&d, &facts("2001:db9::1")),
+            Attribution::Unattributed
+        );
     }
 
     #[test]
@@ -358,7 +363,11 @@ mod tests {
         f.cert_names = vec!["MX.beta.example".into()];
         assert!(matches!(
             attribute(&d, &f),
-            Attribution::Attributed(Attributed { tenant_id: 2, method: Method::Certificate, .. })
+            Attribution::Attributed(Attributed {
+                tenant_id: 2,
+                method: Method::Certificate,
+                ..
+            })
         ));
         f.cert_names = vec!["mx.other.example".into()];
         assert_eq!(attribute(&d, &f), Attribution::Unattributed);
@@ -370,7 +379,13 @@ mod tests {
         let f = facts("127.0.0.2");
         let a = attribute(&d, &f);
         let ok = check_mail(&d, &f, &a, Some(&addr("a@alpha.example"))).unwrap();
-        assert!(matches!(ok, MailOutcome::Accepted { class: SenderClass::Registered, .. }));
+        assert!(matches!(
+            ok,
+            MailOutcome::Accepted {
+                class: SenderClass::Registered,
+                ..
+            }
+        ));
         assert_eq!(
             check_mail(&d, &f, &a, Some(&addr("a@pending.example"))),
             Err(reply::RELAY_DENIED)
@@ -391,11 +406,29 @@ mod tests {
         f.tls = true;
         let a = attribute(&d, &f);
         let out = check_mail(&d, &f, &a, Some(&addr("x@gmail.example"))).unwrap();
-        assert!(matches!(out, MailOutcome::Accepted { class: SenderClass::Unregistered, .. }));
+        assert!(matches!(
+            out,
+            MailOutcome::Accepted {
+                class: SenderClass::Unregistered,
+                ..
+            }
+        ));
         let out = check_mail(&d, &f, &a, Some(&addr("x@sub.beta.example"))).unwrap();
-        assert!(matches!(out, MailOutcome::Accepted { class: SenderClass::Registered, .. }));
+        assert!(matches!(
+            out,
+            MailOutcome::Accepted {
+                class: SenderClass::Registered,
+                ..
+            }
+        ));
         let out = check_mail(&d, &f, &a, None).unwrap();
-        assert!(matches!(out, MailOutcome::Accepted { class: SenderClass::Null, .. }));
+        assert!(matches!(
+            out,
+            MailOutcome::Accepted {
+                class: SenderClass::Null,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -405,7 +438,13 @@ mod tests {
         let a = attribute(&d, &f);
         assert!(matches!(a, Attribution::Candidates(_)));
         let out = check_mail(&d, &f, &a, Some(&addr("x@gamma.example"))).unwrap();
-        assert!(matches!(out, MailOutcome::Accepted { attributed: Attributed { tenant_id: 3, .. }, .. }));
+        assert!(matches!(
+            out,
+            MailOutcome::Accepted {
+                attributed: Attributed { tenant_id: 3, .. },
+                ..
+            }
+        ));
         let MailOutcome::PendingRcpt { candidates } =
             check_mail(&d, &f, &a, Some(&addr("x@elsewhere.example"))).unwrap()
         else {
@@ -413,11 +452,23 @@ mod tests {
         };
         // recipient domain of tenant 1 decides; the sender is still unregistered for it
         assert_eq!(
-            check_rcpt(&d, &f, &candidates, Some(&addr("x@elsewhere.example")), &addr("r@alpha.example")),
+            check_rcpt(
+                &d,
+                &f,
+                &candidates,
+                Some(&addr("x@elsewhere.example")),
+                &addr("r@alpha.example")
+            ),
             Err(reply::RELAY_DENIED)
         );
         assert_eq!(
-            check_rcpt(&d, &f, &candidates, Some(&addr("x@elsewhere.example")), &addr("r@nobody.example")),
+            check_rcpt(
+                &d,
+                &f,
+                &candidates,
+                Some(&addr("x@elsewhere.example")),
+                &addr("r@nobody.example")
+            ),
             Err(reply::RELAY_DENIED)
         );
     }
@@ -439,13 +490,19 @@ mod tests {
             check_mail(&d, &f, &a, Some(&addr("a@x.example"))),
             Err(reply::BLOCKED_UNREGISTERED)
         );
-        assert_eq!(check_mail(&d, &f, &a, None), Err(reply::BLOCKED_UNREGISTERED));
+        assert_eq!(
+            check_mail(&d, &f, &a, None),
+            Err(reply::BLOCKED_UNREGISTERED)
+        );
 
         data.tenants[0].state = TenantState::Active;
         let d2 = Directory::new(data.clone());
         assert!(matches!(
             check_mail(&d2, &f, &a, Some(&addr("a@x.example"))).unwrap(),
-            MailOutcome::Accepted { class: SenderClass::Unregistered, .. }
+            MailOutcome::Accepted {
+                class: SenderClass::Unregistered,
+                ..
+            }
         ));
 
         data.tenants[0].state = TenantState::BlockedAll;
@@ -495,7 +552,13 @@ mod tests {
         let mut f = facts("203.0.113.9");
         f.auth_connector = Some(1);
         let a = attribute(&d, &f);
-        assert!(matches!(a, Attribution::Attributed(Attributed { method: Method::Auth, .. })));
+        assert!(matches!(
+            a,
+            Attribution::Attributed(Attributed {
+                method: Method::Auth,
+                ..
+            })
+        ));
         assert_eq!(
             check_mail(&d, &f, &a, Some(&addr("a@alpha.example"))),
             Err(reply::RELAY_DENIED)
@@ -505,9 +568,24 @@ mod tests {
     #[test]
     fn header_mismatch() {
         let d = dir();
-        assert!(!header_from_mismatch(&d, 1, SenderClass::Registered, Some("Alpha.Example")));
-        assert!(header_from_mismatch(&d, 1, SenderClass::Registered, Some("evil.example")));
+        assert!(!header_from_mismatch(
+            &d,
+            1,
+            SenderClass::Registered,
+            Some("Alpha.Example")
+        ));
+        assert!(header_from_mismatch(
+            &d,
+            1,
+            SenderClass::Registered,
+            Some("evil.example")
+        ));
         assert!(header_from_mismatch(&d, 1, SenderClass::Registered, None));
-        assert!(!header_from_mismatch(&d, 1, SenderClass::Unregistered, Some("evil.example")));
+        assert!(!header_from_mismatch(
+            &d,
+            1,
+            SenderClass::Unregistered,
+            Some("evil.example")
+        ));
     }
 }

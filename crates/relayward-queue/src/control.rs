@@ -55,7 +55,9 @@ pub enum ControlOp {
     Release,
     /// Remove the message; with `send_dsn` the sender gets a "failed" DSN for every pending
     /// recipient (subject to NOTIFY).
-    Delete { send_dsn: bool },
+    Delete {
+        send_dsn: bool,
+    },
 }
 
 impl ControlOp {
@@ -152,13 +154,18 @@ pub fn pending_requests(spool_root: &Path) -> Result<Vec<ControlRequest>, Delive
         let parsed = name
             .split_once('-')
             .and_then(|(_, rest)| rest.split_once('.'))
-            .and_then(|(id, op)| Some((id.parse::<QueueId>().ok()?, op.parse::<ControlOp>().ok()?)));
+            .and_then(|(id, op)| {
+                Some((id.parse::<QueueId>().ok()?, op.parse::<ControlOp>().ok()?))
+            });
         match parsed {
-            Some((id, op)) => out.push((name.to_string(), ControlRequest {
-                path: entry.path(),
-                id,
-                op,
-            })),
+            Some((id, op)) => out.push((
+                name.to_string(),
+                ControlRequest {
+                    path: entry.path(),
+                    id,
+                    op,
+                },
+            )),
             None => {
                 tracing::warn!(file = %entry.path().display(), "ignoring malformed control request");
                 let _ = fs::remove_file(entry.path());
@@ -288,7 +295,12 @@ pub fn apply_op(
                 env.recipients[i].status = RecipientStatus::Held;
             }
             spool.update_envelope(id, &env)?;
-            per_rcpt(&mut result.events, TraceKind::Held, &env, "held by operator");
+            per_rcpt(
+                &mut result.events,
+                TraceKind::Held,
+                &env,
+                "held by operator",
+            );
         }
         ControlOp::Release => {
             env.held = false;
@@ -304,7 +316,12 @@ pub fn apply_op(
                 r.next_attempt_at = now;
             }
             spool.update_envelope(id, &env)?;
-            per_rcpt(&mut result.events, TraceKind::Released, &env, "released by operator");
+            per_rcpt(
+                &mut result.events,
+                TraceKind::Released,
+                &env,
+                "released by operator",
+            );
         }
         ControlOp::Delete { send_dsn } => {
             if send_dsn && !pending.is_empty() {
@@ -383,7 +400,9 @@ pub fn admin(
     op: ControlOp,
 ) -> Result<AdminOutcome, DeliveryError> {
     match Spool::open(spool_root) {
-        Ok(spool) => Ok(AdminOutcome::Applied(apply_offline(&spool, config, id, op)?)),
+        Ok(spool) => Ok(AdminOutcome::Applied(apply_offline(
+            &spool, config, id, op,
+        )?)),
         Err(SpoolError::Locked(_)) => {
             // Fail early on an id the server does not have.
             let ro = Spool::open_read_only(spool_root)?;

@@ -90,11 +90,7 @@ pub fn header_section(body: &[u8]) -> &[u8] {
 }
 
 /// The message/delivery-status body.
-pub fn delivery_status(
-    hostname: &str,
-    original: &Envelope,
-    recipients: &[DsnRecipient],
-) -> String {
+pub fn delivery_status(hostname: &str, original: &Envelope, recipients: &[DsnRecipient]) -> String {
     let mut s = String::new();
     s.push_str(&format!("Reporting-MTA: dns; {hostname}\r\n"));
     if let Some(envid) = &original.dsn_envid {
@@ -129,7 +125,10 @@ pub fn delivery_status(
             } else {
                 "X-Relayward"
             };
-            s.push_str(&format!("Diagnostic-Code: {kind}; {}\r\n", field_value(diag)));
+            s.push_str(&format!(
+                "Diagnostic-Code: {kind}; {}\r\n",
+                field_value(diag)
+            ));
         }
         s.push_str(&format!(
             "Last-Attempt-Date: {}\r\n",
@@ -303,14 +302,15 @@ pub fn entries_from(
         .map(|(&i, remote)| {
             let r = &original.recipients[i];
             let reply = r.last_reply.clone();
-            let status = reply
-                .as_deref()
-                .and_then(status_of_reply)
-                .unwrap_or_else(|| match action {
-                    DsnAction::Failed => "5.0.0".into(),
-                    DsnAction::Delayed => "4.0.0".into(),
-                    DsnAction::Delivered => "2.0.0".into(),
-                });
+            let status =
+                reply
+                    .as_deref()
+                    .and_then(status_of_reply)
+                    .unwrap_or_else(|| match action {
+                        DsnAction::Failed => "5.0.0".into(),
+                        DsnAction::Delayed => "4.0.0".into(),
+                        DsnAction::Delivered => "2.0.0".into(),
+                    });
             DsnRecipient {
                 address: r.address.clone(),
                 orcpt: r.orcpt.clone(),

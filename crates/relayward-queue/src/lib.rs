@@ -1,4 +1,12 @@
 //! relayward-queue: spool, scheduler, outbound delivery, DSN, SRS.
+//!
+//! - [`spool`]: the durable on-disk queue.
+//! - [`scheduler`]: which message is attempted when ([`Scheduler`]), with admin operations.
+//! - [`routing`]: tenant route, smart host or MX (RFC 5321 section 5, RFC 7505 null MX).
+//! - [`outbound`]: the SMTP client (STARTTLS, PIPELINING, SIZE, 8BITMIME, SMTPUTF8, AUTH PLAIN)
+//!   and the idle connection pool.
+//! - [`dsn`]: RFC 3464 delivery status notifications.
+//! - [`control`]: admin operations from another process (`<spool>/control/`) or without a server.
 
 pub mod config;
 pub mod control;
@@ -9,8 +17,6 @@ pub mod scheduler;
 pub mod spool;
 
 pub use config::{DeliveryConfig, TenantRoute};
-pub use control::{
-    admin, apply_offline, request_control, AdminOutcome, ControlOp, DeliveryError,
-};
+pub use control::{admin, apply_offline, request_control, AdminOutcome, ControlOp, DeliveryError};
 pub use scheduler::{DeliveryEvents, NoEvents, Scheduler};
 pub use spool::{Envelope, QueueId, Recipient, RecipientStatus, Spool, SpoolError};

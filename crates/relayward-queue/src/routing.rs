@@ -423,10 +423,7 @@ mod tests {
             parse_host_port("mx.example", 25).unwrap(),
             ("mx.example".into(), 25)
         );
-        assert_eq!(
-            parse_host_port("[::1]:26", 25).unwrap(),
-            ("::1".into(), 26)
-        );
+        assert_eq!(parse_host_port("[::1]:26", 25).unwrap(), ("::1".into(), 26));
         assert_eq!(parse_host_port("::1", 25).unwrap(), ("::1".into(), 25));
         assert_eq!(
             parse_host_port("127.0.0.1:26", 25).unwrap(),

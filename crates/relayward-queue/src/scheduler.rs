@@ -54,7 +54,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-type OpReply = oneshot::Sender<Result<(), String>>;
+type OpReply = oneshot::Sender<Result<(), DeliveryError>>;
 
 #[derive(Default)]
 struct Entry {
@@ -187,6 +187,8 @@ pub struct Scheduler {
     wake: Notify,
     shutdown: watch::Receiver<bool>,
     stopped: watch::Sender<bool>,
+    /// Control request files being applied right now.
+    control_busy: Mutex<std::collections::HashSet<std::path::PathBuf>>,
 }
 
 impl Scheduler {
@@ -210,6 +212,7 @@ impl Scheduler {
             wake: Notify::new(),
             shutdown,
             stopped,
+            control_busy: Mutex::default(),
         });
         tokio::spawn(scheduler.clone().run());
         scheduler
@@ -295,11 +298,7 @@ impl Scheduler {
             }
         };
         if let Some(rx) = waiter {
-            return match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(DeliveryError::Dsn(e)),
-                Err(_) => Err(DeliveryError::Stopped),
-            };
+            return rx.await.unwrap_or(Err(DeliveryError::Stopped));
         }
         let result = self.apply(id, op).await;
         let finish = match &result {
@@ -385,7 +384,7 @@ impl Scheduler {
         if let Err(e) = self.load().await {
             tracing::error!(error = %e, "cannot load the spool into the scheduler");
         }
-        self.poll_control().await;
+        self.poll_control(true).await;
         tokio::spawn(self.clone().control_loop());
         tokio::spawn(self.clone().pool_reaper());
 
@@ -536,11 +535,21 @@ impl Scheduler {
             let this = self.clone();
             tokio::spawn(async move {
                 let mut shutdown = this.shutdown.clone();
-                let attempt = this.attempt(id, reserved.clone());
+                // A task of its own, so that a panic ends one attempt, not the bookkeeping.
+                let worker = this.clone();
+                let held = reserved.clone();
+                let mut attempt = tokio::spawn(async move { worker.attempt(id, held).await });
                 let (finish, reserved) = tokio::select! {
-                    r = attempt => r,
+                    r = &mut attempt => match r {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(queue_id = %id, error = %e, "delivery attempt failed; retrying in a minute");
+                            (Finish::Due(now_ms() + 60_000, Vec::new()), Some(reserved.unwrap_or_default()))
+                        }
+                    },
                     _ = shutdown.wait_for(|s| *s) => {
                         // Whatever was not recorded yet is attempted again after the restart.
+                        attempt.abort();
                         (Finish::Due(now_ms(), Vec::new()), Some(reserved.unwrap_or_default()))
                     }
                 };
@@ -568,7 +577,7 @@ impl Scheduler {
             for (op, reply) in ops {
                 if matches!(finish, Finish::Removed) {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Err(format!("message {id} is no longer queued")));
+                        let _ = reply.send(Err(DeliveryError::Spool(SpoolError::NotFound(id))));
                     }
                     continue;
                 }
@@ -579,7 +588,7 @@ impl Scheduler {
                     Err(_) => finish,
                 };
                 if let Some(reply) = reply {
-                    let _ = reply.send(result.map(|_| ()).map_err(|e| e.to_string()));
+                    let _ = reply.send(result.map(|_| ()));
                 }
             }
         }
@@ -730,16 +739,17 @@ impl Scheduler {
             let r = &mut env.recipients[*i];
             r.attempts += 1;
             r.last_reply = Some(result.reply().to_string());
-            let entry = |action: DsnAction, status: &str, r: &crate::spool::Recipient| DsnRecipient {
-                address: r.address.clone(),
-                orcpt: r.orcpt.clone(),
-                action,
-                status: status.to_string(),
-                remote_mta: result.remote().map(str::to_string),
-                diagnostic: Some(result.reply().to_string()),
-                last_attempt: now,
-                will_retry_until: (action == DsnAction::Delayed).then_some(expires),
-            };
+            let entry =
+                |action: DsnAction, status: &str, r: &crate::spool::Recipient| DsnRecipient {
+                    address: r.address.clone(),
+                    orcpt: r.orcpt.clone(),
+                    action,
+                    status: status.to_string(),
+                    remote_mta: result.remote().map(str::to_string),
+                    diagnostic: Some(result.reply().to_string()),
+                    last_attempt: now,
+                    will_retry_until: (action == DsnAction::Delayed).then_some(expires),
+                };
             match result {
                 RcptResult::Delivered { reply, .. } => {
                     r.status = RecipientStatus::Delivered;
@@ -782,9 +792,10 @@ impl Scheduler {
                     (TraceKind::Delivered, Some(format!("remote host {remote}")))
                 }
                 (RcptResult::Failed { .. }, _) => (TraceKind::Bounced, None),
-                (RcptResult::Deferred { .. }, RecipientStatus::Bounced) => {
-                    (TraceKind::Bounced, Some("4.4.7 delivery time expired".to_string()))
-                }
+                (RcptResult::Deferred { .. }, RecipientStatus::Bounced) => (
+                    TraceKind::Bounced,
+                    Some("4.4.7 delivery time expired".to_string()),
+                ),
                 (RcptResult::Deferred { .. }, _) => (
                     TraceKind::Deferred,
                     Some(format!("next attempt in {}s", (next_ms - t_ms) / 1000)),
@@ -870,42 +881,77 @@ impl Scheduler {
         }
     }
 
-    /// Applies requests found in the control directory.
-    async fn poll_control(&self) {
+    /// Applies requests found in the control directory. Requests for one message run in order;
+    /// a request file is deleted only once its operation was applied. With `wait`, returns when
+    /// all are done (at start, before anything is dispatched); otherwise the requests for a
+    /// message that a worker holds are left to finish in the background, so they do not hold up
+    /// requests for other messages.
+    async fn poll_control(self: &Arc<Self>, wait: bool) {
         let root = self.spool.root().to_path_buf();
-        let requests = match tokio::task::spawn_blocking(move || control::pending_requests(&root))
-            .await
+        let requests =
+            match tokio::task::spawn_blocking(move || control::pending_requests(&root)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read control requests");
+                    return;
+                }
+                Err(_) => return,
+            };
+        let mut by_id: Vec<(QueueId, Vec<control::ControlRequest>)> = Vec::new();
         {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read control requests");
-                return;
-            }
-            Err(_) => return,
-        };
-        for req in requests {
-            match self.control(req.id, req.op).await {
-                Ok(()) => {}
-                Err(DeliveryError::Spool(SpoolError::NotFound(_))) => {
-                    tracing::warn!(queue_id = %req.id, op = %req.op, "control request for a message not in the queue");
+            let mut busy = self.control_busy.lock().unwrap_or_else(|e| e.into_inner());
+            for req in requests {
+                if !busy.insert(req.path.clone()) {
+                    continue; // still being applied from an earlier poll
                 }
-                Err(e) => {
-                    tracing::warn!(queue_id = %req.id, op = %req.op, error = %e, "control request failed");
+                match by_id.iter_mut().find(|(id, _)| *id == req.id) {
+                    Some((_, reqs)) => reqs.push(req),
+                    None => by_id.push((req.id, vec![req])),
                 }
             }
-            let _ = fs::remove_file(&req.path);
+        }
+        let mut tasks = Vec::new();
+        for (_, reqs) in by_id {
+            let this = self.clone();
+            tasks.push(tokio::spawn(async move {
+                for req in reqs {
+                    match this.control(req.id, req.op).await {
+                        Ok(()) => {}
+                        Err(DeliveryError::Spool(SpoolError::NotFound(_))) => {
+                            tracing::warn!(queue_id = %req.id, op = %req.op, "control request for a message not in the queue");
+                        }
+                        Err(DeliveryError::Stopped) => return,
+                        Err(e) => {
+                            tracing::warn!(queue_id = %req.id, op = %req.op, error = %e, "control request failed");
+                        }
+                    }
+                    let _ = fs::remove_file(&req.path);
+                    this.control_busy
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&req.path);
+                }
+            }));
+        }
+        if wait {
+            for t in tasks {
+                let _ = t.await;
+            }
         }
     }
 
     async fn control_loop(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
-        let period = self.config.control_poll_interval.max(Duration::from_millis(50));
+        let period = self
+            .config
+            .control_poll_interval
+            .max(Duration::from_millis(50));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            self.poll_control().await;
+            self.poll_control(false).await;
         }
     }
 

@@ -70,12 +70,16 @@ async fn mx_preference_and_fallback_to_next_mx() {
     // The body arrives intact (dot-stuffing undone by the sink).
     assert!(at_mx2[0].data_text().contains("\r\n.leading dot\r\n"));
     assert!(wait_until(T, || relay.in_spool().is_empty()).await);
+    assert!(wait_until(T, || relay.events.kinds_for("bob@example.com").len() == 2).await);
     let events = relay.events.all();
     let attempt = events
         .iter()
         .find(|e| e.kind == TraceKind::Attempt && e.recipient.as_deref() == Some("bob@example.com"))
         .unwrap();
-    assert_eq!(attempt.detail.as_deref(), Some("remote host mx2.example.com"));
+    assert_eq!(
+        attempt.detail.as_deref(),
+        Some("remote host mx2.example.com")
+    );
     assert!(attempt.reply.as_deref().unwrap().starts_with("250"));
 }
 
@@ -89,9 +93,11 @@ async fn a_record_when_there_is_no_mx() {
     let got = s[0].wait_for(1, T).await;
     assert_eq!(got[0].recipients(), ["bob@nomx.test"]);
     assert!(wait_until(T, || relay.in_spool().is_empty()).await);
-    assert!(wait_until(T, || relay.events.kinds_for("bob@nomx.test")
-        == [TraceKind::Attempt, TraceKind::Delivered])
-    .await);
+    assert!(
+        wait_until(T, || relay.events.kinds_for("bob@nomx.test")
+            == [TraceKind::Attempt, TraceKind::Delivered])
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,6 +138,34 @@ async fn null_mx_and_nxdomain_bounce_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_failure_defers() {
+    let s = sinks(&[2]).await;
+    let dns = DnsServer::start().await;
+    dns.add_mx("broken.test", 10, "mx.broken.test");
+    dns.add_a("mx.broken.test", [127, 0, 0, 2].into());
+    dns.set_servfail("broken.test");
+    let relay = Relay::start(config(&dns, s[0].addr().port()));
+    let id = relay.send("alice@origin.test", &["bob@broken.test"], &body("dns"));
+    assert!(
+        wait_until(T, || relay
+            .spool
+            .read_envelope(&id)
+            .map(|e| e.recipients[0].status == RecipientStatus::Deferred)
+            .unwrap_or(false))
+        .await
+    );
+    let reply = relay.spool.read_envelope(&id).unwrap().recipients[0]
+        .last_reply
+        .clone()
+        .unwrap();
+    assert!(reply.starts_with("451 4.4.3"), "{reply}");
+    // The DNS recovers: the retry delivers.
+    dns.clear_servfail("broken.test");
+    let got = s[0].wait_for(1, T).await;
+    assert_eq!(got[0].recipients(), ["bob@broken.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smart_host_receives_everything() {
     let s = sinks(&[3]).await;
     let dns = DnsServer::start().await;
@@ -140,7 +174,11 @@ async fn smart_host_receives_everything() {
     cfg.smart_host = Some(format!("smarthost.test:{}", s[0].addr().port()));
     let relay = Relay::start(cfg);
     // Neither domain exists in DNS: with a smart host, no MX lookup happens.
-    relay.send("alice@origin.test", &["a@nowhere.test", "b@elsewhere.test"], &body("sh"));
+    relay.send(
+        "alice@origin.test",
+        &["a@nowhere.test", "b@elsewhere.test"],
+        &body("sh"),
+    );
     let got = s[0].wait_for(1, T).await;
     assert_eq!(got[0].recipients(), ["a@nowhere.test", "b@elsewhere.test"]);
     assert!(dns
@@ -251,7 +289,10 @@ async fn temporary_failure_is_retried_on_the_schedule() {
         Some("451 4.3.0 Try again later")
     );
     let got = mx.wait_for(1, T).await;
-    assert!(started.elapsed() >= Duration::from_millis(900), "retried after ~1 s, not at once");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "retried after ~1 s, not at once"
+    );
     assert_eq!(got[0].recipients(), ["bob@example.com"]);
     assert_eq!(mx.transactions().len(), 2);
     assert!(wait_until(T, || relay.in_spool().is_empty()).await);
@@ -271,7 +312,10 @@ async fn temporary_failure_is_retried_on_the_schedule() {
 async fn permanent_failure_produces_one_well_formed_dsn() {
     let s = sinks(&[2, 3]).await;
     let (mx, origin) = (&s[0], &s[1]);
-    mx.reply_rcpt("nobody@example.com", "550 5.1.1 <nobody@example.com>: No such user");
+    mx.reply_rcpt(
+        "nobody@example.com",
+        "550 5.1.1 <nobody@example.com>: No such user",
+    );
     let dns = DnsServer::start().await;
     dns.add_mx("example.com", 10, "mx1.example.com");
     dns.add_a("mx1.example.com", [127, 0, 0, 2].into());
@@ -303,11 +347,20 @@ async fn permanent_failure_produces_one_well_formed_dsn() {
     let parsed = mail_parser::DateTime::parse_rfc822(arrival).expect("RFC 5322 date");
     assert_eq!(parsed.to_timestamp(), received_at);
     assert_eq!(dsn.per_recipient.len(), 1);
-    assert_eq!(dsn.rcpt_field(0, "Original-Recipient"), Some("rfc822;Nobody@Example.com"));
-    assert_eq!(dsn.rcpt_field(0, "Final-Recipient"), Some("rfc822; nobody@example.com"));
+    assert_eq!(
+        dsn.rcpt_field(0, "Original-Recipient"),
+        Some("rfc822;Nobody@Example.com")
+    );
+    assert_eq!(
+        dsn.rcpt_field(0, "Final-Recipient"),
+        Some("rfc822; nobody@example.com")
+    );
     assert_eq!(dsn.rcpt_field(0, "Action"), Some("failed"));
     assert_eq!(dsn.rcpt_field(0, "Status"), Some("5.1.1"));
-    assert_eq!(dsn.rcpt_field(0, "Remote-MTA"), Some("dns; mx1.example.com"));
+    assert_eq!(
+        dsn.rcpt_field(0, "Remote-MTA"),
+        Some("dns; mx1.example.com")
+    );
     assert_eq!(
         dsn.rcpt_field(0, "Diagnostic-Code"),
         Some("smtp; 550 5.1.1 <nobody@example.com>: No such user")
@@ -335,7 +388,11 @@ async fn partial_failure_names_only_the_failed_recipients() {
     let s = sinks(&[2, 3]).await;
     let (mx, origin) = (&s[0], &s[1]);
     mx.reply_rcpt("bad1@example.com", "550 5.1.1 No such user");
-    mx.reply_rcpt("bad2@example.com", "553 5.1.3 Bad destination mailbox address syntax");
+    mx.reply_rcpt(
+        "bad2@example.com",
+        "553 5.1.3 Bad destination mailbox address syntax",
+    );
+    mx.reply_rcpt("quiet@example.com", "550 5.1.1 No such user");
     let dns = DnsServer::start().await;
     dns.add_mx("example.com", 10, "mx1.example.com");
     dns.add_a("mx1.example.com", [127, 0, 0, 2].into());
@@ -356,11 +413,17 @@ async fn partial_failure_names_only_the_failed_recipients() {
             e.recipients[4].notify = vec!["NEVER".into()];
         },
     );
-    mx.reply_rcpt("quiet@example.com", "550 5.1.1 No such user");
 
     let delivered = mx.wait_for(1, T).await;
-    assert_eq!(delivered.len(), 1, "one transaction for the accepted recipients");
-    assert_eq!(delivered[0].recipients(), ["ok1@example.com", "ok2@example.com"]);
+    assert_eq!(
+        delivered.len(),
+        1,
+        "one transaction for the accepted recipients"
+    );
+    assert_eq!(
+        delivered[0].recipients(),
+        ["ok1@example.com", "ok2@example.com"]
+    );
     let got = origin.wait_for(1, T).await;
     let dsn = parse_dsn(&got[0].data);
     assert_eq!(
@@ -387,9 +450,14 @@ async fn notify_success_gets_a_delivered_dsn() {
     dns.add_a("mx1.example.com", [127, 0, 0, 2].into());
     origin_mx(&dns, 3);
     let relay = Relay::start(config(&dns, mx.addr().port()));
-    relay.send_with("alice@origin.test", &["bob@example.com", "eve@example.com"], &body("ok"), |e| {
-        e.recipients[0].notify = vec!["SUCCESS".into(), "FAILURE".into()];
-    });
+    relay.send_with(
+        "alice@origin.test",
+        &["bob@example.com", "eve@example.com"],
+        &body("ok"),
+        |e| {
+            e.recipients[0].notify = vec!["SUCCESS".into(), "FAILURE".into()];
+        },
+    );
     mx.wait_for(1, T).await;
     let got = origin.wait_for(1, T).await;
     let dsn = parse_dsn(&got[0].data);
@@ -428,14 +496,20 @@ async fn delay_notice_is_sent_once() {
     assert_eq!(dsn.final_recipients(), ["rfc822; bob@example.com"]);
     assert_eq!(dsn.rcpt_field(0, "Action"), Some("delayed"));
     assert_eq!(dsn.rcpt_field(0, "Status"), Some("4.3.0"));
-    assert_eq!(dsn.rcpt_field(0, "Diagnostic-Code"), Some("smtp; 451 4.3.0 Mailbox busy"));
+    assert_eq!(
+        dsn.rcpt_field(0, "Diagnostic-Code"),
+        Some("smtp; 451 4.3.0 Mailbox busy")
+    );
     assert!(dsn.rcpt_field(0, "Will-Retry-Until").is_some());
     // Two more failed attempts, still one notice; the message stays queued.
     mx.wait_for_transactions(3, T).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(origin.messages().len(), 1);
     let env = relay.spool.read_envelope(&id).unwrap();
-    assert!(env.recipients.iter().all(|r| r.status == RecipientStatus::Deferred));
+    assert!(env
+        .recipients
+        .iter()
+        .all(|r| r.status == RecipientStatus::Deferred));
     assert!(env.recipients[0].attempts >= 3);
 }
 
@@ -443,7 +517,10 @@ async fn delay_notice_is_sent_once() {
 async fn expired_message_bounces_with_4_4_7() {
     let s = sinks(&[2, 3]).await;
     let (mx, origin) = (&s[0], &s[1]);
-    mx.reply_rcpt("bob@example.com", "450 4.2.1 Mailbox temporarily unavailable");
+    mx.reply_rcpt(
+        "bob@example.com",
+        "450 4.2.1 Mailbox temporarily unavailable",
+    );
     let dns = DnsServer::start().await;
     dns.add_mx("example.com", 10, "mx1.example.com");
     dns.add_a("mx1.example.com", [127, 0, 0, 2].into());
@@ -451,9 +528,14 @@ async fn expired_message_bounces_with_4_4_7() {
     let mut cfg = config(&dns, mx.addr().port());
     cfg.max_lifetime = Duration::from_secs(3);
     let relay = Relay::start(cfg);
-    relay.send_with("alice@origin.test", &["bob@example.com"], &body("old"), |e| {
-        e.received_at -= 1;
-    });
+    relay.send_with(
+        "alice@origin.test",
+        &["bob@example.com"],
+        &body("old"),
+        |e| {
+            e.received_at -= 1;
+        },
+    );
     let got = origin.wait_for(1, T).await;
     let dsn = parse_dsn(&got[0].data);
     assert_eq!(dsn.rcpt_field(0, "Action"), Some("failed"));
@@ -462,10 +544,17 @@ async fn expired_message_bounces_with_4_4_7() {
         dsn.rcpt_field(0, "Diagnostic-Code"),
         Some("smtp; 450 4.2.1 Mailbox temporarily unavailable")
     );
-    assert!(mx.transactions().len() >= 2, "retried until the lifetime ended");
+    assert!(
+        mx.transactions().len() >= 2,
+        "retried until the lifetime ended"
+    );
     assert!(wait_until(T, || relay.in_spool().is_empty()).await);
+    assert!(
+        wait_until(T, || relay.events.kinds_for("bob@example.com").last()
+            == Some(&TraceKind::Bounced))
+        .await
+    );
     let kinds = relay.events.kinds_for("bob@example.com");
-    assert_eq!(kinds.last(), Some(&TraceKind::Bounced));
     assert!(kinds.contains(&TraceKind::Deferred));
 }
 
@@ -486,7 +575,10 @@ async fn no_bounce_of_a_bounce() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(origin.transactions().is_empty());
     assert_eq!(relay.events.count(TraceKind::DsnSent), 0);
-    assert_eq!(relay.events.kinds_for("nobody@example.com"), [TraceKind::Attempt, TraceKind::Bounced]);
+    assert_eq!(
+        relay.events.kinds_for("nobody@example.com"),
+        [TraceKind::Attempt, TraceKind::Bounced]
+    );
     drop(relay);
 
     // With a postmaster: the failed bounce goes there, once; a failed notice to the postmaster
@@ -533,17 +625,27 @@ async fn hop_capabilities_are_respected() {
     origin_mx(&dns, 4);
     let relay = Relay::start(config(&dns, origin.addr().port()));
     let eight_bit = "From: a@origin.test\r\nSubject: caf\u{e9}\r\n\r\nCaf\u{e9} cr\u{e8}me\r\n";
-    relay.send_with("alice@origin.test", &["bob@old.test"], eight_bit.as_bytes(), |e| {
-        e.body_8bit = true;
-    });
+    relay.send_with(
+        "alice@origin.test",
+        &["bob@old.test"],
+        eight_bit.as_bytes(),
+        |e| {
+            e.body_8bit = true;
+        },
+    );
     // 7-bit content to the same hop goes through, without BODY=8BITMIME.
     relay.send("alice@origin.test", &["carol@old.test"], &body("plain"));
     let big = [body("big"), vec![b'x'; 4000]].concat();
     relay.send("alice@origin.test", &["dan@small.test"], &big);
     // 8-bit to a hop that offers 8BITMIME: announced.
-    relay.send_with("alice@origin.test", &["erin@new.test"], eight_bit.as_bytes(), |e| {
-        e.body_8bit = true;
-    });
+    relay.send_with(
+        "alice@origin.test",
+        &["erin@new.test"],
+        eight_bit.as_bytes(),
+        |e| {
+            e.body_8bit = true;
+        },
+    );
 
     let dsns = origin.wait_for(2, T).await;
     let mut seen: Vec<(String, String)> = dsns
@@ -566,8 +668,15 @@ async fn hop_capabilities_are_respected() {
     );
     let plain = seven_bit.wait_for(1, T).await;
     assert_eq!(plain[0].recipients(), ["carol@old.test"]);
-    assert_eq!(seven_bit.transactions().len(), 1, "the 8-bit message was never sent");
-    assert!(small.transactions().is_empty(), "the oversized message was never sent");
+    assert_eq!(
+        seven_bit.transactions().len(),
+        1,
+        "the 8-bit message was never sent"
+    );
+    assert!(
+        small.transactions().is_empty(),
+        "the oversized message was never sent"
+    );
     let eight = utf8.wait_for(1, T).await;
     assert!(eight[0].mail_params.iter().any(|p| p == "BODY=8BITMIME"));
     assert!(eight[0].data_text().contains("Caf\u{e9}"));
@@ -585,7 +694,11 @@ async fn connections_are_reused() {
     cfg.max_per_destination = 1;
     let relay = Relay::start(cfg);
     for i in 0..5 {
-        relay.send("alice@origin.test", &[&format!("r{i}@example.com")], &body(&format!("m{i}")));
+        relay.send(
+            "alice@origin.test",
+            &[&format!("r{i}@example.com")],
+            &body(&format!("m{i}")),
+        );
     }
     let got = mx.wait_for(5, T).await;
     assert_eq!(mx.connections(), 1, "one connection for five messages");
@@ -616,7 +729,12 @@ async fn hold_release_delete_through_the_control_directory() {
         AdminOutcome::Requested
     ));
     assert!(
-        wait_until(T, || relay.spool.read_envelope(&id).map(|e| e.held).unwrap_or(false)).await
+        wait_until(T, || relay
+            .spool
+            .read_envelope(&id)
+            .map(|e| e.held)
+            .unwrap_or(false))
+        .await
     );
     let env = relay.spool.read_envelope(&id).unwrap();
     assert_eq!(env.recipients[0].status, RecipientStatus::Held);
@@ -638,7 +756,10 @@ async fn hold_release_delete_through_the_control_directory() {
         .unwrap()
         .contains("deleted by the relay operator"));
     assert!(wait_until(T, || relay.in_spool().is_empty()).await);
-    assert!(std::fs::read_dir(root.join("control")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(root.join("control"))
+        .unwrap()
+        .next()
+        .is_none());
     let kinds = relay.events.kinds_for("bob@example.com");
     for k in [TraceKind::Held, TraceKind::Released, TraceKind::Deleted] {
         assert!(kinds.contains(&k), "{k:?} traced: {kinds:?}");
@@ -666,8 +787,20 @@ async fn admin_without_a_server_and_requests_applied_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = {
         let spool = Spool::open(dir.path()).unwrap();
-        let a = store(&spool, "alice@origin.test", &["a@example.com"], &body("a"), |_| {});
-        let b = store(&spool, "alice@origin.test", &["b@example.com"], &body("b"), |_| {});
+        let a = store(
+            &spool,
+            "alice@origin.test",
+            &["a@example.com"],
+            &body("a"),
+            |_| {},
+        );
+        let b = store(
+            &spool,
+            "alice@origin.test",
+            &["b@example.com"],
+            &body("b"),
+            |_| {},
+        );
         (a, b)
     };
     // No server: applied directly.
@@ -698,7 +831,11 @@ async fn deferred_messages_survive_a_restart() {
     let mut cfg = config(&dns, mx.addr().port());
     cfg.retry_schedule = vec![Duration::from_secs(2)];
     let relay = Relay::start(cfg.clone());
-    let deferred = relay.send("alice@origin.test", &["bob@example.com", "carol@example.com"], &body("r"));
+    let deferred = relay.send(
+        "alice@origin.test",
+        &["bob@example.com", "carol@example.com"],
+        &body("r"),
+    );
     mx.wait_for_transactions(1, T).await;
     assert!(
         wait_until(T, || relay
@@ -710,14 +847,23 @@ async fn deferred_messages_survive_a_restart() {
     );
     let (dir, spool) = relay.stop().await;
     // Stored while no scheduler runs (never submitted).
-    let queued = store(&spool, "alice@origin.test", &["dan@example.com"], &body("q"), |_| {});
+    let queued = store(
+        &spool,
+        "alice@origin.test",
+        &["dan@example.com"],
+        &body("q"),
+        |_| {},
+    );
 
     mx.reset_replies();
     let relay = Relay::start_on(dir, spool, cfg);
     let got = mx.wait_for(2, T).await;
     let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.recipients()).collect();
     rcpts.sort();
-    assert_eq!(rcpts, ["bob@example.com", "carol@example.com", "dan@example.com"]);
+    assert_eq!(
+        rcpts,
+        ["bob@example.com", "carol@example.com", "dan@example.com"]
+    );
     assert!(wait_until(T, || relay.in_spool().is_empty()).await);
     let _ = queued;
 }
@@ -746,28 +892,26 @@ async fn bench_smart_host_5k() {
     let ids: Vec<_> = (0..n).map(|_| spool.new_queue_id()).collect();
     let envs: Vec<_> = ids
         .iter()
-        .map(|id| {
-            relayward_queue::Envelope {
-                queue_id: *id,
-                received_at: relayward_core::now(),
-                tenant_id: Some(1),
-                connector_id: None,
-                client_ip: "192.0.2.1".into(),
-                helo: "client".into(),
-                auth_user: None,
-                tls: false,
-                sender: "alice@origin.test".into(),
-                sender_class: "registered".into(),
-                header_from_mismatch: false,
-                message_id: None,
-                size: payload.len() as u64,
-                body_8bit: false,
-                smtputf8: false,
-                dsn_ret: None,
-                dsn_envid: None,
-                recipients: vec![relayward_queue::Recipient::new("bob@example.com")],
-                held: false,
-            }
+        .map(|id| relayward_queue::Envelope {
+            queue_id: *id,
+            received_at: relayward_core::now(),
+            tenant_id: Some(1),
+            connector_id: None,
+            client_ip: "192.0.2.1".into(),
+            helo: "client".into(),
+            auth_user: None,
+            tls: false,
+            sender: "alice@origin.test".into(),
+            sender_class: "registered".into(),
+            header_from_mismatch: false,
+            message_id: None,
+            size: payload.len() as u64,
+            body_8bit: false,
+            smtputf8: false,
+            dsn_ret: None,
+            dsn_envid: None,
+            recipients: vec![relayward_queue::Recipient::new("bob@example.com")],
+            held: false,
         })
         .collect();
     for (ids, envs) in ids.chunks(64).zip(envs.chunks(64)) {
@@ -775,7 +919,11 @@ async fn bench_smart_host_5k() {
             .store_many(ids.iter().zip(envs).map(|(id, e)| (id, e, &payload)))
             .unwrap();
     }
-    eprintln!("stored {n} messages of {} bytes in {:?}", payload.len(), t.elapsed());
+    eprintln!(
+        "stored {n} messages of {} bytes in {:?}",
+        payload.len(),
+        t.elapsed()
+    );
 
     let mut cfg = config(&dns, 25);
     cfg.smart_host = Some(sink.addr().to_string());
@@ -799,4 +947,3 @@ async fn bench_smart_host_5k() {
         sink.connections()
     );
 }
-

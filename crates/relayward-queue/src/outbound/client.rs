@@ -75,11 +75,12 @@ impl Reply {
 
     /// The enhanced status, or the generic one for the reply's class.
     pub fn status(&self) -> String {
-        self.enhanced_status().unwrap_or_else(|| match self.code / 100 {
-            2 => "2.0.0".into(),
-            4 => "4.0.0".into(),
-            _ => "5.0.0".into(),
-        })
+        self.enhanced_status()
+            .unwrap_or_else(|| match self.code / 100 {
+                2 => "2.0.0".into(),
+                4 => "4.0.0".into(),
+                _ => "5.0.0".into(),
+            })
     }
 }
 
@@ -258,6 +259,9 @@ pub enum TransactionResult {
     Completed {
         rcpt: Vec<Reply>,
         data: Option<Reply>,
+        /// The content was sent and the final reply read: the server's transaction is over.
+        /// Otherwise it may still be open (send RSET before reusing the connection).
+        finished: bool,
     },
 }
 
@@ -357,26 +361,27 @@ impl Connection {
             });
         };
         let connector = TlsConnector::from(config);
-        let tls = match tokio::time::timeout(
-            self.timeouts.command,
-            connector.connect(server_name, tcp),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                return Err(SessionError::Io {
-                    stage: "TLS handshake",
-                    detail: format!("TLS handshake with {}[{}]: {e}", self.host, self.addr),
-                })
-            }
-            Err(_) => {
-                return Err(SessionError::Io {
-                    stage: "TLS handshake",
-                    detail: format!("TLS handshake with {}[{}]: timed out", self.host, self.addr),
-                })
-            }
-        };
+        let tls =
+            match tokio::time::timeout(self.timeouts.command, connector.connect(server_name, tcp))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return Err(SessionError::Io {
+                        stage: "TLS handshake",
+                        detail: format!("TLS handshake with {}[{}]: {e}", self.host, self.addr),
+                    })
+                }
+                Err(_) => {
+                    return Err(SessionError::Io {
+                        stage: "TLS handshake",
+                        detail: format!(
+                            "TLS handshake with {}[{}]: timed out",
+                            self.host, self.addr
+                        ),
+                    })
+                }
+            };
         Ok(Connection {
             stream: BufReader::with_capacity(8192, Stream::Tls(Box::new(tls))),
             host: self.host,
@@ -393,7 +398,8 @@ impl Connection {
 
     /// AUTH PLAIN with an initial response (RFC 4954, RFC 4616).
     pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), SessionError> {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
         let reply = self
             .command(format!("AUTH PLAIN {token}\r\n"), "AUTH")
             .await?;
@@ -431,7 +437,8 @@ impl Connection {
             })
             .await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.get_mut().shutdown()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.stream.get_mut().shutdown()).await;
     }
 
     /// One mail transaction. `body` is the message as stored (CRLF lines); it is dot-stuffed here.
@@ -500,6 +507,7 @@ impl Connection {
             return Ok(TransactionResult::Completed {
                 rcpt: rcpt_replies,
                 data: None,
+                finished: false,
             });
         }
 
@@ -508,6 +516,7 @@ impl Connection {
             return Ok(TransactionResult::Completed {
                 rcpt: rcpt_replies,
                 data: Some(reply),
+                finished: false,
             });
         }
         let payload = dot_stuff(body);
@@ -540,6 +549,7 @@ impl Connection {
         Ok(TransactionResult::Completed {
             rcpt: rcpt_replies,
             data: Some(final_reply),
+            finished: true,
         })
     }
 

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 
-use super::client::{
-    Connection, Reply, SessionError, Timeouts, Transaction, TransactionResult,
-};
+use super::client::{Connection, Reply, SessionError, Timeouts, Transaction, TransactionResult};
 use super::pool::{pool_key, ConnectionPool};
 use super::tls;
 use crate::config::DeliveryConfig;
@@ -95,9 +93,7 @@ pub struct OutboundMessage<'a> {
 impl<'a> OutboundMessage<'a> {
     pub fn new(sender: &'a str, recipients: &[&str], body: &'a [u8], smtputf8: bool) -> Self {
         let needs_8bit = body.iter().any(|&b| b >= 0x80);
-        let headers_8bit = crate::dsn::header_section(body)
-            .iter()
-            .any(|&b| b >= 0x80);
+        let headers_8bit = crate::dsn::header_section(body).iter().any(|&b| b >= 0x80);
         let needs_smtputf8 = !sender.is_ascii()
             || recipients.iter().any(|r| !r.is_ascii())
             || (smtputf8 && headers_8bit);
@@ -296,10 +292,7 @@ impl Outbound {
         match &route.tls {
             TlsPolicy::Opportunistic => {
                 if conn.caps.starttls {
-                    match conn
-                        .starttls(self.opportunistic.clone(), server_name)
-                        .await
-                    {
+                    match conn.starttls(self.opportunistic.clone(), server_name).await {
                         Ok(mut tls_conn) => {
                             tls_conn.ehlo(helo).await?;
                             conn = tls_conn;
@@ -389,7 +382,16 @@ impl Outbound {
             body_8bit: msg.needs_8bit && conn.caps.eight_bit_mime,
             smtputf8: msg.smtputf8 && conn.caps.smtputf8,
         };
-        match conn.transaction(&tx, msg.body).await {
+        let result = conn.transaction(&tx, msg.body).await;
+        let finished = matches!(
+            &result,
+            Ok(TransactionResult::Completed { finished: true, .. })
+        );
+        if result.is_ok() && !finished && !conn.broken {
+            // Leave no half-open transaction behind on a connection that may be reused.
+            let _ = conn.rset().await;
+        }
+        match result {
             Err(e) => {
                 let failure = HopFailure::from_session(&e, &host);
                 all(RcptResult::Deferred {
@@ -398,10 +400,8 @@ impl Outbound {
                     remote: Some(host.clone()),
                 })
             }
-            Ok(TransactionResult::MailRefused(reply)) => {
-                all(RcptResult::from_reply(&reply, &host))
-            }
-            Ok(TransactionResult::Completed { rcpt, data }) => rcpt
+            Ok(TransactionResult::MailRefused(reply)) => all(RcptResult::from_reply(&reply, &host)),
+            Ok(TransactionResult::Completed { rcpt, data, .. }) => rcpt
                 .iter()
                 .map(|r| {
                     if !r.is_positive() {

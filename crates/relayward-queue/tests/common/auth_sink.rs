@@ -56,7 +56,11 @@ impl AuthSink {
                 let creds = creds.clone();
                 tokio::spawn(async move {
                     let mut plain = BufReader::new(stream);
-                    plain.get_mut().write_all(b"220 auth.test ESMTP\r\n").await.ok();
+                    plain
+                        .get_mut()
+                        .write_all(b"220 auth.test ESMTP\r\n")
+                        .await
+                        .ok();
                     // Plaintext phase: EHLO then STARTTLS.
                     loop {
                         let mut line = String::new();
@@ -167,10 +171,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             if txn.is_none() {
                 "503 5.5.1 MAIL first".into()
             } else {
-                conn.get_mut()
-                    .write_all(b"354 go ahead\r\n")
-                    .await
-                    .ok();
+                conn.get_mut().write_all(b"354 go ahead\r\n").await.ok();
                 conn.get_mut().flush().await.ok();
                 let mut data = Vec::new();
                 loop {
@@ -202,7 +203,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             "502 5.5.2 not implemented".into()
         };
         let s = conn.get_mut();
-        if s.write_all(format!("{reply}\r\n").as_bytes()).await.is_err() {
+        if s.write_all(format!("{reply}\r\n").as_bytes())
+            .await
+            .is_err()
+        {
             return;
         }
         s.flush().await.ok();

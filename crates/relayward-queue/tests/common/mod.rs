@@ -87,7 +87,11 @@ impl Relay {
         Relay::start_on(dir, spool, config)
     }
 
-    pub fn start_on(dir: Arc<tempfile::TempDir>, spool: Arc<Spool>, config: DeliveryConfig) -> Relay {
+    pub fn start_on(
+        dir: Arc<tempfile::TempDir>,
+        spool: Arc<Spool>,
+        config: DeliveryConfig,
+    ) -> Relay {
         let events = Arc::new(Recorder::default());
         let (shutdown, rx) = watch::channel(false);
         let scheduler = Scheduler::start(spool.clone(), config, events.clone(), rx);
@@ -150,7 +154,12 @@ pub fn store(
         auth_user: None,
         tls: false,
         sender: sender.into(),
-        sender_class: if sender.is_empty() { "null" } else { "registered" }.into(),
+        sender_class: if sender.is_empty() {
+            "null"
+        } else {
+            "registered"
+        }
+        .into(),
         header_from_mismatch: false,
         message_id: Some(format!("<{id}@client.test>")),
         size: body.len() as u64,
@@ -255,7 +264,10 @@ pub fn parse_dsn(data: &[u8]) -> Dsn {
         })
         .filter(|g: &Vec<(String, String)>| !g.is_empty())
         .collect();
-    assert!(groups.len() >= 2, "per-message and per-recipient fields: {text}");
+    assert!(
+        groups.len() >= 2,
+        "per-message and per-recipient fields: {text}"
+    );
     let per_message = groups.remove(0);
     let returned = part(2);
     let rct = returned.content_type().unwrap();
