@@ -287,44 +287,6 @@ pub fn recipient_for(original: &Envelope, postmaster: Option<&str>) -> Option<St
     (!to_postmaster).then(|| pm.to_string())
 }
 
-/// The recipients of `original` at `indices` as DSN entries.
-pub fn entries_from(
-    original: &Envelope,
-    indices: &[usize],
-    action: DsnAction,
-    now: i64,
-    will_retry_until: Option<i64>,
-    remotes: &[Option<String>],
-) -> Vec<DsnRecipient> {
-    indices
-        .iter()
-        .zip(remotes)
-        .map(|(&i, remote)| {
-            let r = &original.recipients[i];
-            let reply = r.last_reply.clone();
-            let status =
-                reply
-                    .as_deref()
-                    .and_then(status_of_reply)
-                    .unwrap_or_else(|| match action {
-                        DsnAction::Failed => "5.0.0".into(),
-                        DsnAction::Delayed => "4.0.0".into(),
-                        DsnAction::Delivered => "2.0.0".into(),
-                    });
-            DsnRecipient {
-                address: r.address.clone(),
-                orcpt: r.orcpt.clone(),
-                action,
-                status,
-                remote_mta: remote.clone(),
-                diagnostic: reply,
-                last_attempt: now,
-                will_retry_until,
-            }
-        })
-        .collect()
-}
-
 /// The enhanced status in a one-line reply such as "550 5.1.1 No such user".
 pub fn status_of_reply(reply: &str) -> Option<String> {
     let mut words = reply.split_whitespace();

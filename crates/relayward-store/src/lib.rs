@@ -6,6 +6,7 @@ use relayward_core::{
     AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId,
     DomainKind, Tenant, TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
 };
+use relayward_core::SenderClass;
 
 pub mod sqlite;
 
@@ -116,6 +117,38 @@ pub trait Store: Send + Sync + 'static {
     async fn record_trace(&self, events: &[TraceEvent]) -> Result<()>;
     /// Newest first, at most `query.limit` (0 means 100).
     async fn search_trace(&self, query: &TraceQuery) -> Result<Vec<TraceEvent>>;
+
+    // Admin API tokens
+    /// Stores a token (argon2id PHC string of its secret part, never the secret) and audits its
+    /// creation. NotFound when the scope's tenant does not exist; Invalid on an empty label.
+    async fn create_token(
+        &self,
+        scope: TokenScope,
+        label: &str,
+        secret_hash: &str,
+        actor: &str,
+    ) -> Result<TokenId>;
+    async fn get_token(&self, id: TokenId) -> Result<Option<ApiToken>>;
+    /// `Some(t)`: tenant `t`'s tokens; `None`: every token, operator tokens included. By id.
+    async fn list_tokens(&self, tenant: Option<TenantId>) -> Result<Vec<ApiToken>>;
+    /// Audited. NotFound when there is no such token; a token already revoked stays as it was.
+    async fn revoke_token(&self, id: TokenId, actor: &str) -> Result<()>;
+    /// Records last use (only ever forward); not audited.
+    async fn touch_token(&self, id: TokenId, at: Timestamp) -> Result<()>;
+    /// Messages (distinct queue ids) of `class` received from each of `tenant`'s connectors since
+    /// `since_ms`; connectors without any are left out.
+    async fn count_received_by_connector(
+        &self,
+        tenant: TenantId,
+        class: SenderClass,
+        since_ms: i64,
+    ) -> Result<Vec<(ConnectorId, u64)>>;
+    /// [`Store::search_trace`] continued after the event `(at_ms, id)` of the previous page.
+    async fn search_trace_page(
+        &self,
+        query: &TraceQuery,
+        after: Option<(i64, i64)>,
+    ) -> Result<Vec<TraceEvent>>;
 }
 
 /// Open the store named by a URL: `sqlite://PATH` (created with its directory if missing).
@@ -127,4 +160,50 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
             "unsupported store URL {url:?} (expected sqlite://PATH)"
         )))
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin API tokens
+
+pub type TokenId = i64;
+
+/// Who an admin API token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenScope {
+    /// Everything, every tenant.
+    Operator,
+    /// One tenant's objects only.
+    Tenant(TenantId),
+}
+
+impl TokenScope {
+    /// `operator` or `tenant`, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenScope::Operator => "operator",
+            TokenScope::Tenant(_) => "tenant",
+        }
+    }
+
+    pub fn tenant(&self) -> Option<TenantId> {
+        match self {
+            TokenScope::Operator => None,
+            TokenScope::Tenant(t) => Some(*t),
+        }
+    }
+}
+
+/// A stored admin API token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub scope: TokenScope,
+    pub label: String,
+    /// argon2id PHC string of the secret part.
+    pub secret_hash: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub revoked_at: Option<Timestamp>,
+    pub revoked_by: Option<String>,
+    pub last_used_at: Option<Timestamp>,
 }

@@ -30,6 +30,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 use crate::{NewConnector, NewDomain, Result, Store, StoreError};
+use crate::{ApiToken, TokenId, TokenScope};
 
 /// How long a connection waits for a lock held by another connection or process.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1276,6 +1277,199 @@ impl Store for SqliteStore {
             .map(trace_from_row)
             .collect()
     }
+
+    // Admin API tokens
+
+    async fn create_token(
+        &self,
+        scope: TokenScope,
+        label: &str,
+        secret_hash: &str,
+        actor: &str,
+    ) -> Result<TokenId> {
+        let label = label.trim();
+        if label.is_empty() {
+            return Err(StoreError::Invalid("token label is empty".into()));
+        }
+        if secret_hash.is_empty() {
+            return Err(StoreError::Invalid("token secret hash is empty".into()));
+        }
+        let mut tx = self.write_tx().await?;
+        let scope_text = match scope {
+            TokenScope::Operator => "operator".to_string(),
+            TokenScope::Tenant(t) => format!("tenant {}", require_tenant(&mut tx, t).await?.name),
+        };
+        let id: TokenId = sqlx::query(
+            "INSERT INTO api_tokens (scope, tenant_id, label, secret_hash, created_at, created_by) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(scope.kind())
+        .bind(scope.tenant())
+        .bind(label)
+        .bind(secret_hash)
+        .bind(now())
+        .bind(actor)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        insert_audit(
+            &mut tx,
+            actor,
+            "token.create",
+            scope.tenant(),
+            &format!("token {id}"),
+            &format!("created; scope {scope_text}; label {label}"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn get_token(&self, id: TokenId) -> Result<Option<ApiToken>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM api_tokens WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(token_from_row)
+        .transpose()
+    }
+
+    async fn list_tokens(&self, tenant: Option<TenantId>) -> Result<Vec<ApiToken>> {
+        let rows = match tenant {
+            Some(t) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    token_cols!(),
+                    " FROM api_tokens WHERE tenant_id = ? ORDER BY id"
+                ))
+                .bind(t)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    token_cols!(),
+                    " FROM api_tokens ORDER BY id"
+                ))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: TokenId, actor: &str) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let token = sqlx::query(concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM api_tokens WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(token_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+        if token.revoked_at.is_some() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE api_tokens SET revoked_at = ?, revoked_by = ? WHERE id = ?")
+            .bind(now())
+            .bind(actor)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut tx,
+            actor,
+            "token.revoke",
+            token.scope.tenant(),
+            &format!("token {id}"),
+            &format!("revoked; scope {}; label {}", token.scope.kind(), token.label),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn touch_token(&self, id: TokenId, at: Timestamp) -> Result<()> {
+        // One statement, no read first: autocommit is enough (see the module docs).
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = ? \
+             WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn count_received_by_connector(
+        &self,
+        tenant: TenantId,
+        class: SenderClass,
+        since_ms: i64,
+    ) -> Result<Vec<(ConnectorId, u64)>> {
+        let rows = sqlx::query(
+            "SELECT connector_id, COUNT(DISTINCT queue_id) AS n FROM trace_events \
+             WHERE tenant_id = ? AND connector_id IS NOT NULL AND at_ms >= ? \
+             AND kind = ? AND sender_class = ? \
+             GROUP BY connector_id ORDER BY connector_id",
+        )
+        .bind(tenant)
+        .bind(since_ms)
+        .bind(TraceKind::Received.as_str())
+        .bind(class.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.try_get("n")?;
+                Ok((r.try_get("connector_id")?, n.max(0) as u64))
+            })
+            .collect()
+    }
+
+    async fn search_trace_page(
+        &self,
+        q: &TraceQuery,
+        after: Option<(i64, i64)>,
+    ) -> Result<Vec<TraceEvent>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+            "SELECT ",
+            trace_cols!(),
+            " FROM trace_events WHERE 1 = 1"
+        ));
+        push_trace_filters(&mut qb, q);
+        if let Some((at_ms, id)) = after {
+            // Newest first: the next page is what sorts after (at_ms, id) in that order.
+            qb.push(" AND (at_ms < ")
+                .push_bind(at_ms)
+                .push(" OR (at_ms = ")
+                .push_bind(at_ms)
+                .push(" AND id < ")
+                .push_bind(id)
+                .push("))");
+        }
+        qb.push(" ORDER BY at_ms DESC, id DESC LIMIT ")
+            .push_bind(effective_limit(q.limit));
+        qb.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(trace_from_row)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -2248,3 +2442,75 @@ mod tests {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Admin API tokens and trace paging: rows and helpers
+
+macro_rules! token_cols {
+    () => {
+        "id, scope, tenant_id, label, secret_hash, created_at, created_by, revoked_at, \
+         revoked_by, last_used_at"
+    };
+}
+use token_cols;
+
+fn token_from_row(row: &SqliteRow) -> Result<ApiToken> {
+    let kind: String = row.try_get("scope")?;
+    let tenant: Option<TenantId> = row.try_get("tenant_id")?;
+    let scope = match (kind.as_str(), tenant) {
+        ("operator", None) => TokenScope::Operator,
+        ("tenant", Some(t)) => TokenScope::Tenant(t),
+        _ => {
+            return Err(StoreError::Backend(format!(
+                "bad token scope {kind:?} with tenant {tenant:?}"
+            )))
+        }
+    };
+    Ok(ApiToken {
+        id: row.try_get("id")?,
+        scope,
+        label: row.try_get("label")?,
+        secret_hash: row.try_get("secret_hash")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        revoked_at: row.try_get("revoked_at")?,
+        revoked_by: row.try_get("revoked_by")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+/// The filters of [`Store::search_trace`], for [`Store::search_trace_page`].
+fn push_trace_filters(qb: &mut QueryBuilder<Sqlite>, q: &TraceQuery) {
+    if let Some(t) = q.tenant_id {
+        qb.push(" AND tenant_id = ").push_bind(t);
+    }
+    if let Some(s) = q.sender.as_deref().map(str::trim) {
+        qb.push(" AND LOWER(sender) = ")
+            .push_bind(s.to_ascii_lowercase());
+    }
+    if let Some(r) = q.recipient.as_deref().map(str::trim) {
+        qb.push(" AND LOWER(recipient) = ")
+            .push_bind(r.to_ascii_lowercase());
+    }
+    if let Some(m) = q.message_id.as_deref().map(str::trim) {
+        let bare = m.trim_start_matches('<').trim_end_matches('>');
+        qb.push(" AND message_id IN (")
+            .push_bind(bare.to_string())
+            .push(", ")
+            .push_bind(format!("<{bare}>"))
+            .push(")");
+    }
+    if let Some(id) = q.queue_id.as_deref().map(str::trim) {
+        qb.push(" AND queue_id = ").push_bind(id.to_string());
+    }
+    if let Some(since) = q.since_ms {
+        qb.push(" AND at_ms >= ").push_bind(since);
+    }
+    if let Some(until) = q.until_ms {
+        qb.push(" AND at_ms <= ").push_bind(until);
+    }
+}
+
+#[cfg(test)]
+#[path = "sqlite_tokens_tests.rs"]
+mod tokens_tests;

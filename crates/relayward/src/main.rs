@@ -1,15 +1,10 @@
 //! `relayward`: the relay (`serve`) and its administration commands.
 
-mod cli;
-mod config;
-mod dns;
-mod serve;
-mod table;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use relayward::{cli, config, serve};
 
 #[derive(Parser, Debug)]
 #[command(

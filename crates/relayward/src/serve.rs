@@ -3,6 +3,7 @@
 //! connector last-use) running.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,13 +31,42 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// `relayward serve`: start everything, run until SIGTERM or SIGINT, stop cleanly.
 pub async fn run(config: Config) -> Result<()> {
     init_logging(&config);
+    let relay = start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    relay.shutdown().await;
+    Ok(())
+}
+
+/// A running relay: its listeners' addresses and what tests and the admin side need to reach.
+pub struct Running {
+    pub smtp_addrs: Vec<SocketAddr>,
+    pub store: Arc<dyn Store>,
+    pub directory: Arc<SharedDirectory>,
+    pub spool: Arc<Spool>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    events: Arc<EventWriter>,
+}
+
+impl Running {
+    /// Stop accepting, let sessions finish, flush the trace.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        self.events.flush().await;
+    }
+}
+
+/// Open the store and spool, load the directory, start the background tasks and listeners.
+pub async fn start(config: Config) -> Result<Running> {
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
-        format!(
-            "cannot create data_dir {}",
-            config.server.data_dir.display()
-        )
+        format!("cannot create data_dir {}", config.server.data_dir.display())
     })?;
     let store = relayward_store::open(&config.store_url())
         .await
@@ -82,6 +112,7 @@ pub async fn run(config: Config) -> Result<()> {
     let server = Server::new(smtp_config, directory.clone(), sink, events.clone());
 
     let mut tasks = Vec::new();
+    let mut smtp_addrs = Vec::new();
     for l in &config.listeners {
         let tls = match (&l.tls_cert, &l.tls_key) {
             (Some(cert), Some(key)) => Some(
@@ -93,27 +124,28 @@ pub async fn run(config: Config) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(l.address)
             .await
             .with_context(|| format!("cannot listen on {}", l.address))?;
-        tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), "SMTP listener ready");
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, tls = tls.is_some(), "SMTP listener ready");
+        smtp_addrs.push(local);
         let cfg = ListenerConfig {
             tls,
             implicit_tls: l.implicit_tls,
             auth_without_tls: l.auth_without_tls,
         };
-        tasks.push(tokio::spawn(server.clone().serve(
-            listener,
-            cfg,
-            shutdown_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(
+            server.clone().serve(listener, cfg, shutdown_rx.clone()),
+        ));
     }
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
-    events.flush().await;
-    Ok(())
+    Ok(Running {
+        smtp_addrs,
+        store,
+        directory,
+        spool,
+        shutdown_tx,
+        tasks,
+        events,
+    })
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,8 @@
+//! The `relayward` binary's library: configuration, the admin commands and `serve`, kept in a
+//! library so integration tests can run the whole relay in-process (e.g. with a test clock).
+
+pub mod cli;
+pub mod config;
+pub mod dns;
+pub mod serve;
+mod table;
