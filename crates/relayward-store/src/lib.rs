@@ -2,11 +2,11 @@
 //! SQLite is the embedded default; the SQL is kept portable so PostgreSQL can be a second backend.
 
 use async_trait::async_trait;
+use relayward_core::SenderClass;
 use relayward_core::{
     AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId,
     DomainKind, Tenant, TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
 };
-use relayward_core::SenderClass;
 
 pub mod sqlite;
 

@@ -29,8 +29,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
-use crate::{NewConnector, NewDomain, Result, Store, StoreError};
 use crate::{ApiToken, TokenId, TokenScope};
+use crate::{NewConnector, NewDomain, Result, Store, StoreError};
 
 /// How long a connection waits for a lock held by another connection or process.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1393,7 +1393,11 @@ impl Store for SqliteStore {
             "token.revoke",
             token.scope.tenant(),
             &format!("token {id}"),
-            &format!("revoked; scope {}; label {}", token.scope.kind(), token.label),
+            &format!(
+                "revoked; scope {}; label {}",
+                token.scope.kind(),
+                token.label
+            ),
         )
         .await?;
         tx.commit().await?;

@@ -21,11 +21,21 @@ async fn tokens_create_list_revoke_touch_audit() {
         .await
         .unwrap();
     let ta = s
-        .create_token(TokenScope::Tenant(a.id), " a admin ", "$argon2id$y", "cli:root")
+        .create_token(
+            TokenScope::Tenant(a.id),
+            " a admin ",
+            "$argon2id$y",
+            "cli:root",
+        )
         .await
         .unwrap();
     let tb = s
-        .create_token(TokenScope::Tenant(b.id), "b admin", "$argon2id$z", "token:1/operator")
+        .create_token(
+            TokenScope::Tenant(b.id),
+            "b admin",
+            "$argon2id$z",
+            "token:1/operator",
+        )
         .await
         .unwrap();
     // Tokens are not part of the relay's directory.
@@ -106,7 +116,12 @@ async fn tokens_create_list_revoke_touch_audit() {
     s.revoke_token(ta, "someone else").await.unwrap();
     assert_eq!(s.list_audit(None, 1000).await.unwrap().len(), before + 1);
     assert_eq!(
-        s.get_token(ta).await.unwrap().unwrap().revoked_by.as_deref(),
+        s.get_token(ta)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_by
+            .as_deref(),
         Some("token:1/operator")
     );
 }

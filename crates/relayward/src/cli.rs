@@ -542,9 +542,48 @@ pub enum QueueCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Attempt delivery now
+    Retry { id: String },
+    /// Stop delivery attempts until released
+    Hold { id: String },
+    /// Resume delivery attempts
+    Release { id: String },
+    /// Remove from the queue; the sender gets a DSN unless --no-dsn
+    Delete {
+        id: String,
+        #[arg(long)]
+        no_dsn: bool,
+    },
 }
 
 pub async fn queue(config: &Config, cmd: QueueCmd) -> Result<()> {
+    use relayward_queue::{AdminOutcome, ControlOp, QueueId};
+    let op = match &cmd {
+        QueueCmd::Retry { id } => Some((id, ControlOp::RetryNow)),
+        QueueCmd::Hold { id } => Some((id, ControlOp::Hold)),
+        QueueCmd::Release { id } => Some((id, ControlOp::Release)),
+        QueueCmd::Delete { id, no_dsn } => Some((id, ControlOp::Delete { send_dsn: !no_dsn })),
+        _ => None,
+    };
+    if let Some((id, op)) = op {
+        let qid: QueueId = id
+            .parse()
+            .map_err(|_| anyhow!("{id:?} is not a queue id"))?;
+        let name = format!("{op:?}").to_lowercase();
+        let outcome = relayward_queue::admin(&config.spool_dir(), &config.delivery(), qid, op)
+            .map_err(|e| anyhow!("{id}: {e}"))?;
+        match outcome {
+            AdminOutcome::Applied(events) => {
+                if !events.is_empty() {
+                    let store = open_store(config).await?;
+                    store.record_trace(&events).await?;
+                }
+                println!("{id}: {name} done");
+            }
+            AdminOutcome::Requested => println!("{id}: {name} requested from the running relay"),
+        }
+        return Ok(());
+    }
     let spool = relayward_queue::Spool::open_read_only(config.spool_dir())
         .map_err(|e| anyhow!("cannot open spool {}: {e}", config.spool_dir().display()))?;
     match cmd {
@@ -629,6 +668,10 @@ pub async fn queue(config: &Config, cmd: QueueCmd) -> Result<()> {
                 .collect::<Vec<_>>();
             table::print(&["RECIPIENT", "STATUS", "ATTEMPTS", "LAST REPLY"], &rows);
         }
+        QueueCmd::Retry { .. }
+        | QueueCmd::Hold { .. }
+        | QueueCmd::Release { .. }
+        | QueueCmd::Delete { .. } => unreachable!("queue operations are handled above"),
     }
     Ok(())
 }

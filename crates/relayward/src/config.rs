@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -89,11 +90,42 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Send everything to this next hop instead of looking up MX records.
+    /// Send everything to this next hop (`host:port`) instead of looking up MX records.
     pub smart_host: Option<String>,
     pub mx_port: u16,
     /// Use this DNS server instead of the system's.
     pub dns_resolver: Option<SocketAddr>,
+    /// Delay before each retry, in seconds; the last one repeats until `max_lifetime_secs`.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Undelivered this long after acceptance: bounced with 4.4.7.
+    pub max_lifetime_secs: u64,
+    /// One "delayed" DSN after this long undelivered; 0 = never.
+    pub delay_warning_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub command_timeout_secs: u64,
+    pub data_timeout_secs: u64,
+    /// Messages being delivered at once, in total and per destination.
+    pub max_workers: usize,
+    pub max_per_destination: usize,
+    /// Where DSNs go that cannot reach their own recipient; unset: dropped with a log line.
+    pub postmaster: Option<String>,
+    /// One tenant's mail to its own next hop.
+    #[serde(rename = "tenant_route")]
+    pub tenant_routes: Vec<TenantRouteConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantRouteConfig {
+    /// Tenant name or id.
+    pub tenant: String,
+    /// `host:port` of the next hop.
+    pub host: String,
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    pub require_tls: bool,
+    pub verify_tls: bool,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -102,6 +134,16 @@ impl Default for DeliveryConfig {
             smart_host: None,
             mx_port: 25,
             dns_resolver: None,
+            retry_schedule_secs: vec![60, 300, 900, 1800, 3600, 7200, 14400],
+            max_lifetime_secs: 3 * 24 * 3600,
+            delay_warning_secs: 4 * 3600,
+            connect_timeout_secs: 30,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            max_workers: 64,
+            max_per_destination: 16,
+            postmaster: None,
+            tenant_routes: Vec::new(),
         }
     }
 }
@@ -161,6 +203,9 @@ impl Config {
         if self.listeners.is_empty() {
             anyhow::bail!("at least one [[listener]] is needed");
         }
+        if self.delivery.retry_schedule_secs.is_empty() {
+            anyhow::bail!("delivery.retry_schedule_secs needs at least one delay");
+        }
         for l in &self.listeners {
             if l.tls_cert.is_some() != l.tls_key.is_some() {
                 anyhow::bail!("listener {}: tls_cert and tls_key go together", l.address);
@@ -182,6 +227,28 @@ impl Config {
                 "sqlite://{}",
                 self.server.data_dir.join("relayward.db").display()
             ),
+        }
+    }
+
+    /// The scheduler's settings; tenant routes are resolved by the caller (names need the store).
+    pub fn delivery(&self) -> relayward_queue::DeliveryConfig {
+        let d = &self.delivery;
+        let secs = Duration::from_secs;
+        relayward_queue::DeliveryConfig {
+            hostname: self.server.hostname.clone(),
+            smart_host: d.smart_host.clone(),
+            mx_port: d.mx_port,
+            dns_resolver: d.dns_resolver,
+            retry_schedule: d.retry_schedule_secs.iter().map(|s| secs(*s)).collect(),
+            max_lifetime: secs(d.max_lifetime_secs),
+            delay_warning: (d.delay_warning_secs > 0).then(|| secs(d.delay_warning_secs)),
+            connect_timeout: secs(d.connect_timeout_secs),
+            command_timeout: secs(d.command_timeout_secs),
+            data_timeout: secs(d.data_timeout_secs),
+            max_workers: d.max_workers.max(1),
+            max_per_destination: d.max_per_destination.max(1),
+            postmaster: d.postmaster.clone(),
+            ..Default::default()
         }
     }
 

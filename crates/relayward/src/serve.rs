@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use relayward_core::{ConnectorId, TraceEvent};
 use relayward_policy::{Directory, SharedDirectory};
-use relayward_queue::{Envelope, Recipient, RecipientStatus, Spool};
+use relayward_queue::{Envelope, Recipient, RecipientStatus, Scheduler, Spool, TenantRoute};
 use relayward_smtp::{IncomingMessage, ListenerConfig, MessageSink, Server, SmtpConfig, Timeouts};
 use relayward_store::Store;
 use tokio::sync::{mpsc, watch};
@@ -47,6 +47,7 @@ pub struct Running {
     pub store: Arc<dyn Store>,
     pub directory: Arc<SharedDirectory>,
     pub spool: Arc<Spool>,
+    pub scheduler: Arc<Scheduler>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     events: Arc<EventWriter>,
@@ -59,6 +60,7 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.scheduler.stopped()).await;
         self.events.flush().await;
     }
 }
@@ -66,7 +68,10 @@ impl Running {
 /// Open the store and spool, load the directory, start the background tasks and listeners.
 pub async fn start(config: Config) -> Result<Running> {
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
-        format!("cannot create data_dir {}", config.server.data_dir.display())
+        format!(
+            "cannot create data_dir {}",
+            config.server.data_dir.display()
+        )
     })?;
     let store = relayward_store::open(&config.store_url())
         .await
@@ -90,8 +95,29 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown_rx.clone(),
     ));
     let events = Arc::new(EventWriter::start(store.clone()));
+
+    let mut delivery = config.delivery();
+    for route in &config.delivery.tenant_routes {
+        let tenant = store
+            .find_tenant(&route.tenant)
+            .await?
+            .ok_or_else(|| anyhow!("delivery.tenant_route: no tenant {:?}", route.tenant))?;
+        delivery.tenant_routes.insert(
+            tenant.id,
+            TenantRoute {
+                host: route.host.clone(),
+                auth_user: route.auth_user.clone(),
+                auth_password: route.auth_password.clone(),
+                require_tls: route.require_tls,
+                verify_tls: route.verify_tls,
+                tls_ca_file: route.tls_ca_file.clone(),
+            },
+        );
+    }
+    let scheduler = Scheduler::start(spool.clone(), delivery, events.clone(), shutdown_rx.clone());
     let sink = Arc::new(SpoolSink {
         spool: spool.clone(),
+        scheduler: scheduler.clone(),
     });
 
     let limits = &config.limits;
@@ -132,9 +158,11 @@ pub async fn start(config: Config) -> Result<Running> {
             implicit_tls: l.implicit_tls,
             auth_without_tls: l.auth_without_tls,
         };
-        tasks.push(tokio::spawn(
-            server.clone().serve(listener, cfg, shutdown_rx.clone()),
-        ));
+        tasks.push(tokio::spawn(server.clone().serve(
+            listener,
+            cfg,
+            shutdown_rx.clone(),
+        )));
     }
 
     Ok(Running {
@@ -142,6 +170,7 @@ pub async fn start(config: Config) -> Result<Running> {
         store,
         directory,
         spool,
+        scheduler,
         shutdown_tx,
         tasks,
         events,
@@ -254,6 +283,12 @@ impl EventWriter {
     }
 }
 
+impl relayward_queue::DeliveryEvents for EventWriter {
+    fn trace(&self, event: TraceEvent) {
+        relayward_smtp::Events::trace(self, event)
+    }
+}
+
 impl relayward_smtp::Events for EventWriter {
     fn trace(&self, event: TraceEvent) {
         if self.tx.try_send(Batch::Event(Box::new(event))).is_err() {
@@ -271,6 +306,7 @@ impl relayward_smtp::Events for EventWriter {
 /// Accepted messages go to the spool; `enqueue` returns only once they are fsynced.
 struct SpoolSink {
     spool: Arc<Spool>,
+    scheduler: Arc<Scheduler>,
 }
 
 #[async_trait]
@@ -317,11 +353,13 @@ impl MessageSink for SpoolSink {
                 .collect(),
             held: false,
         };
-        let id = envelope.queue_id.clone();
+        let id = envelope.queue_id;
         self.spool
             .store_async(id, envelope, msg.data)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.scheduler.submit(id);
+        Ok(())
     }
 }
 
