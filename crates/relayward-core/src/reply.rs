@@ -136,26 +136,6 @@ pub const SMTPUTF8_REQUIRED: Reply =
 pub const NO_VALID_RECIPIENTS: Reply = Reply::new(554, "5.5.1", "No valid recipients");
 pub const TLS_NOT_AVAILABLE: Reply = Reply::new(454, "4.7.0", "TLS not available");
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn design_texts_are_exact() {
-        assert_eq!(
-            BLOCKED_UNREGISTERED.to_wire(),
-            "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains\r\n"
-        );
-        assert_eq!(
-            RELAY_DENIED.to_string(),
-            "550 5.7.64 TenantAttribution; Relay Access Denied"
-        );
-        assert_eq!(
-            START_DATA.to_string(),
-            "354 End data with <CR><LF>.<CR><LF>"
-        );
-    }
-}
 
 // Inbound SMTP session replies (relayward-smtp).
 pub const HELP: Reply = Reply::new(
@@ -184,4 +164,25 @@ pub fn greeting(hostname: &str) -> Reply {
 /// `250 2.0.0 Ok: queued as <id>`, only once the message is durably spooled.
 pub fn queued(queue_id: &str) -> Reply {
     Reply::dynamic(250, "2.0.0", format!("Ok: queued as {queue_id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_texts_are_exact() {
+        assert_eq!(
+            BLOCKED_UNREGISTERED.to_wire(),
+            "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains\r\n"
+        );
+        assert_eq!(
+            RELAY_DENIED.to_string(),
+            "550 5.7.64 TenantAttribution; Relay Access Denied"
+        );
+        assert_eq!(
+            START_DATA.to_string(),
+            "354 End data with <CR><LF>.<CR><LF>"
+        );
+    }
 }
