@@ -1,0 +1,75 @@
+//! The audit log: every change, who made it. An operator reads all of it; a tenant admin the
+//! entries about its own tenant.
+
+use axum::extract::State;
+use axum::Json;
+use relayward_core::AuditEntry;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{limit, tenant_filter};
+use crate::auth::Caller;
+use crate::extract::ApiQuery;
+use crate::problem::{ApiResult, Problem};
+use crate::AppState;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Who: `token:<id>/operator`, `token:<id>/tenant:<tenant id>`, `cli:<user>`, `detector`...
+    pub actor: String,
+    /// e.g. `connector.update`
+    pub action: String,
+    pub tenant_id: Option<i64>,
+    pub object: String,
+    pub detail: String,
+}
+
+impl From<AuditEntry> for AuditView {
+    fn from(e: AuditEntry) -> Self {
+        AuditView {
+            id: e.id,
+            at: e.at,
+            actor: e.actor,
+            action: e.action,
+            tenant_id: e.tenant_id,
+            object: e.object,
+            detail: e.detail,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Only this tenant's entries (a tenant-admin token always gets only its own).
+    pub tenant_id: Option<i64>,
+    /// 1 to 1000, default 100.
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit",
+    summary = "The audit log, newest first",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "Entries, newest first", body = [AuditView]),
+        (status = 400, description = "Bad parameter; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A tenant admin asked for another tenant", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> ApiResult<Json<Vec<AuditView>>> {
+    let limit = limit("limit", params.limit, 100, 1000)?;
+    let tenant = tenant_filter(&state, &caller, params.tenant_id).await?;
+    let entries = state.store().list_audit(tenant, limit).await?;
+    Ok(Json(entries.into_iter().map(AuditView::from).collect()))
+}

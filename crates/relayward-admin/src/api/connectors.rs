@@ -1,0 +1,675 @@
+//! Inbound connectors, each shown with its audit flags: what an operator reviewing a tenant (or
+//! a tenant admin after a block) should look at first.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use ipnet::IpNet;
+use relayward_core::{now, Connector, ConnectorId, SenderClass, TenantId, Timestamp};
+use relayward_store::NewConnector;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use super::tenant_for;
+use crate::auth::{blocking, hash_secret, Caller};
+use crate::extract::{ApiJson, ApiPath};
+use crate::problem::{ApiError, ApiResult, Problem};
+use crate::{validate, AppState};
+
+const DAY_SECS: i64 = 86_400;
+/// Created or changed this recently: flagged.
+const RECENT_SECS: i64 = 7 * DAY_SECS;
+/// Not used for this long: flagged.
+const UNUSED_SECS: i64 = 30 * DAY_SECS;
+/// Ranges wider than these prefixes cover other people's hosts: flagged.
+const WIDE_V4_PREFIX: u8 = 24;
+const WIDE_V6_PREFIX: u8 = 48;
+const MAX_RANGES: usize = 100;
+const NAME_MAX: usize = 64;
+
+/// What deserves a second look. Computed on every read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConnectorAudit {
+    /// Created or changed in the last 7 days.
+    pub recently_changed: bool,
+    /// An IPv4 range wider than /24 or an IPv6 range wider than /48.
+    pub wide_ip_range: bool,
+    /// No TLS client certificate name: recognised by IP or password only.
+    pub no_certificate: bool,
+    /// Not used for 30 days (counted from creation when never used).
+    pub unused_30_days: bool,
+    /// Carried mail from unregistered senders in the last 24 hours.
+    pub unregistered_mail_24h: bool,
+    /// How many such messages.
+    pub unregistered_messages_24h: u64,
+    /// The names of the flags that are set, for display.
+    pub flags: Vec<String>,
+}
+
+fn audit_flags(c: &Connector, now: Timestamp, unregistered: u64) -> ConnectorAudit {
+    let recently_changed = now - c.created_at < RECENT_SECS || now - c.updated_at < RECENT_SECS;
+    let wide_ip_range = c.ip_ranges.iter().any(|r| match r {
+        IpNet::V4(n) => n.prefix_len() < WIDE_V4_PREFIX,
+        IpNet::V6(n) => n.prefix_len() < WIDE_V6_PREFIX,
+    });
+    let no_certificate = c.cert_name.is_none();
+    let unused_30_days = now - c.last_used_at.unwrap_or(c.created_at) >= UNUSED_SECS;
+    let unregistered_mail_24h = unregistered > 0;
+    let flags = [
+        (recently_changed, "recently_changed"),
+        (wide_ip_range, "wide_ip_range"),
+        (no_certificate, "no_certificate"),
+        (unused_30_days, "unused_30_days"),
+        (unregistered_mail_24h, "unregistered_mail_24h"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, name)| name.to_string())
+    .collect();
+    ConnectorAudit {
+        recently_changed,
+        wide_ip_range,
+        no_certificate,
+        unused_30_days,
+        unregistered_mail_24h,
+        unregistered_messages_24h: unregistered,
+        flags,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConnectorView {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub name: String,
+    #[schema(schema_with = crate::schema::connector_kind)]
+    pub kind: String,
+    /// CIDR ranges.
+    pub ip_ranges: Vec<String>,
+    pub cert_name: Option<String>,
+    pub auth_user: Option<String>,
+    /// A password is set (it is never shown).
+    pub has_password: bool,
+    pub require_tls: bool,
+    pub enabled: bool,
+    pub allow_unregistered: bool,
+    pub restrict_domains_to_ips: bool,
+    pub restrict_domains_to_cert: bool,
+    /// Blocked on its own by the operator or the detector (5.7.711).
+    pub blocked: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+    pub last_used_at: Option<i64>,
+    pub audit: ConnectorAudit,
+}
+
+fn view(c: &Connector, now: Timestamp, unregistered: u64) -> ConnectorView {
+    ConnectorView {
+        id: c.id,
+        tenant_id: c.tenant_id,
+        name: c.name.clone(),
+        kind: c.kind.as_str().to_string(),
+        ip_ranges: c.ip_ranges.iter().map(|r| r.to_string()).collect(),
+        cert_name: c.cert_name.clone(),
+        auth_user: c.auth_user.clone(),
+        has_password: c.auth_password_hash.is_some(),
+        require_tls: c.require_tls,
+        enabled: c.enabled,
+        allow_unregistered: c.allow_unregistered,
+        restrict_domains_to_ips: c.restrict_domains_to_ips,
+        restrict_domains_to_cert: c.restrict_domains_to_cert,
+        blocked: c.blocked,
+        created_at: c.created_at,
+        created_by: c.created_by.clone(),
+        updated_at: c.updated_at,
+        updated_by: c.updated_by.clone(),
+        last_used_at: c.last_used_at,
+        audit: audit_flags(c, now, unregistered),
+    }
+}
+
+/// Unregistered messages of the last 24 hours, per connector of `tenant`.
+async fn unregistered_counts(
+    state: &AppState,
+    tenant: TenantId,
+) -> ApiResult<HashMap<ConnectorId, u64>> {
+    let since_ms = (now() - DAY_SECS) * 1000;
+    Ok(state
+        .store()
+        .count_received_by_connector(tenant, SenderClass::Unregistered, since_ms)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+async fn view_one(state: &AppState, c: &Connector) -> ApiResult<ConnectorView> {
+    let counts = unregistered_counts(state, c.tenant_id).await?;
+    Ok(view(c, now(), counts.get(&c.id).copied().unwrap_or(0)))
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConnector {
+    /// 1 to 64 characters, unique within the tenant.
+    pub name: String,
+    #[schema(schema_with = crate::schema::connector_kind)]
+    pub kind: String,
+    /// Source ranges (CIDR without host bits, or single addresses), IPv4 and IPv6.
+    #[serde(default)]
+    pub ip_ranges: Vec<String>,
+    /// TLS client certificate name (DNS SAN, or CN); must be an accepted domain of the tenant.
+    #[serde(default)]
+    pub cert_name: Option<String>,
+    /// SMTP AUTH user; needs `auth_password`.
+    #[serde(default)]
+    pub auth_user: Option<String>,
+    /// At least 12 characters; stored as an argon2id hash.
+    #[serde(default)]
+    pub auth_password: Option<String>,
+    #[serde(default)]
+    pub require_tls: bool,
+    #[serde(default)]
+    pub allow_unregistered: bool,
+    #[serde(default)]
+    pub restrict_domains_to_ips: bool,
+    #[serde(default)]
+    pub restrict_domains_to_cert: bool,
+}
+
+/// Absent fields stay as they are; `null` clears `cert_name` or `auth_user` (which also removes
+/// the password).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeConnector {
+    pub name: Option<String>,
+    #[schema(schema_with = crate::schema::connector_kind)]
+    pub kind: Option<String>,
+    pub ip_ranges: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub cert_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub auth_user: Option<Option<String>>,
+    pub auth_password: Option<String>,
+    pub require_tls: Option<bool>,
+    pub enabled: Option<bool>,
+    pub allow_unregistered: Option<bool>,
+    pub restrict_domains_to_ips: Option<bool>,
+    pub restrict_domains_to_cert: Option<bool>,
+    /// Operator only.
+    pub blocked: Option<bool>,
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn parse_ranges(ranges: &[String]) -> ApiResult<Vec<IpNet>> {
+    if ranges.len() > MAX_RANGES {
+        return Err(ApiError::invalid(
+            "ip_ranges",
+            format!("at most {MAX_RANGES} ranges"),
+        ));
+    }
+    let mut out: Vec<IpNet> = Vec::with_capacity(ranges.len());
+    for (i, r) in ranges.iter().enumerate() {
+        let net = validate::cidr(&format!("ip_ranges[{i}]"), r)?;
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
+/// The rules a connector must satisfy whichever way it was made.
+fn check_consistent(c: &Connector) -> ApiResult<()> {
+    if c.ip_ranges.is_empty() && c.cert_name.is_none() && c.auth_user.is_none() {
+        return Err(ApiError::invalid(
+            "ip_ranges",
+            "a connector needs at least one of ip_ranges, cert_name, auth_user",
+        ));
+    }
+    if c.restrict_domains_to_ips && c.ip_ranges.is_empty() {
+        return Err(ApiError::invalid(
+            "restrict_domains_to_ips",
+            "restrict_domains_to_ips needs ip_ranges",
+        ));
+    }
+    if c.restrict_domains_to_cert && c.cert_name.is_none() {
+        return Err(ApiError::invalid(
+            "restrict_domains_to_cert",
+            "restrict_domains_to_cert needs cert_name",
+        ));
+    }
+    if c.auth_user.is_some() && c.auth_password_hash.is_none() {
+        return Err(ApiError::invalid(
+            "auth_password",
+            "auth_user needs auth_password",
+        ));
+    }
+    if c.auth_user.is_none() && c.auth_password_hash.is_some() {
+        return Err(ApiError::invalid(
+            "auth_user",
+            "auth_password needs auth_user",
+        ));
+    }
+    Ok(())
+}
+
+async fn hash_password(field: &str, password: &str) -> ApiResult<String> {
+    validate::auth_password(field, password)?;
+    let password = password.to_string();
+    blocking(move || hash_secret(&password))
+        .await
+        .and_then(|r| r)
+        .map_err(|e| ApiError::internal(format!("hashing a connector password: {e}")))
+}
+
+async fn connector_for(
+    state: &AppState,
+    caller: &Caller,
+    tenant_id: TenantId,
+    id: ConnectorId,
+) -> ApiResult<Connector> {
+    let tenant = tenant_for(state, caller, tenant_id).await?;
+    match state.store().get_connector(id).await? {
+        Some(c) if c.tenant_id == tenant.id => Ok(c),
+        _ => Err(ApiError::not_found(format!(
+            "connector {id} of tenant {tenant_id}"
+        ))),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant_id}/connectors", tag = "connectors",
+    summary = "List a tenant's inbound connectors with their audit flags",
+    params(("tenant_id" = i64, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The connectors, by id", body = [ConnectorView]),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or another tenant's", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+) -> ApiResult<Json<Vec<ConnectorView>>> {
+    let tenant = tenant_for(&state, &caller, tenant_id).await?;
+    let connectors = state.store().list_connectors(Some(tenant.id)).await?;
+    let counts = unregistered_counts(&state, tenant.id).await?;
+    let at = now();
+    Ok(Json(
+        connectors
+            .iter()
+            .map(|c| view(c, at, counts.get(&c.id).copied().unwrap_or(0)))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant_id}/connectors", tag = "connectors",
+    summary = "Create an inbound connector",
+    params(("tenant_id" = i64, Path, description = "Tenant id")),
+    request_body = CreateConnector,
+    responses(
+        (status = 201, description = "Created", body = ConnectorView),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or another tenant's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The name or auth user is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input; `field` names it", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+    ApiJson(body): ApiJson<CreateConnector>,
+) -> ApiResult<impl IntoResponse> {
+    let tenant = tenant_for(&state, &caller, tenant_id).await?;
+    let name = validate::text("name", &body.name, NAME_MAX)?;
+    let kind = validate::connector_kind("kind", &body.kind)?;
+    let ip_ranges = parse_ranges(&body.ip_ranges)?;
+    let cert_name = body
+        .cert_name
+        .as_deref()
+        .map(|c| validate::domain("cert_name", c))
+        .transpose()?;
+    let auth_user = body
+        .auth_user
+        .as_deref()
+        .map(|u| validate::auth_user("auth_user", u))
+        .transpose()?;
+    if let Some(p) = &body.auth_password {
+        validate::auth_password("auth_password", p)?;
+    }
+    let at = now();
+    // Checked before the (slow) hashing, with a stand-in for the hash.
+    let proposed = Connector {
+        id: 0,
+        tenant_id: tenant.id,
+        name: name.clone(),
+        kind,
+        ip_ranges: ip_ranges.clone(),
+        cert_name: cert_name.clone(),
+        auth_user: auth_user.clone(),
+        auth_password_hash: body.auth_password.as_ref().map(|_| String::new()),
+        require_tls: body.require_tls,
+        enabled: true,
+        allow_unregistered: body.allow_unregistered,
+        restrict_domains_to_ips: body.restrict_domains_to_ips,
+        restrict_domains_to_cert: body.restrict_domains_to_cert,
+        blocked: false,
+        created_at: at,
+        created_by: String::new(),
+        updated_at: at,
+        updated_by: String::new(),
+        last_used_at: None,
+    };
+    check_consistent(&proposed)?;
+    let auth_password_hash = match &body.auth_password {
+        Some(p) => Some(hash_password("auth_password", p).await?),
+        None => None,
+    };
+    let c = state
+        .store()
+        .add_connector(
+            NewConnector {
+                tenant_id: tenant.id,
+                name,
+                kind,
+                ip_ranges,
+                cert_name,
+                auth_user,
+                auth_password_hash,
+                require_tls: body.require_tls,
+                allow_unregistered: body.allow_unregistered,
+                restrict_domains_to_ips: body.restrict_domains_to_ips,
+                restrict_domains_to_cert: body.restrict_domains_to_cert,
+            },
+            &caller.actor(),
+        )
+        .await?;
+    let location = format!("/v1/tenants/{}/connectors/{}", tenant.id, c.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view(&c, now(), 0)),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", tag = "connectors",
+    summary = "Show a connector with its audit flags",
+    params(
+        ("tenant_id" = i64, Path, description = "Tenant id"),
+        ("connector_id" = i64, Path, description = "Connector id"),
+    ),
+    responses(
+        (status = 200, description = "The connector", body = ConnectorView),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector or tenant, or another tenant's", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn show(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((tenant_id, id)): ApiPath<(TenantId, ConnectorId)>,
+) -> ApiResult<Json<ConnectorView>> {
+    let c = connector_for(&state, &caller, tenant_id, id).await?;
+    Ok(Json(view_one(&state, &c).await?))
+}
+
+#[utoipa::path(
+    patch, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", tag = "connectors",
+    summary = "Change some of a connector's fields",
+    params(
+        ("tenant_id" = i64, Path, description = "Tenant id"),
+        ("connector_id" = i64, Path, description = "Connector id"),
+    ),
+    request_body(content = ChangeConnector, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The connector afterwards", body = ConnectorView),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A tenant admin tried to change `blocked`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector or tenant, or another tenant's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The name or auth user is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input; `field` names it", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn change(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((tenant_id, id)): ApiPath<(TenantId, ConnectorId)>,
+    ApiJson(body): ApiJson<ChangeConnector>,
+) -> ApiResult<Json<ConnectorView>> {
+    let old = connector_for(&state, &caller, tenant_id, id).await?;
+    let mut c = old.clone();
+    if let Some(name) = &body.name {
+        c.name = validate::text("name", name, NAME_MAX)?;
+    }
+    if let Some(kind) = &body.kind {
+        c.kind = validate::connector_kind("kind", kind)?;
+    }
+    if let Some(ranges) = &body.ip_ranges {
+        c.ip_ranges = parse_ranges(ranges)?;
+    }
+    if let Some(cert) = &body.cert_name {
+        c.cert_name = cert
+            .as_deref()
+            .map(|n| validate::domain("cert_name", n))
+            .transpose()?;
+    }
+    match &body.auth_user {
+        Some(Some(user)) => c.auth_user = Some(validate::auth_user("auth_user", user)?),
+        Some(None) => {
+            c.auth_user = None;
+            c.auth_password_hash = None;
+        }
+        None => {}
+    }
+    if let Some(p) = &body.auth_password {
+        validate::auth_password("auth_password", p)?;
+        // A stand-in until the checks pass; hashed below.
+        c.auth_password_hash = Some(String::new());
+    }
+    for (value, field) in [
+        (body.require_tls, &mut c.require_tls),
+        (body.enabled, &mut c.enabled),
+        (body.allow_unregistered, &mut c.allow_unregistered),
+        (body.restrict_domains_to_ips, &mut c.restrict_domains_to_ips),
+        (
+            body.restrict_domains_to_cert,
+            &mut c.restrict_domains_to_cert,
+        ),
+    ] {
+        if let Some(v) = value {
+            *field = v;
+        }
+    }
+    if let Some(blocked) = body.blocked {
+        if blocked != old.blocked {
+            caller.require_operator("block or unblock a connector")?;
+            c.blocked = blocked;
+        }
+    }
+    check_consistent(&c)?;
+    if let Some(p) = &body.auth_password {
+        c.auth_password_hash = Some(hash_password("auth_password", p).await?);
+    }
+    if c == old {
+        return Ok(Json(view_one(&state, &old).await?));
+    }
+    state.store().update_connector(&c, &caller.actor()).await?;
+    let c = connector_for(&state, &caller, tenant_id, id).await?;
+    Ok(Json(view_one(&state, &c).await?))
+}
+
+async fn set_enabled(
+    caller: Caller,
+    state: AppState,
+    tenant_id: TenantId,
+    id: ConnectorId,
+    enabled: bool,
+) -> ApiResult<Json<ConnectorView>> {
+    let mut c = connector_for(&state, &caller, tenant_id, id).await?;
+    if c.enabled != enabled {
+        c.enabled = enabled;
+        state.store().update_connector(&c, &caller.actor()).await?;
+        c = connector_for(&state, &caller, tenant_id, id).await?;
+    }
+    Ok(Json(view_one(&state, &c).await?))
+}
+
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}/disable", tag = "connectors",
+    summary = "Stop accepting mail through a connector",
+    params(
+        ("tenant_id" = i64, Path, description = "Tenant id"),
+        ("connector_id" = i64, Path, description = "Connector id"),
+    ),
+    responses(
+        (status = 200, description = "The connector afterwards", body = ConnectorView),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector or tenant, or another tenant's", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn disable(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((tenant_id, id)): ApiPath<(TenantId, ConnectorId)>,
+) -> ApiResult<Json<ConnectorView>> {
+    set_enabled(caller, state, tenant_id, id, false).await
+}
+
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}/enable", tag = "connectors",
+    summary = "Accept mail through a connector again",
+    params(
+        ("tenant_id" = i64, Path, description = "Tenant id"),
+        ("connector_id" = i64, Path, description = "Connector id"),
+    ),
+    responses(
+        (status = 200, description = "The connector afterwards", body = ConnectorView),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector or tenant, or another tenant's", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn enable(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((tenant_id, id)): ApiPath<(TenantId, ConnectorId)>,
+) -> ApiResult<Json<ConnectorView>> {
+    set_enabled(caller, state, tenant_id, id, true).await
+}
+
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", tag = "connectors",
+    summary = "Delete a connector",
+    params(
+        ("tenant_id" = i64, Path, description = "Tenant id"),
+        ("connector_id" = i64, Path, description = "Connector id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector or tenant, or another tenant's", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn remove(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((tenant_id, id)): ApiPath<(TenantId, ConnectorId)>,
+) -> ApiResult<StatusCode> {
+    let c = connector_for(&state, &caller, tenant_id, id).await?;
+    state
+        .store()
+        .delete_connector(c.id, &caller.actor())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relayward_core::ConnectorKind;
+
+    fn connector(ranges: &[&str]) -> Connector {
+        Connector {
+            id: 1,
+            tenant_id: 1,
+            name: "c".into(),
+            kind: ConnectorKind::OnPremises,
+            ip_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+            cert_name: None,
+            auth_user: None,
+            auth_password_hash: None,
+            require_tls: false,
+            enabled: true,
+            allow_unregistered: false,
+            restrict_domains_to_ips: false,
+            restrict_domains_to_cert: false,
+            blocked: false,
+            created_at: 0,
+            created_by: "t".into(),
+            updated_at: 0,
+            updated_by: "t".into(),
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn flags() {
+        let now = 100 * DAY_SECS;
+        let mut c = connector(&["192.0.2.0/24", "2001:db8::/48"]);
+        c.last_used_at = Some(now - DAY_SECS);
+        c.cert_name = Some("mail.example".into());
+        let a = audit_flags(&c, now, 0);
+        assert_eq!(a, ConnectorAudit::default());
+
+        c.ip_ranges = vec!["192.0.0.0/23".parse().unwrap()];
+        assert!(audit_flags(&c, now, 0).wide_ip_range);
+        c.ip_ranges = vec!["2001:db8::/47".parse().unwrap()];
+        assert!(audit_flags(&c, now, 0).wide_ip_range);
+
+        c.updated_at = now - 6 * DAY_SECS;
+        c.cert_name = None;
+        c.last_used_at = Some(now - 30 * DAY_SECS);
+        let a = audit_flags(&c, now, 3);
+        assert_eq!(
+            a.flags,
+            [
+                "recently_changed",
+                "wide_ip_range",
+                "no_certificate",
+                "unused_30_days",
+                "unregistered_mail_24h"
+            ]
+        );
+        assert_eq!(a.unregistered_messages_24h, 3);
+
+        // Never used: counted from creation.
+        c.last_used_at = None;
+        c.created_at = now - 29 * DAY_SECS;
+        assert!(!audit_flags(&c, now, 0).unused_30_days);
+    }
+}

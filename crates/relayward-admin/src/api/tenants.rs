@@ -1,0 +1,129 @@
+//! Tenants: the operator creates and lists them; a tenant admin sees its own.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use relayward_core::{Tenant, TenantId, TenantState};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::tenant_for;
+use crate::auth::Caller;
+use crate::extract::{ApiJson, ApiPath};
+use crate::problem::{ApiError, ApiResult, Problem};
+use crate::validate;
+use crate::AppState;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    pub id: i64,
+    pub name: String,
+    #[schema(schema_with = crate::schema::tenant_state)]
+    pub state: TenantState,
+    pub admin_emails: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        TenantView {
+            id: t.id,
+            name: t.name,
+            state: t.state,
+            admin_emails: t.admin_emails,
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// 1 to 64 letters, digits, '-', '_' or '.'; not all digits.
+    pub name: String,
+    /// Addresses told about blocks and alerts.
+    #[serde(default)]
+    pub admin_emails: Vec<String>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants", tag = "tenants",
+    summary = "List every tenant (operator)",
+    responses(
+        (status = 200, description = "All tenants, by id", body = [TenantView]),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A tenant-admin token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<TenantView>>> {
+    caller.require_operator("list every tenant")?;
+    let tenants = state.store().list_tenants().await?;
+    Ok(Json(tenants.into_iter().map(TenantView::from).collect()))
+}
+
+#[utoipa::path(
+    post, path = "/v1/tenants", tag = "tenants",
+    summary = "Create a tenant (operator)",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created", body = TenantView),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A tenant-admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The name is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name or address; `field` names it", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require_operator("create tenants")?;
+    let name = validate::tenant_name("name", &body.name)?;
+    if body.admin_emails.len() > 20 {
+        return Err(ApiError::invalid("admin_emails", "at most 20 addresses"));
+    }
+    let emails = body
+        .admin_emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| validate::email(&format!("admin_emails[{i}]"), e))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let tenant = state
+        .store()
+        .create_tenant(&name, &emails, &caller.actor())
+        .await?;
+    let location = format!("/v1/tenants/{}", tenant.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(TenantView::from(tenant)),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant_id}", tag = "tenants",
+    summary = "Show a tenant",
+    params(("tenant_id" = i64, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        (status = 401, description = "No token or a bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or another tenant's", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn show(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+) -> ApiResult<Json<TenantView>> {
+    let tenant = tenant_for(&state, &caller, tenant_id).await?;
+    Ok(Json(tenant.into()))
+}
