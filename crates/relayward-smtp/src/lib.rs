@@ -12,11 +12,11 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use relayward_core::{Address, ConnectorId, SenderClass, TenantId, TraceEvent};
+use relayward_core::{Address, ConnectorId, Reply, SenderClass, TenantId, TraceEvent};
 use relayward_policy::{Method, SharedDirectory};
 
 mod inbound;
@@ -152,6 +152,28 @@ pub trait Events: Send + Sync + 'static {
     fn connector_used(&self, connector: ConnectorId);
 }
 
+/// Per-sender outbound limits (DESIGN.md: a sender over its limits gets `550 5.1.8 Access
+/// denied, bad outbound sender`), consulted once a transaction's tenant is known. Called on the
+/// session's task: answer from memory, without I/O. `Err(reply)` refuses the command.
+pub trait SenderGuard: Send + Sync + 'static {
+    /// MAIL FROM with a non-null sender (or the RCPT TO that settled the tenant).
+    fn check_mail(
+        &self,
+        tenant: TenantId,
+        connector: ConnectorId,
+        sender: &Address,
+    ) -> Result<(), Reply>;
+    /// Each new RCPT TO; `recipients` counts the transaction's recipients with this one.
+    fn check_rcpt(
+        &self,
+        tenant: TenantId,
+        connector: ConnectorId,
+        sender: &Address,
+        recipient: &Address,
+        recipients: usize,
+    ) -> Result<(), Reply>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SmtpError {
     #[error("{path}: {source}")]
@@ -175,6 +197,8 @@ pub struct Server {
     pub(crate) events: Arc<dyn Events>,
     pub(crate) limiter: listener::ConnLimiter,
     pub(crate) header_parser: mail_parser::MessageParser,
+    /// Per-sender limits; none by default.
+    pub(crate) sender_guard: OnceLock<Arc<dyn SenderGuard>>,
 }
 
 impl Server {
@@ -191,7 +215,21 @@ impl Server {
             events,
             limiter: listener::ConnLimiter::default(),
             header_parser: inbound::data::header_parser(),
+            sender_guard: OnceLock::new(),
         })
+    }
+
+    /// Consult `guard` at MAIL FROM and RCPT TO. Set once, before the listeners start; a
+    /// second guard is ignored.
+    pub fn with_sender_guard(self: Arc<Self>, guard: Arc<dyn SenderGuard>) -> Arc<Server> {
+        if self.sender_guard.set(guard).is_err() {
+            tracing::warn!("sender guard already set; the new one is ignored");
+        }
+        self
+    }
+
+    pub(crate) fn sender_guard(&self) -> Option<&dyn SenderGuard> {
+        self.sender_guard.get().map(|g| &**g)
     }
 
     pub fn config(&self) -> &SmtpConfig {

@@ -72,6 +72,12 @@ impl State {
         self.attribution = relayward_policy::attribute(&dir, &self.facts);
         let decision = match check_mail(&dir, &self.facts, &self.attribution, sender.as_ref()) {
             Ok(MailOutcome::Accepted { attributed, class }) => {
+                // Per-sender limits, once the tenant is known (the null sender has none).
+                if let (Some(guard), Some(s)) = (self.server.sender_guard(), sender.as_ref()) {
+                    guard
+                        .check_mail(attributed.tenant_id, attributed.connector_id, s)
+                        .map_err(|r| (r, shown()))?;
+                }
                 Decision::Accepted { attributed, class }
             }
             Ok(MailOutcome::PendingRcpt { candidates }) => Decision::Pending(candidates),

@@ -58,6 +58,13 @@ impl State {
             let dir = self.server.directory.current();
             match check_rcpt(&dir, &self.facts, candidates, tx.sender.as_ref(), &address) {
                 Ok(MailOutcome::Accepted { attributed, class }) => {
+                    // The tenant is known only now: the sender's MAIL-time check happens here.
+                    if let (Some(guard), Some(s)) = (self.server.sender_guard(), tx.sender.as_ref())
+                    {
+                        guard
+                            .check_mail(attributed.tenant_id, attributed.connector_id, s)
+                            .map_err(|r| (r, shown()))?;
+                    }
                     tx.decision = Decision::Accepted { attributed, class }
                 }
                 Ok(MailOutcome::PendingRcpt { .. }) => return Err((reply::RELAY_DENIED, shown())),
@@ -66,6 +73,21 @@ impl State {
         }
         // A repeated recipient is accepted once: delivering it twice helps nobody.
         if !tx.recipients.iter().any(|r| r.address == address) {
+            if let (Some(guard), Some(s), Decision::Accepted { attributed, .. }) = (
+                self.server.sender_guard(),
+                tx.sender.as_ref(),
+                &tx.decision,
+            ) {
+                guard
+                    .check_rcpt(
+                        attributed.tenant_id,
+                        attributed.connector_id,
+                        s,
+                        &address,
+                        tx.recipients.len() + 1,
+                    )
+                    .map_err(|r| (r, shown()))?;
+            }
             let mut notify = Vec::new();
             for (flag, name) in [
                 (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),

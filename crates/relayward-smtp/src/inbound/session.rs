@@ -11,7 +11,11 @@ use super::{Exit, State};
 use crate::listener::shutdown_requested;
 
 /// Enough for many pipelined commands or a large slice of message data per read.
-const READ_BUF: usize = 16 * 1024;
+/// Read buffer while waiting for commands: an idle session should cost little (10,000 of them
+/// are held open by busy relays), and command lines are short.
+const READ_BUF: usize = 2 * 1024;
+/// Read buffer while receiving message data, where fewer, larger reads pay off.
+const DATA_READ_BUF: usize = 16 * 1024;
 /// RFC 5321 section 4.5.3.1.4, CRLF included.
 pub(crate) const MAX_COMMAND_LINE: usize = 512;
 /// MAIL and RCPT may carry extension parameters (RFC 5321 section 4.5.3.1.4 allows more).
@@ -119,10 +123,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.rpos == self.rend {
             self.rpos = 0;
             self.rend = 0;
-        } else if self.rend == self.rbuf.len() {
+            if wait == Wait::Command && self.rbuf.len() > READ_BUF {
+                self.rbuf.truncate(READ_BUF);
+                self.rbuf.shrink_to_fit();
+            }
+        }
+        if wait == Wait::Data && self.rbuf.len() < DATA_READ_BUF {
+            self.rbuf.resize(DATA_READ_BUF, 0);
+        }
+        if self.rend == self.rbuf.len() && self.rpos > 0 {
             self.rbuf.copy_within(self.rpos..self.rend, 0);
             self.rend -= self.rpos;
             self.rpos = 0;
+        }
+        if self.rend == self.rbuf.len() && self.rbuf.len() < DATA_READ_BUF {
+            // A partial line (e.g. MAIL with long parameters) fills the small buffer.
+            let grown = (self.rbuf.len() * 2).min(DATA_READ_BUF);
+            self.rbuf.resize(grown, 0);
         }
         self.flush().await?;
 
