@@ -10,11 +10,13 @@
 
 pub mod config;
 pub mod control;
+pub mod dkim;
 pub mod dsn;
 pub mod outbound;
 pub mod routing;
 pub mod scheduler;
 pub mod spool;
+pub mod srs;
 
 pub use config::{DeliveryConfig, TenantRoute};
 pub use control::{admin, apply_offline, request_control, AdminOutcome, ControlOp, DeliveryError};
