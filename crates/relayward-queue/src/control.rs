@@ -188,6 +188,14 @@ pub(crate) fn remove_message(spool: &Spool, id: &QueueId) -> Result<(), SpoolErr
     Ok(())
 }
 
+/// Every recipient is final (delivered or bounced with its DSN stored): see
+/// [`Spool::remove_finished`].
+pub(crate) fn finish_message(spool: &Spool, id: &QueueId) -> Result<(), SpoolError> {
+    spool.remove_finished(id)?;
+    let _ = fs::remove_file(delay_marker(spool.root(), id));
+    Ok(())
+}
+
 /// A trace event about `env` (and one of its recipients).
 pub fn trace_event(kind: TraceKind, env: &Envelope, recipient: Option<&str>) -> TraceEvent {
     let mut ev = TraceEvent::new(kind);

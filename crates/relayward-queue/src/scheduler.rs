@@ -26,8 +26,8 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::DeliveryConfig;
 use crate::control::{
-    self, apply_op, delay_marker, remove_message, store_dsn, trace_event, ControlOp, DeliveryError,
-    NOTICES_DIR,
+    self, apply_op, delay_marker, finish_message, remove_message, store_dsn, trace_event,
+    ControlOp, DeliveryError, NOTICES_DIR,
 };
 use crate::dsn::{self, DsnAction, DsnRecipient};
 use crate::outbound::delivery::{OutboundMessage, RcptResult};
@@ -409,6 +409,7 @@ impl Scheduler {
                 }
             }
         }
+        eprintln!("DBG run loop left");
         // Workers see the same shutdown signal and give up their attempts.
         loop {
             if self.lock().workers == 0 {
@@ -419,7 +420,9 @@ impl Scheduler {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
+        eprintln!("DBG workers done");
         self.outbound.close_idle().await;
+        eprintln!("DBG idle closed");
         tracing::info!("queue scheduler stopped");
         let _ = self.stopped.send(true);
     }
@@ -848,7 +851,7 @@ impl Scheduler {
                     }
                 }
                 if all_final {
-                    remove_message(s, &id)?;
+                    finish_message(s, &id)?;
                 } else {
                     s.update_envelope(&id, &snapshot)?;
                 }
