@@ -136,7 +136,6 @@ pub const SMTPUTF8_REQUIRED: Reply =
 pub const NO_VALID_RECIPIENTS: Reply = Reply::new(554, "5.5.1", "No valid recipients");
 pub const TLS_NOT_AVAILABLE: Reply = Reply::new(454, "4.7.0", "TLS not available");
 
-
 // Inbound SMTP session replies (relayward-smtp).
 pub const HELP: Reply = Reply::new(
     214,

@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
-use relayward_core::{Connector, ConnectorId, DirectoryData, Tenant, TenantId};
+use relayward_core::{Connector, ConnectorId, DirectoryData, Tenant, TenantId, TenantState};
 
 /// Longest-prefix buckets: one hash map per prefix length present, so a lookup costs one
 /// probe per distinct prefix length rather than one per connector range.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 struct IpTable {
     v4: Vec<(u8, HashMap<u32, Vec<usize>>)>,
     v6: Vec<(u8, HashMap<u128, Vec<usize>>)>,
@@ -95,7 +95,7 @@ struct DomainEntry {
     match_subdomains: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Directory {
     pub version: i64,
     tenants: HashMap<TenantId, Tenant>,
@@ -155,6 +155,21 @@ impl Directory {
 
     pub fn tenant_count(&self) -> usize {
         self.tenants.len()
+    }
+
+    /// This snapshot with `tenant`'s restriction state set to `state`, keeping the version (the
+    /// next reload from the store replaces it). `None` when the tenant is unknown. A copy of
+    /// the whole index, so for rare events only: the abuse detector uses it so that a
+    /// transition applies to the very next MAIL FROM, before the store has it.
+    pub fn with_tenant_state(&self, tenant: TenantId, state: TenantState) -> Option<Directory> {
+        let mut dir = self.clone();
+        dir.tenants.get_mut(&tenant)?.state = state;
+        Some(dir)
+    }
+
+    /// Every tenant of the snapshot.
+    pub fn tenants(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.values()
     }
 
     /// Is `domain` (lowercase) a verified accepted domain of `tenant`, directly or as a
@@ -257,5 +272,61 @@ impl SharedDirectory {
 
     pub fn replace(&self, dir: Directory) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dir);
+    }
+
+    /// Sets one tenant's restriction state in the current snapshot at once (see
+    /// [`Directory::with_tenant_state`]). Readers are not held up while the copy is made; a
+    /// snapshot swapped in meanwhile is copied again. Returns false when the tenant is unknown
+    /// (or already in `state`).
+    pub fn set_tenant_state(&self, tenant: TenantId, state: TenantState) -> bool {
+        loop {
+            let old = self.current();
+            if old.tenant(tenant).is_none_or(|t| t.state == state) {
+                return false;
+            }
+            let Some(new) = old.with_tenant_state(tenant, state) else {
+                return false;
+            };
+            let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+            if Arc::ptr_eq(&cur, &old) {
+                *cur = Arc::new(new);
+                return true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_tenant_state_swaps_one_tenant() {
+        let tenant = |id, name: &str| Tenant {
+            id,
+            name: name.into(),
+            state: TenantState::Active,
+            admin_emails: Vec::new(),
+            created_at: 0,
+        };
+        let shared = SharedDirectory::new(Directory::new(DirectoryData {
+            version: 7,
+            tenants: vec![tenant(1, "a"), tenant(2, "b")],
+            ..Default::default()
+        }));
+        let before = shared.current();
+        assert!(shared.set_tenant_state(1, TenantState::BlockedUnregistered));
+        let after = shared.current();
+        assert_eq!(
+            after.tenant(1).unwrap().state,
+            TenantState::BlockedUnregistered
+        );
+        assert_eq!(after.tenant(2).unwrap().state, TenantState::Active);
+        assert_eq!(after.version, 7);
+        // Readers holding the old snapshot keep a consistent view.
+        assert_eq!(before.tenant(1).unwrap().state, TenantState::Active);
+        assert!(!shared.set_tenant_state(1, TenantState::BlockedUnregistered));
+        assert!(!shared.set_tenant_state(9, TenantState::BlockedAll));
+        assert_eq!(shared.current().tenants().count(), 2);
     }
 }

@@ -409,7 +409,6 @@ impl Scheduler {
                 }
             }
         }
-        eprintln!("DBG run loop left");
         // Workers see the same shutdown signal and give up their attempts.
         loop {
             if self.lock().workers == 0 {
@@ -420,11 +419,11 @@ impl Scheduler {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-        eprintln!("DBG workers done");
         self.outbound.close_idle().await;
-        eprintln!("DBG idle closed");
         tracing::info!("queue scheduler stopped");
-        let _ = self.stopped.send(true);
+        // `send` would fail (and not store the value) while nobody is subscribed yet: a
+        // `stopped()` called after this point would then wait forever.
+        self.stopped.send_replace(true);
     }
 
     /// Rebuilds the index from the spool.

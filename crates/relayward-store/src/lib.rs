@@ -8,8 +8,13 @@ use relayward_core::{
     DomainKind, Tenant, TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
 };
 
+pub mod abuse;
 pub mod sqlite;
 
+pub use abuse::{
+    NewSenderRestriction, NewTransition, SenderRestrictionRecord, TenantStatusRecord,
+    TransitionRecord,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +122,64 @@ pub trait Store: Send + Sync + 'static {
     async fn record_trace(&self, events: &[TraceEvent]) -> Result<()>;
     /// Newest first, at most `query.limit` (0 means 100).
     async fn search_trace(&self, query: &TraceQuery) -> Result<Vec<TraceEvent>>;
+
+    // Abuse detector
+    /// Restriction status of every tenant, by id.
+    async fn tenant_statuses(&self) -> Result<Vec<TenantStatusRecord>>;
+    async fn tenant_status(&self, id: TenantId) -> Result<Option<TenantStatusRecord>>;
+    /// Applies a restriction-state transition in one transaction: the tenant's state, since,
+    /// probation end and reason, a `tenant_transitions` row with the evidence, the audit entry
+    /// (`tenant.state`) and the directory version bump. Conflict when the tenant is no longer
+    /// in `t.from`. Returns the transition's id and the new directory version.
+    async fn record_transition(&self, t: &NewTransition, actor: &str) -> Result<(i64, i64)>;
+    /// A tenant's transitions, newest first, at most `limit` (0 means 100).
+    async fn list_transitions(&self, tenant: TenantId, limit: u32)
+        -> Result<Vec<TransitionRecord>>;
+    /// Audit entries about the tenant's connectors (`connector.*`) at or after `since`, newest
+    /// first.
+    async fn connector_changes(
+        &self,
+        tenant: TenantId,
+        since: Timestamp,
+    ) -> Result<Vec<AuditEntry>>;
+    /// Records a sender restriction (audited, version bump); returns its id.
+    async fn add_sender_restriction(&self, r: &NewSenderRestriction, actor: &str) -> Result<i64>;
+    /// Lifts the standing restrictions of `sender` (of `tenant`, or of every tenant) at
+    /// `at_ms`; audited, version bump. Returns what was lifted (empty: nothing was standing).
+    async fn lift_sender_restrictions(
+        &self,
+        tenant: Option<TenantId>,
+        sender: &str,
+        at_ms: i64,
+        actor: &str,
+    ) -> Result<Vec<SenderRestrictionRecord>>;
+    /// Restrictions standing at `now_ms` (of `tenant`, or of every tenant), plus with
+    /// `lifted_since_ms` those lifted at or after it. By id.
+    async fn list_sender_restrictions(
+        &self,
+        tenant: Option<TenantId>,
+        now_ms: i64,
+        lifted_since_ms: Option<i64>,
+    ) -> Result<Vec<SenderRestrictionRecord>>;
+    /// A tenant's own per-sender limits (JSON), or `None` for the configured defaults; audited,
+    /// version bump.
+    async fn set_tenant_sender_limits(
+        &self,
+        tenant: TenantId,
+        limits: Option<&str>,
+        actor: &str,
+    ) -> Result<()>;
+    /// Tenants with their own per-sender limits (JSON).
+    async fn tenant_sender_limits(&self) -> Result<Vec<(TenantId, String)>>;
+    /// Domains a tenant admin declared as forwarded (mail it relays for others, e.g. from
+    /// mailing lists); audited. Already declared ones are left as they are.
+    async fn declare_forwarded_domains(
+        &self,
+        tenant: TenantId,
+        domains: &[String],
+        actor: &str,
+    ) -> Result<()>;
+    async fn forwarded_domains(&self, tenant: TenantId) -> Result<Vec<String>>;
 
     // Admin API tokens
     /// Stores a token (argon2id PHC string of its secret part, never the secret) and audits its

@@ -1278,6 +1278,107 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    // Abuse detector (the SQL lives in sqlite_abuse.rs)
+
+    async fn tenant_statuses(&self) -> Result<Vec<crate::TenantStatusRecord>> {
+        abuse_sql::tenant_statuses(&self.pool, None).await
+    }
+
+    async fn tenant_status(&self, id: TenantId) -> Result<Option<crate::TenantStatusRecord>> {
+        Ok(abuse_sql::tenant_statuses(&self.pool, Some(id))
+            .await?
+            .pop())
+    }
+
+    async fn record_transition(&self, t: &crate::NewTransition, actor: &str) -> Result<(i64, i64)> {
+        let mut tx = self.write_tx().await?;
+        let out = abuse_sql::record_transition(&mut tx, t, actor).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn list_transitions(
+        &self,
+        tenant: TenantId,
+        limit: u32,
+    ) -> Result<Vec<crate::TransitionRecord>> {
+        abuse_sql::list_transitions(&self.pool, tenant, effective_limit(limit)).await
+    }
+
+    async fn connector_changes(
+        &self,
+        tenant: TenantId,
+        since: Timestamp,
+    ) -> Result<Vec<AuditEntry>> {
+        abuse_sql::connector_changes(&self.pool, tenant, since).await
+    }
+
+    async fn add_sender_restriction(
+        &self,
+        r: &crate::NewSenderRestriction,
+        actor: &str,
+    ) -> Result<i64> {
+        let mut tx = self.write_tx().await?;
+        let id = abuse_sql::add_sender_restriction(&mut tx, r, actor).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn lift_sender_restrictions(
+        &self,
+        tenant: Option<TenantId>,
+        sender: &str,
+        at_ms: i64,
+        actor: &str,
+    ) -> Result<Vec<crate::SenderRestrictionRecord>> {
+        let mut tx = self.write_tx().await?;
+        let lifted =
+            abuse_sql::lift_sender_restrictions(&mut tx, tenant, sender, at_ms, actor).await?;
+        tx.commit().await?;
+        Ok(lifted)
+    }
+
+    async fn list_sender_restrictions(
+        &self,
+        tenant: Option<TenantId>,
+        now_ms: i64,
+        lifted_since_ms: Option<i64>,
+    ) -> Result<Vec<crate::SenderRestrictionRecord>> {
+        abuse_sql::list_sender_restrictions(&self.pool, tenant, now_ms, lifted_since_ms).await
+    }
+
+    async fn set_tenant_sender_limits(
+        &self,
+        tenant: TenantId,
+        limits: Option<&str>,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        abuse_sql::set_tenant_sender_limits(&mut tx, tenant, limits, actor).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn tenant_sender_limits(&self) -> Result<Vec<(TenantId, String)>> {
+        abuse_sql::tenant_sender_limits(&self.pool).await
+    }
+
+    async fn declare_forwarded_domains(
+        &self,
+        tenant: TenantId,
+        domains: &[String],
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        abuse_sql::declare_forwarded_domains(&mut tx, tenant, domains, actor).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn forwarded_domains(&self, tenant: TenantId) -> Result<Vec<String>> {
+        abuse_sql::forwarded_domains(&self.pool, tenant).await
+    }
+
     // Admin API tokens
 
     async fn create_token(
@@ -1475,6 +1576,9 @@ impl Store for SqliteStore {
             .collect()
     }
 }
+
+#[path = "sqlite_abuse.rs"]
+mod abuse_sql;
 
 #[cfg(test)]
 mod tests {

@@ -5,10 +5,21 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use relayward_core::{normalize_domain, ConnectorKind, DomainKind, Tenant, TraceQuery};
+use std::collections::HashMap;
+
+use relayward_core::{
+    normalize_domain, ConnectorKind, DomainKind, Tenant, TenantId, TenantState, TraceQuery,
+};
+use relayward_policy::counters::sender_key;
+use relayward_policy::detector::{BlockScope, Detector};
+use relayward_policy::evidence::Evidence;
+use relayward_policy::limits::SenderLimits;
 use relayward_store::{NewConnector, NewDomain, Store};
 use serde_json::json;
 
+use crate::abuse::report;
+use crate::abuse::way_back::{self, Attestation, WayBackError};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::table;
 
@@ -56,12 +67,70 @@ pub enum TenantCmd {
         #[arg(long)]
         json: bool,
     },
-    /// State, domains and connectors of one tenant
+    /// State, domains and connectors of one tenant, with the evidence of its latest restriction
     Show {
         tenant: String,
         #[arg(long)]
         json: bool,
     },
+    /// Tenant admin: attest the fixes and ask to be unblocked (blocked_unregistered ->
+    /// under_review). Refused, saying what is missing, until every unregistered domain in the
+    /// evidence is registered (verified) or declared forwarded and every attestation is given.
+    RequestUnblock(RequestUnblockArgs),
+    /// Operator: lift a block (-> probation with tightened thresholds)
+    Unblock { tenant: String },
+    /// Operator: block a tenant by hand
+    #[command(group(clap::ArgGroup::new("scope").required(true)))]
+    Block {
+        tenant: String,
+        /// Refuse every message (5.7.705)
+        #[arg(long, group = "scope")]
+        all: bool,
+        /// Refuse unregistered and null senders (5.7.750); registered mail flows
+        #[arg(long, group = "scope")]
+        unregistered: bool,
+    },
+    /// Show or set the tenant's own per-sender limits (default: the configured ones)
+    SenderLimits(SenderLimitsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RequestUnblockArgs {
+    pub tenant: String,
+    /// Every domain the tenant sends from is registered and verified
+    #[arg(long)]
+    pub domains_registered: bool,
+    /// Connector changes of the last 7 days were reviewed (and undone where not ours)
+    #[arg(long)]
+    pub connectors_reviewed: bool,
+    /// The servers that sent the mail were found and secured
+    #[arg(long)]
+    pub servers_secured: bool,
+    /// A domain in the evidence whose mail the tenant forwards for others (repeatable)
+    #[arg(long = "forwarded-domain", value_name = "DOMAIN")]
+    pub forwarded_domains: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SenderLimitsArgs {
+    pub tenant: String,
+    /// What happens to a sender over a limit
+    #[arg(long, value_parser = ["block_for_today", "block", "alert"])]
+    pub action: Option<String>,
+    /// Recipients outside the tenant's domains per sender per hour (0: no limit)
+    #[arg(long)]
+    pub external_recipients_per_hour: Option<u64>,
+    /// Recipients per sender per 24 hours (0: no limit)
+    #[arg(long)]
+    pub recipients_per_day: Option<u64>,
+    /// Messages per sender per minute (0: no limit)
+    #[arg(long)]
+    pub messages_per_minute: Option<u64>,
+    /// Back to the configured defaults
+    #[arg(long, conflicts_with_all = ["action", "external_recipients_per_hour", "recipients_per_day", "messages_per_minute"])]
+    pub reset: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn valid_tenant_name(name: &str) -> Result<()> {
@@ -81,7 +150,56 @@ fn valid_tenant_name(name: &str) -> Result<()> {
 }
 
 pub async fn tenant(config: &Config, cmd: TenantCmd) -> Result<()> {
+    tenant_at(config, cmd, &SystemClock).await
+}
+
+/// [`tenant`] on the detector's `clock` (tests pass a simulated one).
+pub async fn tenant_at(config: &Config, cmd: TenantCmd, clock: &dyn Clock) -> Result<()> {
     let store = open_store(config).await?;
+    match cmd {
+        TenantCmd::RequestUnblock(a) => {
+            return request_unblock(config, &*store, a, clock.now_ms()).await
+        }
+        TenantCmd::Unblock { tenant } => {
+            let t = tenant_of(&*store, &tenant).await?;
+            let detector = Detector::new(config.detector.clone());
+            let (tr, _) =
+                way_back::operator_unblock(&*store, &detector, &t, &actor(), clock.now_ms())
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+            println!(
+                "tenant {}: {} -> probation until {} (thresholds x{})",
+                t.name,
+                tr.from,
+                tr.probation_until_ms
+                    .map(table::time_ms)
+                    .unwrap_or_default(),
+                config.detector.probation_factor
+            );
+            return Ok(());
+        }
+        TenantCmd::Block {
+            tenant,
+            all,
+            unregistered: _,
+        } => {
+            let t = tenant_of(&*store, &tenant).await?;
+            let scope = if all {
+                BlockScope::All
+            } else {
+                BlockScope::Unregistered
+            };
+            let detector = Detector::new(config.detector.clone());
+            let (tr, _) =
+                way_back::operator_block(&*store, &detector, &t, scope, &actor(), clock.now_ms())
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+            println!("tenant {}: {} -> {}", t.name, tr.from, tr.to);
+            return Ok(());
+        }
+        TenantCmd::SenderLimits(a) => return sender_limits(config, &*store, a).await,
+        _ => {}
+    }
     match cmd {
         TenantCmd::Add { name, admin_emails } => {
             valid_tenant_name(&name)?;
@@ -115,18 +233,351 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> Result<()> {
             let t = tenant_of(&*store, &tenant).await?;
             let domains = store.list_domains(Some(t.id)).await?;
             let connectors = store.list_connectors(Some(t.id)).await?;
+            let status = store.tenant_status(t.id).await?;
+            let transitions = store.list_transitions(t.id, 20).await?;
+            let restrictions = store
+                .list_sender_restrictions(Some(t.id), clock.now_ms(), None)
+                .await?;
+            let limits = own_sender_limits(&*store, t.id).await?;
+            let forwarded = store.forwarded_domains(t.id).await?;
+            let latest = transitions.iter().find(|r| {
+                matches!(
+                    r.to,
+                    TenantState::Warned
+                        | TenantState::BlockedUnregistered
+                        | TenantState::BlockedAll
+                )
+            });
+            let latest_evidence: Option<Evidence> =
+                latest.and_then(|r| serde_json::from_str(&r.evidence).ok());
             if json {
                 return print_json(&json!({
-                    "tenant": t, "domains": domains, "connectors": connectors,
+                    "tenant": t,
+                    "domains": domains,
+                    "connectors": connectors,
+                    "status": status.as_ref().map(|s| json!({
+                        "state": s.state,
+                        "since_ms": s.since_ms,
+                        "probation_until_ms": s.probation_until_ms,
+                        "reason": s.reason,
+                        "changed_by": s.changed_by,
+                    })),
+                    "transitions": transitions.iter().map(transition_json).collect::<Vec<_>>(),
+                    "sender_restrictions": restrictions.iter().map(restriction_json).collect::<Vec<_>>(),
+                    "sender_limits": limits.unwrap_or(config.default_sender_limits()),
+                    "sender_limits_own": limits.is_some(),
+                    "forwarded_domains": forwarded,
                 }));
             }
             println!("tenant {} (id {})", t.name, t.id);
             println!("state: {}", t.state);
+            if let Some(s) = &status {
+                println!("since: {}", table::time_ms(s.since_ms));
+                if let Some(reason) = &s.reason {
+                    println!(
+                        "reason: {reason} (by {})",
+                        s.changed_by.as_deref().unwrap_or("-")
+                    );
+                }
+                if let Some(until) = s.probation_until_ms {
+                    println!("probation until: {}", table::time_ms(until));
+                }
+            }
             println!("admins: {}", t.admin_emails.join(", "));
             println!("\ndomains:");
             print_domains(&domains);
+            if !forwarded.is_empty() {
+                println!("forwarded (declared): {}", forwarded.join(", "));
+            }
             println!("\nconnectors:");
             print_connectors(&connectors);
+            let l = limits.unwrap_or(config.default_sender_limits());
+            println!(
+                "\nsender limits ({}): {} external recipients/hour, {} recipients/day, {} messages/minute, action {}",
+                if limits.is_some() { "own" } else { "defaults" },
+                l.external_recipients_per_hour,
+                l.recipients_per_day,
+                l.messages_per_minute,
+                serde_json::to_value(l.action)?.as_str().unwrap_or("")
+            );
+            if !restrictions.is_empty() {
+                println!("\nrestricted senders:");
+                print_restrictions(&restrictions, &HashMap::new());
+            }
+            if let (Some(r), Some(e)) = (latest, &latest_evidence) {
+                let names: HashMap<i64, String> =
+                    connectors.iter().map(|c| (c.id, c.name.clone())).collect();
+                println!(
+                    "\nlatest evidence (transition {}: {} -> {} at {} by {}):",
+                    r.id,
+                    r.from,
+                    r.to,
+                    table::time_ms(r.at_ms),
+                    r.actor
+                );
+                if r.cause == "detector" {
+                    for line in report::evidence_lines(e, &names) {
+                        println!("  - {line}");
+                    }
+                } else {
+                    println!("  - set by {} ({}): {}", r.actor, r.cause, r.summary);
+                }
+                let steps = report::steps(&t.name, t.state);
+                if !steps.is_empty() {
+                    println!("\nto get unblocked:");
+                    for (i, s) in steps.iter().enumerate() {
+                        println!("  {}. {s}", i + 1);
+                    }
+                }
+            }
+            if !transitions.is_empty() {
+                println!("\ntransitions:");
+                let rows = transitions
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            table::time_ms(r.at_ms),
+                            r.from.to_string(),
+                            r.to.to_string(),
+                            r.actor.clone(),
+                            r.summary.clone(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                table::print(&["TIME", "FROM", "TO", "BY", "SUMMARY"], &rows);
+            }
+        }
+        _ => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn transition_json(r: &relayward_store::TransitionRecord) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "at_ms": r.at_ms,
+        "from": r.from,
+        "to": r.to,
+        "actor": r.actor,
+        "cause": r.cause,
+        "summary": r.summary,
+        "probation_until_ms": r.probation_until_ms,
+        "evidence": serde_json::from_str::<serde_json::Value>(&r.evidence).unwrap_or_default(),
+        "attestation": r.attestation.as_deref().and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok()),
+    })
+}
+
+fn restriction_json(r: &relayward_store::SenderRestrictionRecord) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "tenant_id": r.tenant_id,
+        "sender": r.sender,
+        "since_ms": r.since_ms,
+        "until_ms": r.until_ms,
+        "limit": r.limit,
+        "action": r.action,
+        "reason": r.reason,
+        "created_by": r.created_by,
+        "lifted_at_ms": r.lifted_at_ms,
+        "lifted_by": r.lifted_by,
+    })
+}
+
+fn print_restrictions(
+    rows: &[relayward_store::SenderRestrictionRecord],
+    tenant_names: &HashMap<TenantId, String>,
+) {
+    let rows = rows
+        .iter()
+        .map(|r| {
+            vec![
+                tenant_names
+                    .get(&r.tenant_id)
+                    .cloned()
+                    .unwrap_or_else(|| r.tenant_id.to_string()),
+                r.sender.clone(),
+                table::time_ms(r.since_ms),
+                r.until_ms
+                    .map(table::time_ms)
+                    .unwrap_or_else(|| "until lifted".into()),
+                r.action.clone(),
+                r.reason.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table::print(
+        &["TENANT", "SENDER", "SINCE", "UNTIL", "ACTION", "REASON"],
+        &rows,
+    );
+}
+
+/// `tenant request-unblock`: the checks and the transition live in [`way_back`].
+async fn request_unblock(
+    config: &Config,
+    store: &dyn Store,
+    a: RequestUnblockArgs,
+    now_ms: i64,
+) -> Result<()> {
+    let t = tenant_of(store, &a.tenant).await?;
+    let attestation = Attestation {
+        domains_registered: a.domains_registered,
+        connectors_reviewed: a.connectors_reviewed,
+        servers_secured: a.servers_secured,
+        forwarded_domains: a
+            .forwarded_domains
+            .iter()
+            .map(|d| normalize_domain(d).map_err(|e| anyhow!("--forwarded-domain: {e}")))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let detector = Detector::new(config.detector.clone());
+    match way_back::request_unblock(store, &detector, &t, &attestation, &actor(), now_ms).await {
+        Ok((_, id)) => {
+            println!(
+                "tenant {}: blocked_unregistered -> under_review (transition {id}); unregistered senders stay refused until an operator runs `relayward tenant unblock {}`",
+                t.name, t.name
+            );
+            Ok(())
+        }
+        Err(WayBackError::Missing(items)) => bail!(
+            "request-unblock for tenant {} refused: {}",
+            t.name,
+            items.join("; ")
+        ),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+async fn own_sender_limits(store: &dyn Store, tenant: TenantId) -> Result<Option<SenderLimits>> {
+    match store
+        .tenant_sender_limits()
+        .await?
+        .into_iter()
+        .find(|(t, _)| *t == tenant)
+    {
+        Some((_, j)) => Ok(Some(
+            serde_json::from_str(&j).context("stored sender limits")?,
+        )),
+        None => Ok(None),
+    }
+}
+
+async fn sender_limits(config: &Config, store: &dyn Store, a: SenderLimitsArgs) -> Result<()> {
+    let t = tenant_of(store, &a.tenant).await?;
+    let own = own_sender_limits(store, t.id).await?;
+    let changing = a.action.is_some()
+        || a.external_recipients_per_hour.is_some()
+        || a.recipients_per_day.is_some()
+        || a.messages_per_minute.is_some();
+    let effective = if a.reset {
+        store.set_tenant_sender_limits(t.id, None, &actor()).await?;
+        config.default_sender_limits()
+    } else if changing {
+        let mut l = own.unwrap_or(config.default_sender_limits());
+        if let Some(action) = &a.action {
+            l.action = serde_json::from_value(serde_json::Value::String(action.clone()))?;
+        }
+        if let Some(n) = a.external_recipients_per_hour {
+            l.external_recipients_per_hour = n;
+        }
+        if let Some(n) = a.recipients_per_day {
+            l.recipients_per_day = n;
+        }
+        if let Some(n) = a.messages_per_minute {
+            l.messages_per_minute = n;
+        }
+        store
+            .set_tenant_sender_limits(t.id, Some(&serde_json::to_string(&l)?), &actor())
+            .await?;
+        l
+    } else {
+        own.unwrap_or(config.default_sender_limits())
+    };
+    if a.json {
+        return print_json(&effective);
+    }
+    println!(
+        "tenant {}: {} external recipients/hour, {} recipients/day, {} messages/minute, action {}{}",
+        t.name,
+        effective.external_recipients_per_hour,
+        effective.recipients_per_day,
+        effective.messages_per_minute,
+        serde_json::to_value(effective.action)?.as_str().unwrap_or(""),
+        if a.reset || (!changing && own.is_none()) {
+            " (defaults)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SenderCmd {
+    /// Senders restricted by the per-sender limits (5.1.8)
+    List {
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a sender's restriction
+    Unrestrict {
+        address: String,
+        /// Only this tenant's restriction (default: every tenant's)
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+pub async fn sender(config: &Config, cmd: SenderCmd) -> Result<()> {
+    sender_at(config, cmd, &SystemClock).await
+}
+
+/// [`sender`] on the detector's `clock`.
+pub async fn sender_at(config: &Config, cmd: SenderCmd, clock: &dyn Clock) -> Result<()> {
+    let store = open_store(config).await?;
+    let tenant_id = |t: Option<String>| {
+        let store = store.clone();
+        async move {
+            match t {
+                Some(t) => Ok::<_, anyhow::Error>(Some(tenant_of(&*store, &t).await?.id)),
+                None => Ok(None),
+            }
+        }
+    };
+    match cmd {
+        SenderCmd::List { tenant, json } => {
+            let tid = tenant_id(tenant).await?;
+            let rows = store
+                .list_sender_restrictions(tid, clock.now_ms(), None)
+                .await?;
+            if json {
+                return print_json(&rows.iter().map(restriction_json).collect::<Vec<_>>());
+            }
+            let names: HashMap<TenantId, String> = store
+                .list_tenants()
+                .await?
+                .into_iter()
+                .map(|t| (t.id, t.name))
+                .collect();
+            print_restrictions(&rows, &names);
+        }
+        SenderCmd::Unrestrict { address, tenant } => {
+            let tid = tenant_id(tenant).await?;
+            let addr = relayward_core::Address::parse(address.trim_matches(['<', '>']), true)
+                .map_err(|e| anyhow!("{address:?}: {e}"))?;
+            let key = sender_key(&addr);
+            let lifted = store
+                .lift_sender_restrictions(tid, &key, clock.now_ms(), &actor())
+                .await?;
+            if lifted.is_empty() {
+                bail!("{key} has no standing restriction");
+            }
+            for r in lifted {
+                println!(
+                    "{key}: restriction {} lifted (tenant id {}; was: {})",
+                    r.id, r.tenant_id, r.reason
+                );
+            }
         }
     }
     Ok(())

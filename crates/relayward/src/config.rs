@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use relayward_policy::detector::DetectorConfig;
+use relayward_policy::limits::SenderLimits;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -16,6 +18,13 @@ pub struct Config {
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    /// The abuse detector's rules (relayward_policy::detector::DetectorConfig documents every
+    /// key and its default).
+    pub detector: DetectorConfig,
+    /// Default per-sender outbound limits (`[detector.sender_limits]` may be used instead, not
+    /// both); tenants may have their own (`relayward tenant sender-limits`).
+    pub sender_limits: Option<SenderLimits>,
+    pub alerts: AlertsConfig,
 }
 
 impl Default for Config {
@@ -26,6 +35,46 @@ impl Default for Config {
             store: StoreConfig::default(),
             delivery: DeliveryConfig::default(),
             limits: LimitsConfig::default(),
+            detector: DetectorConfig::default(),
+            sender_limits: None,
+            alerts: AlertsConfig::default(),
+        }
+    }
+}
+
+/// `[alerts]`: where the abuse detector's alerts go, besides the log. Each alert is sent once
+/// per transition (or per sender restriction): a webhook POST and an email to the tenant's
+/// admin contacts, queued through the relay itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// `http://host[:port]/path` receiving a JSON POST per alert. Unset: no webhook.
+    pub webhook_url: Option<String>,
+    /// When set, each POST carries `X-Relayward-Signature: sha256=<hex HMAC-SHA256 of the
+    /// body>` keyed with this secret.
+    pub webhook_secret: Option<String>,
+    /// Attempts per alert before giving up (a 2xx answer ends them). Default 6.
+    pub webhook_max_attempts: u32,
+    /// Wait before the first retry; doubled after each (at most 5 minutes). Default 1000.
+    pub webhook_backoff_ms: u64,
+    /// Per-attempt timeout. Default 10.
+    pub webhook_timeout_secs: u64,
+    /// Sender of alert emails. Default `postmaster@<server.hostname>`.
+    pub from: Option<String>,
+    /// Email the tenant's admin contacts. Default true.
+    pub email_tenant_admins: bool,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_max_attempts: 6,
+            webhook_backoff_ms: 1000,
+            webhook_timeout_secs: 10,
+            from: None,
+            email_tenant_admins: true,
         }
     }
 }
@@ -41,6 +90,9 @@ pub struct ServerConfig {
     pub directory_poll_ms: u64,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// How often the abuse detector re-evaluates tenants without traffic (warned and probation
+    /// tenants return to active only on such a pass) and expires idle counters.
+    pub detector_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +102,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./relayward-data"),
             directory_poll_ms: 1000,
             log_format: "text".into(),
+            detector_interval_ms: 5000,
         }
     }
 }
@@ -199,7 +252,20 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
+        self.detector.validate().map_err(anyhow::Error::msg)?;
+        if self.sender_limits.is_some() && self.detector.sender_limits != SenderLimits::default() {
+            anyhow::bail!("give the sender limits in [sender_limits] or in [detector.sender_limits], not both");
+        }
+        if let Some(url) = &self.alerts.webhook_url {
+            if !url.starts_with("http://") {
+                anyhow::bail!("alerts.webhook_url must be an http:// URL (https is not supported yet), not {url:?}");
+            }
+        }
+        if let Some(from) = &self.alerts.from {
+            relayward_core::Address::parse(from, true)
+                .map_err(|e| anyhow::anyhow!("alerts.from: {e}"))?;
+        }
         if self.listeners.is_empty() {
             anyhow::bail!("at least one [[listener]] is needed");
         }
@@ -255,6 +321,19 @@ impl Config {
     pub fn spool_dir(&self) -> PathBuf {
         self.server.data_dir.join("spool")
     }
+
+    /// The default per-sender limits: `[sender_limits]`, else `[detector.sender_limits]`.
+    pub fn default_sender_limits(&self) -> SenderLimits {
+        self.sender_limits.unwrap_or(self.detector.sender_limits)
+    }
+
+    /// The sender of alert emails.
+    pub fn alerts_from(&self) -> String {
+        self.alerts
+            .from
+            .clone()
+            .unwrap_or_else(|| format!("postmaster@{}", self.server.hostname))
+    }
 }
 
 #[cfg(test)]
@@ -289,5 +368,68 @@ mod tests {
         assert_eq!(c.delivery.mx_port, 2525);
         assert_eq!(c.listeners.len(), 1);
         assert!(toml::from_str::<Config>("[server]\nhostnme = \"x\"").is_err());
+    }
+
+    #[test]
+    fn example_file_parses_with_the_defaults() {
+        let c: Config = toml::from_str(include_str!("../../../relayward.example.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.detector, DetectorConfig::default());
+        assert_eq!(c.default_sender_limits(), SenderLimits::default());
+        assert_eq!(c.server.detector_interval_ms, 5000);
+    }
+
+    #[test]
+    fn detector_sender_limits_and_alerts() {
+        let c: Config = toml::from_str(
+            r#"
+            [detector]
+            burst_budget = 300
+            [detector.unregistered_domains]
+            warn_factor = 4.0
+            [sender_limits]
+            messages_per_minute = 10
+            action = "block"
+            [alerts]
+            webhook_url = "http://127.0.0.1:9/hook"
+            webhook_secret = "s3cret"
+            from = "abuse@relay.test"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.detector.burst_budget, 300);
+        assert_eq!(c.detector.floor_unregistered_per_hour, 100);
+        let l = c.default_sender_limits();
+        assert_eq!(l.messages_per_minute, 10);
+        assert_eq!(l.recipients_per_day, 10_000);
+        assert_eq!(l.action, relayward_policy::limits::LimitAction::Block);
+        assert_eq!(c.alerts_from(), "abuse@relay.test");
+        assert_eq!(c.alerts.webhook_max_attempts, 6);
+
+        let d = Config::default();
+        assert_eq!(d.alerts_from(), "postmaster@relay.example.net");
+        assert_eq!(d.default_sender_limits().messages_per_minute, 30);
+        d.validate().unwrap();
+
+        let both: Config = toml::from_str(
+            "[sender_limits]\nmessages_per_minute = 5\n[detector.sender_limits]\nmessages_per_minute = 6\n",
+        )
+        .unwrap();
+        assert!(both
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
+        let https: Config =
+            toml::from_str("[alerts]\nwebhook_url = \"https://x.example/\"\n").unwrap();
+        assert!(https.validate().is_err());
+        let bad: Config = toml::from_str("[detector]\nburst_budget = 10\n").unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("burst_budget"));
+        assert!(toml::from_str::<Config>("[alerts]\nwebhok_url = \"x\"\n").is_err());
     }
 }

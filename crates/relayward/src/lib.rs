@@ -1,7 +1,9 @@
 //! The `relayward` binary's library: configuration, the admin commands and `serve`, kept in a
 //! library so integration tests can run the whole relay in-process (e.g. with a test clock).
 
+pub mod abuse;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dns;
 pub mod serve;

@@ -40,6 +40,9 @@ enum Command {
     Trace(cli::TraceArgs),
     /// Audit log of administrative changes
     Audit(cli::AuditArgs),
+    /// Senders restricted by the per-sender limits
+    #[command(subcommand)]
+    Sender(cli::SenderCmd),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             Command::Queue(c) => cli::queue(&config, c).await,
             Command::Trace(a) => cli::trace(&config, a).await,
             Command::Audit(a) => cli::audit(&config, a).await,
+            Command::Sender(c) => cli::sender(&config, c).await,
         }
     });
     match result {

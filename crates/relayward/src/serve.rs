@@ -16,6 +16,8 @@ use relayward_smtp::{IncomingMessage, ListenerConfig, MessageSink, Server, SmtpC
 use relayward_store::Store;
 use tokio::sync::{mpsc, watch};
 
+use crate::abuse::{Abuse, AcceptedMessage};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 
 fn init_logging(config: &Config) {
@@ -48,6 +50,8 @@ pub struct Running {
     pub directory: Arc<SharedDirectory>,
     pub spool: Arc<Spool>,
     pub scheduler: Arc<Scheduler>,
+    /// The abuse detector (counters, restriction states, sender limits, alerts).
+    pub abuse: Arc<Abuse>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     events: Arc<EventWriter>,
@@ -61,12 +65,33 @@ impl Running {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.scheduler.stopped()).await;
+        // Transitions on their way to the store; alert webhooks still retrying are cut short.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.abuse.idle()).await;
         self.events.flush().await;
+    }
+}
+
+/// What [`start_with`] may be given besides the configuration.
+pub struct StartOptions {
+    /// The abuse detector's clock (tests pass a simulated one).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            clock: Arc::new(SystemClock),
+        }
     }
 }
 
 /// Open the store and spool, load the directory, start the background tasks and listeners.
 pub async fn start(config: Config) -> Result<Running> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// [`start`] with options.
+pub async fn start_with(config: Config, options: StartOptions) -> Result<Running> {
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
         format!(
             "cannot create data_dir {}",
@@ -88,10 +113,27 @@ pub async fn start(config: Config) -> Result<Running> {
     )));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    let abuse = Abuse::new(
+        &config,
+        store.clone(),
+        directory.clone(),
+        spool.clone(),
+        options.clock.clone(),
+    );
+    abuse
+        .sync()
+        .await
+        .context("cannot load the abuse detector's state")?;
     tokio::spawn(reload_directory(
         store.clone(),
         directory.clone(),
+        abuse.clone(),
         Duration::from_millis(config.server.directory_poll_ms.max(100)),
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(detector_ticks(
+        abuse.clone(),
+        Duration::from_millis(config.server.detector_interval_ms.max(100)),
         shutdown_rx.clone(),
     ));
     let events = Arc::new(EventWriter::start(store.clone()));
@@ -114,10 +156,16 @@ pub async fn start(config: Config) -> Result<Running> {
             },
         );
     }
-    let scheduler = Scheduler::start(spool.clone(), delivery, events.clone(), shutdown_rx.clone());
+    let tap = Arc::new(DeliveryTap {
+        events: events.clone(),
+        abuse: Arc::downgrade(&abuse),
+    });
+    let scheduler = Scheduler::start(spool.clone(), delivery, tap, shutdown_rx.clone());
+    abuse.set_scheduler(scheduler.clone());
     let sink = Arc::new(SpoolSink {
         spool: spool.clone(),
         scheduler: scheduler.clone(),
+        abuse: Some(abuse.clone()),
     });
 
     let limits = &config.limits;
@@ -135,7 +183,8 @@ pub async fn start(config: Config) -> Result<Running> {
             data_termination: Duration::from_secs(limits.data_termination_timeout_secs),
         },
     };
-    let server = Server::new(smtp_config, directory.clone(), sink, events.clone());
+    let server = Server::new(smtp_config, directory.clone(), sink, events.clone())
+        .with_sender_guard(abuse.clone());
 
     let mut tasks = Vec::new();
     let mut smtp_addrs = Vec::new();
@@ -171,6 +220,7 @@ pub async fn start(config: Config) -> Result<Running> {
         directory,
         spool,
         scheduler,
+        abuse,
         shutdown_tx,
         tasks,
         events,
@@ -191,6 +241,7 @@ async fn wait_for_signal() {
 async fn reload_directory(
     store: Arc<dyn Store>,
     directory: Arc<SharedDirectory>,
+    abuse: Arc<Abuse>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -204,15 +255,50 @@ async fn reload_directory(
         match store.directory_version().await {
             Ok(v) if v == current => {}
             Ok(_) => match store.load_directory().await {
-                Ok(data) => {
+                Ok(mut data) => {
                     let version = data.version;
+                    // Detector transitions the store does not have yet stay in force.
+                    abuse.overlay(&mut data);
                     directory.replace(Directory::new(data));
+                    // ...including one made while this snapshot was being loaded.
+                    abuse.reapply();
                     tracing::info!(version, "directory reloaded");
+                    if let Err(e) = abuse.sync().await {
+                        tracing::warn!(error = %e, "abuse detector state reload failed");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "directory reload failed"),
             },
             Err(e) => tracing::warn!(error = %e, "directory version check failed"),
         }
+    }
+}
+
+/// Re-evaluates tenants that leave a state with time (warned, probation) and expires counters.
+async fn detector_ticks(abuse: Arc<Abuse>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => abuse.tick(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The scheduler's trace events go to the trace writer, and each attempt's remote reply to the
+/// abuse detector.
+struct DeliveryTap {
+    events: Arc<EventWriter>,
+    /// Weak: the detector holds the scheduler (holds, alert emails).
+    abuse: std::sync::Weak<Abuse>,
+}
+
+impl relayward_queue::DeliveryEvents for DeliveryTap {
+    fn trace(&self, event: TraceEvent) {
+        if let Some(abuse) = self.abuse.upgrade() {
+            abuse.delivery_event(&event);
+        }
+        relayward_queue::DeliveryEvents::trace(&*self.events, event)
     }
 }
 
@@ -307,6 +393,8 @@ impl relayward_smtp::Events for EventWriter {
 struct SpoolSink {
     spool: Arc<Spool>,
     scheduler: Arc<Scheduler>,
+    /// Counts accepted messages for the abuse detector.
+    abuse: Option<Arc<Abuse>>,
 }
 
 #[async_trait]
@@ -316,6 +404,7 @@ impl MessageSink for SpoolSink {
     }
 
     async fn enqueue(&self, msg: IncomingMessage) -> Result<(), String> {
+        let accepted = self.abuse.as_ref().map(|_| AcceptedMessage::of(&msg));
         let now = relayward_core::now();
         let envelope = Envelope {
             queue_id: msg
@@ -358,7 +447,17 @@ impl MessageSink for SpoolSink {
             .store_async(id, envelope, msg.data)
             .await
             .map_err(|e| e.to_string())?;
-        self.scheduler.submit(id);
+        // The abuse detector counts the durable message; mail its tenant may no longer send
+        // (it raced the block, or caused it) is held instead of delivered.
+        match (&self.abuse, accepted) {
+            (Some(abuse), Some(m)) if abuse.accepted(&m, id.as_str()) => {
+                if let Err(e) = self.scheduler.hold(id).await {
+                    tracing::warn!(queue_id = %id, error = %e, "cannot hold message of a blocked tenant");
+                    self.scheduler.submit(id);
+                }
+            }
+            _ => self.scheduler.submit(id),
+        }
         Ok(())
     }
 }

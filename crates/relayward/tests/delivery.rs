@@ -159,7 +159,11 @@ async fn sigkill_in_the_middle_of_delivery_loses_nothing() {
     let sink = SmtpSink::start("127.0.0.1:0").await;
     // Slow next hop: every DATA takes 150 ms, so the kill lands while a batch is in flight.
     sink.reply_data(Reply::delayed(Duration::from_millis(150), "250 2.0.0 Ok"));
-    let mut relay = relay_with_sink(&sink, "max_workers = 8\n");
+    // One sender, 60 messages at once: per-sender limits are not what this test is about.
+    let mut relay = relay_with_sink(
+        &sink,
+        "max_workers = 8\n[sender_limits]\nmessages_per_minute = 0\n",
+    );
     provision_acme(&relay);
     relay.start();
     let ids = submit(relay.addr, N, "batch").await;

@@ -73,11 +73,9 @@ impl State {
         }
         // A repeated recipient is accepted once: delivering it twice helps nobody.
         if !tx.recipients.iter().any(|r| r.address == address) {
-            if let (Some(guard), Some(s), Decision::Accepted { attributed, .. }) = (
-                self.server.sender_guard(),
-                tx.sender.as_ref(),
-                &tx.decision,
-            ) {
+            if let (Some(guard), Some(s), Decision::Accepted { attributed, .. }) =
+                (self.server.sender_guard(), tx.sender.as_ref(), &tx.decision)
+            {
                 guard
                     .check_rcpt(
                         attributed.tenant_id,
