@@ -8,7 +8,8 @@
 # Postfix itself. Prints accept rate, end-to-end rate, CPU ms per message, peak RSS and the ratios.
 #
 # Usage: bash bench/side-by-side.sh          (as root: installs postfix, uses cgroup v1 cpuacct)
-# Knobs: N, SESS, SIZE, REPS, N100, VARIANTS as in postfix-relay.sh; SKIP_POSTFIX=1; PORT=2587
+# Knobs: N, SESS, SIZE, REPS, N100, VARIANTS as in postfix-relay.sh; SKIP_POSTFIX=1; PORT=2587;
+#        RELAYWARD_BIN=path (skip the build and use that binary)
 # Only loopback traffic is generated.
 set -euo pipefail
 export LC_ALL=C
@@ -31,9 +32,11 @@ if ! command -v smtp-source >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix swaks >/dev/null
 fi
 
-log "building relayward (release)"
-(cd "$ROOT" && cargo build --release -q -p relayward)
-BIN=$ROOT/target/release/relayward
+if [ -z "${RELAYWARD_BIN:-}" ]; then
+    log "building relayward (release)"
+    (cd "$ROOT" && cargo build --release -q -p relayward)
+fi
+BIN=${RELAYWARD_BIN:-$ROOT/target/release/relayward}
 
 cat > "$WORK/relayward.toml" <<TOML
 [server]
