@@ -61,6 +61,10 @@ pub struct RequestUnblock {
     /// What was fixed (at most 2000 characters).
     #[serde(default)]
     pub comment: Option<String>,
+    /// Domains of the evidence whose mail the tenant forwards for others (mailing lists,
+    /// forwarding rules): declared with the request, they no longer count against it.
+    #[serde(default)]
+    pub forwarded_domains: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

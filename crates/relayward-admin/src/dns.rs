@@ -1,5 +1,5 @@
-//! The DNS TXT lookup behind domain verification. Same resolver set-up as the binary's
-//! `domain verify`: one configured server (tests run theirs on loopback) or the system's.
+//! The DNS TXT lookup behind domain verification, for the API's verify route and the binary's
+//! `domain verify` alike: one configured server (tests run theirs on loopback) or the system's.
 
 use std::net::SocketAddr;
 use std::time::Duration;

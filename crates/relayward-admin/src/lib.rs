@@ -12,7 +12,7 @@
 mod api;
 mod auth;
 pub mod control;
-mod dns;
+pub mod dns;
 mod extract;
 mod openapi;
 pub mod problem;

@@ -74,6 +74,19 @@ pub const RATE_LIMITED: Reply = Reply::new(451, "4.7.500", "Access denied, pleas
 pub const LOCAL_PROBLEM: Reply =
     Reply::new(451, "4.3.0", "Temporary local problem, try again later");
 
+/// The SRS listener (the relay as MX of its SRS domain): an address there that is not one the
+/// relay made (bad hash, expired, malformed, not SRS), and a sender that is not a bounce.
+pub const SRS_BAD_RECIPIENT: Reply = Reply::new(
+    550,
+    "5.1.1",
+    "Recipient address rejected: not a valid SRS address",
+);
+pub const SRS_NOT_A_BOUNCE: Reply = Reply::new(
+    550,
+    "5.7.1",
+    "Only delivery status notifications (null or postmaster sender) are accepted here",
+);
+
 /// Protocol replies (RFC 5321, RFC 3463 and the extension RFCs).
 pub const OK: Reply = Reply::new(250, "2.0.0", "Ok");
 pub const SENDER_OK: Reply = Reply::new(250, "2.1.0", "Sender ok");

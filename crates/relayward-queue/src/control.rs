@@ -204,7 +204,12 @@ pub fn trace_event(kind: TraceKind, env: &Envelope, recipient: Option<&str>) -> 
     ev.tenant_id = env.tenant_id;
     ev.connector_id = env.connector_id;
     ev.client_ip = Some(env.client_ip.clone());
-    ev.sender = Some(env.sender.clone());
+    // The sender as received: an SRS rewriting is an envelope detail, the story is the sender's.
+    ev.sender = Some(
+        env.original_sender
+            .clone()
+            .unwrap_or_else(|| env.sender.clone()),
+    );
     ev.recipient = recipient.map(str::to_string);
     ev.sender_class = env.sender_class.parse().ok();
     ev

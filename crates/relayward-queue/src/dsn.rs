@@ -260,6 +260,7 @@ pub fn envelope(id: QueueId, hostname: &str, to: &str, body: &[u8]) -> Envelope 
         auth_user: None,
         tls: false,
         sender: String::new(),
+        original_sender: None,
         sender_class: "null".into(),
         header_from_mismatch: false,
         message_id: Some(format!("<{id}@{hostname}>")),
@@ -275,9 +276,17 @@ pub fn envelope(id: QueueId, hostname: &str, to: &str, body: &[u8]) -> Envelope 
 
 /// Where a DSN about `original` goes: its sender, or for a message with the null sender (a DSN
 /// itself) the postmaster, unless that message was already addressed to the postmaster.
+///
+/// A sender rewritten with SRS gets the DSN straight at its original address: the SRS address
+/// would only bring it back here to be reversed.
 pub fn recipient_for(original: &Envelope, postmaster: Option<&str>) -> Option<String> {
     if !original.sender.is_empty() {
-        return Some(original.sender.clone());
+        return Some(
+            original
+                .original_sender
+                .clone()
+                .unwrap_or_else(|| original.sender.clone()),
+        );
     }
     let pm = postmaster?;
     let to_postmaster = original

@@ -331,6 +331,10 @@ pub struct Envelope {
     pub tls: bool,
     /// "" for the null sender.
     pub sender: String,
+    /// The envelope sender as received when `sender` is its SRS rewriting (relayed mail of an
+    /// unregistered sender): the trace and DSNs use it.
+    #[serde(default)]
+    pub original_sender: Option<String>,
     /// registered | unregistered | null
     pub sender_class: String,
     #[serde(default)]
@@ -993,6 +997,7 @@ mod tests {
             auth_user: Some("printer@example.com".into()),
             tls: true,
             sender: "alice@example.com".into(),
+            original_sender: None,
             sender_class: "registered".into(),
             header_from_mismatch: false,
             message_id: Some("<abc@example.com>".into()),

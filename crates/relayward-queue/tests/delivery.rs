@@ -902,6 +902,7 @@ async fn bench_smart_host_5k() {
             auth_user: None,
             tls: false,
             sender: "alice@origin.test".into(),
+            original_sender: None,
             sender_class: "registered".into(),
             header_from_mismatch: false,
             message_id: None,

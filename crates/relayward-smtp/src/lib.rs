@@ -23,6 +23,7 @@ mod inbound;
 mod listener;
 mod tls;
 
+pub use inbound::srs_role::{ReturnRecipient, ReturnedMessage, SrsReturn, SrsRole};
 pub use tls::load_tls;
 
 /// Server-side timeouts (RFC 5321 section 4.5.3.2).

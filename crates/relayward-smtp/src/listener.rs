@@ -14,8 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use crate::inbound::srs_role::SrsCtx;
 use crate::inbound::{Exit, Session, State};
-use crate::{ListenerConfig, Server};
+use crate::{ListenerConfig, Server, SrsRole};
 
 /// Global and per-address session counts.
 #[derive(Default)]
@@ -73,6 +74,8 @@ pub(crate) struct ListenerCtx {
     pub(crate) acceptor: Option<TlsAcceptor>,
     pub(crate) implicit_tls: bool,
     pub(crate) auth_without_tls: bool,
+    /// Role `srs`: the SRS domain's MX, taking bounces only (see `inbound::srs_role`).
+    pub(crate) srs: Option<SrsCtx>,
 }
 
 /// Sessions of one listener still running, so `serve` can wait for them.
@@ -115,6 +118,28 @@ impl Server {
         self: Arc<Self>,
         listener: TcpListener,
         cfg: ListenerConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        self.serve_role(listener, cfg, None, shutdown).await
+    }
+
+    /// [`Server::serve`] for a listener in role `srs`: the MX of the relay's SRS domain, which
+    /// takes bounces to valid SRS addresses and nothing else (see [`SrsRole`]).
+    pub async fn serve_srs(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cfg: ListenerConfig,
+        role: SrsRole,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        self.serve_role(listener, cfg, Some(role), shutdown).await
+    }
+
+    async fn serve_role(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cfg: ListenerConfig,
+        srs: Option<SrsRole>,
         mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<()> {
         if cfg.implicit_tls && cfg.tls.is_none() {
@@ -127,6 +152,7 @@ impl Server {
             acceptor: cfg.tls.map(TlsAcceptor::from),
             implicit_tls: cfg.implicit_tls,
             auth_without_tls: cfg.auth_without_tls,
+            srs: srs.map(SrsCtx::new),
         });
         let in_flight = Arc::new(InFlight::default());
         loop {

@@ -212,6 +212,22 @@ pub trait Store: Send + Sync + 'static {
         query: &TraceQuery,
         after: Option<(i64, i64)>,
     ) -> Result<Vec<TraceEvent>>;
+
+    // DKIM
+    /// Records `selector` as the DKIM key of `domain` (of `tenant`; `None` for the relay's own
+    /// SRS domain), replacing the previous one; audited (`dkim.key`), version bump. NotFound
+    /// when the tenant does not exist. The private key is never in the store.
+    async fn set_dkim_key(
+        &self,
+        domain: &str,
+        tenant: Option<TenantId>,
+        selector: &str,
+        algorithm: &str,
+        actor: &str,
+    ) -> Result<DkimKeyRecord>;
+    async fn get_dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>>;
+    /// Every domain's current key, by domain.
+    async fn list_dkim_keys(&self) -> Result<Vec<DkimKeyRecord>>;
 }
 
 /// Open the store named by a URL: `sqlite://PATH` (created with its directory if missing).
@@ -269,4 +285,20 @@ pub struct ApiToken {
     pub revoked_at: Option<Timestamp>,
     pub revoked_by: Option<String>,
     pub last_used_at: Option<Timestamp>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// DKIM
+
+/// A domain's current DKIM key: the private key is in `<data_dir>/dkim/<domain>.<selector>.key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimKeyRecord {
+    pub domain: String,
+    /// `None`: the relay's own SRS domain.
+    pub tenant_id: Option<TenantId>,
+    pub selector: String,
+    /// `ed25519` or `rsa2048`.
+    pub algorithm: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
 }

@@ -1575,10 +1575,38 @@ impl Store for SqliteStore {
             .map(trace_from_row)
             .collect()
     }
+
+    // DKIM
+
+    async fn set_dkim_key(
+        &self,
+        domain: &str,
+        tenant: Option<TenantId>,
+        selector: &str,
+        algorithm: &str,
+        actor: &str,
+    ) -> Result<crate::DkimKeyRecord> {
+        let mut tx = self.write_tx().await?;
+        let record =
+            dkim_sql::set_dkim_key(&mut tx, domain, tenant, selector, algorithm, actor).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn get_dkim_key(&self, domain: &str) -> Result<Option<crate::DkimKeyRecord>> {
+        dkim_sql::get_dkim_key(&self.pool, domain).await
+    }
+
+    async fn list_dkim_keys(&self) -> Result<Vec<crate::DkimKeyRecord>> {
+        dkim_sql::list_dkim_keys(&self.pool).await
+    }
 }
 
 #[path = "sqlite_abuse.rs"]
 mod abuse_sql;
+
+#[path = "sqlite_dkim.rs"]
+mod dkim_sql;
 
 #[cfg(test)]
 mod tests {

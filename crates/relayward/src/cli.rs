@@ -17,20 +17,24 @@ use relayward_policy::limits::SenderLimits;
 use relayward_store::{NewConnector, NewDomain, Store};
 use serde_json::json;
 
+// A child module: the API client reads the same argument structs as the local commands.
+#[path = "remote.rs"]
+pub mod remote;
+
 use crate::abuse::report;
 use crate::abuse::way_back::{self, Attestation, WayBackError};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::table;
 
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
     format!("cli:{user}")
 }
 
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     if let Some(path) = config.store_url().strip_prefix("sqlite://") {
         if let Some(parent) = std::path::Path::new(path).parent() {
             std::fs::create_dir_all(parent)
@@ -688,11 +692,15 @@ pub enum DomainCmd {
     },
     /// Remove an accepted domain
     Remove { tenant: String, domain: String },
+    /// Create a DKIM signing key for an accepted domain; prints the TXT record to publish
+    /// (the private key stays in <data_dir>/dkim, mode 0600)
+    DkimKey(crate::dkim::DkimKeyArgs),
 }
 
 pub async fn domain(config: &Config, cmd: DomainCmd) -> Result<()> {
     let store = open_store(config).await?;
     match cmd {
+        DomainCmd::DkimKey(a) => return crate::dkim::domain_dkim_key(config, &*store, a).await,
         DomainCmd::Add {
             tenant,
             domain,
@@ -732,7 +740,14 @@ pub async fn domain(config: &Config, cmd: DomainCmd) -> Result<()> {
                 .get_domain(t.id, &domain)
                 .await?
                 .ok_or_else(|| anyhow!("tenant {} has no domain {domain}", t.name))?;
-            let found = crate::dns::lookup_txt(config.delivery.dns_resolver, &domain).await?;
+            let dns = relayward_admin::dns::DnsSettings {
+                server: config.delivery.dns_resolver,
+                timeout: std::time::Duration::from_secs(3),
+                attempts: 2,
+            };
+            let found = relayward_admin::dns::lookup_txt(&dns, &domain)
+                .await
+                .map_err(|e| anyhow!("could not check {domain}: {e}"))?;
             let wanted = format!("relayward-verification={}", d.verification_token);
             if found.iter().any(|txt| txt.trim() == wanted) {
                 store.set_domain_verified(d.id, true, &actor()).await?;
@@ -1103,6 +1118,9 @@ pub async fn queue(config: &Config, cmd: QueueCmd) -> Result<()> {
                     ""
                 }
             );
+            if let Some(original) = &e.original_sender {
+                println!("original sender: <{original}> (rewritten with SRS)");
+            }
             println!("message-id: {}", e.message_id.clone().unwrap_or_default());
             println!("size: {}", e.size);
             let rows = e

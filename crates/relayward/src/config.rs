@@ -25,6 +25,11 @@ pub struct Config {
     /// both); tenants may have their own (`relayward tenant sender-limits`).
     pub sender_limits: Option<SenderLimits>,
     pub alerts: AlertsConfig,
+    pub admin: AdminConfig,
+    /// SRS rewriting of relayed unregistered-sender mail (crate::forwarding); none without it.
+    pub srs: Option<crate::forwarding::SrsSection>,
+    /// DKIM signing (crate::dkim).
+    pub dkim: crate::dkim::DkimSection,
 }
 
 impl Default for Config {
@@ -38,6 +43,30 @@ impl Default for Config {
             detector: DetectorConfig::default(),
             sender_limits: None,
             alerts: AlertsConfig::default(),
+            admin: AdminConfig::default(),
+            srs: None,
+            dkim: crate::dkim::DkimSection::default(),
+        }
+    }
+}
+
+/// `[admin]`: the admin HTTP API (JSON under `/v1`, its OpenAPI document at `/openapi.json`)
+/// on its own listener. Domain verification asks `delivery.dns_resolver` when it is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Default true.
+    pub enabled: bool,
+    /// Default `127.0.0.1:8025`: loopback only; put a TLS proxy in front to reach it from
+    /// elsewhere.
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            address: "127.0.0.1:8025".parse().expect("literal address"),
         }
     }
 }
@@ -118,6 +147,8 @@ pub struct ListenerConfig {
     pub implicit_tls: bool,
     /// Allow AUTH on a connection without TLS (default: no; passwords never cross in clear).
     pub auth_without_tls: bool,
+    /// "relay" (default), or "srs": the MX of the SRS domain, taking bounces only.
+    pub role: crate::forwarding::ListenerRole,
 }
 
 impl Default for ListenerConfig {
@@ -129,6 +160,7 @@ impl Default for ListenerConfig {
             tls_client_ca: None,
             implicit_tls: false,
             auth_without_tls: false,
+            role: crate::forwarding::ListenerRole::Relay,
         }
     }
 }
@@ -283,6 +315,7 @@ impl Config {
                 );
             }
         }
+        crate::forwarding::validate(self)?;
         Ok(())
     }
 

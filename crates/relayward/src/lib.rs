@@ -2,9 +2,11 @@
 //! library so integration tests can run the whole relay in-process (e.g. with a test clock).
 
 pub mod abuse;
+pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod dns;
+pub mod dkim;
+pub mod forwarding;
 pub mod serve;
 mod table;

@@ -16,6 +16,19 @@ struct Cli {
     /// Config file (default: ./relayward.toml if present, else the embedded defaults)
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Admin API URL (http://host:port): run the command through the API instead of on the
+    /// local store
+    #[arg(long, global = true, env = "RELAYWARD_URL", value_name = "URL")]
+    server: Option<String>,
+    /// Admin API token, with --server
+    #[arg(
+        long,
+        global = true,
+        env = "RELAYWARD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +56,12 @@ enum Command {
     /// Senders restricted by the per-sender limits
     #[command(subcommand)]
     Sender(cli::SenderCmd),
+    /// Admin API tokens
+    #[command(subcommand)]
+    Token(cli::remote::TokenCmd),
+    /// SRS: the SRS domain's DKIM key, rewriting and reversing addresses by hand
+    #[command(subcommand)]
+    Srs(relayward::forwarding::SrsCmd),
 }
 
 fn main() -> ExitCode {
@@ -64,7 +83,33 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let remote = match cli.server.as_deref() {
+        Some(url) => match cli::remote::Remote::new(url, cli.token.clone()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("relayward: {e:#}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     let result = runtime.block_on(async move {
+        if let Some(r) = remote {
+            return match cli.command {
+                Command::Serve => Err(anyhow::anyhow!("serve runs the relay here: drop --server")),
+                Command::Tenant(c) => r.tenant(c).await,
+                Command::Domain(c) => r.domain(c).await,
+                Command::Connector(c) => r.connector(c).await,
+                Command::Queue(c) => r.queue(c).await,
+                Command::Trace(a) => r.trace(a).await,
+                Command::Audit(a) => r.audit(a).await,
+                Command::Sender(c) => r.sender(c).await,
+                Command::Token(c) => r.token(c).await,
+                Command::Srs(_) => Err(anyhow::anyhow!(
+                    "srs works with the local configuration and keys: drop --server"
+                )),
+            };
+        }
         match cli.command {
             Command::Serve => serve::run(config).await,
             Command::Tenant(c) => cli::tenant(&config, c).await,
@@ -74,6 +119,8 @@ fn main() -> ExitCode {
             Command::Trace(a) => cli::trace(&config, a).await,
             Command::Audit(a) => cli::audit(&config, a).await,
             Command::Sender(c) => cli::sender(&config, c).await,
+            Command::Token(c) => cli::remote::token(&config, c).await,
+            Command::Srs(c) => relayward::forwarding::srs_command(&config, c).await,
         }
     });
     match result {

@@ -46,12 +46,16 @@ pub async fn run(config: Config) -> Result<()> {
 /// A running relay: its listeners' addresses and what tests and the admin side need to reach.
 pub struct Running {
     pub smtp_addrs: Vec<SocketAddr>,
+    /// The admin API's listener (`None`: `[admin] enabled = false`).
+    pub admin_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     pub directory: Arc<SharedDirectory>,
     pub spool: Arc<Spool>,
     pub scheduler: Arc<Scheduler>,
     /// The abuse detector (counters, restriction states, sender limits, alerts).
     pub abuse: Arc<Abuse>,
+    /// SRS rewriting and DKIM signing of accepted mail.
+    pub forwarding: Arc<crate::forwarding::Forwarding>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     events: Arc<EventWriter>,
@@ -124,10 +128,13 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .sync()
         .await
         .context("cannot load the abuse detector's state")?;
-    tokio::spawn(reload_directory(
+    let reload = Arc::new(DirectoryReload::new(
         store.clone(),
         directory.clone(),
         abuse.clone(),
+    ));
+    tokio::spawn(reload_directory(
+        reload.clone(),
         Duration::from_millis(config.server.directory_poll_ms.max(100)),
         shutdown_rx.clone(),
     ));
@@ -162,10 +169,19 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     });
     let scheduler = Scheduler::start(spool.clone(), delivery, tap, shutdown_rx.clone());
     abuse.set_scheduler(scheduler.clone());
+    let forwarding = crate::forwarding::Forwarding::start(
+        &config,
+        store.clone(),
+        directory.clone(),
+        events.clone(),
+        shutdown_rx.clone(),
+    )
+    .await?;
     let sink = Arc::new(SpoolSink {
         spool: spool.clone(),
         scheduler: scheduler.clone(),
         abuse: Some(abuse.clone()),
+        forwarding: Some(forwarding.clone()),
     });
 
     let limits = &config.limits;
@@ -200,27 +216,49 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             .await
             .with_context(|| format!("cannot listen on {}", l.address))?;
         let local = listener.local_addr()?;
-        tracing::info!(address = %local, tls = tls.is_some(), "SMTP listener ready");
+        tracing::info!(address = %local, tls = tls.is_some(), role = ?l.role, "SMTP listener ready");
         smtp_addrs.push(local);
         let cfg = ListenerConfig {
             tls,
             implicit_tls: l.implicit_tls,
             auth_without_tls: l.auth_without_tls,
         };
-        tasks.push(tokio::spawn(server.clone().serve(
-            listener,
-            cfg,
-            shutdown_rx.clone(),
-        )));
+        tasks.push(match l.role {
+            crate::forwarding::ListenerRole::Relay => {
+                tokio::spawn(server.clone().serve(listener, cfg, shutdown_rx.clone()))
+            }
+            crate::forwarding::ListenerRole::Srs => tokio::spawn(server.clone().serve_srs(
+                listener,
+                cfg,
+                forwarding.srs_role(spool.clone(), scheduler.clone())?,
+                shutdown_rx.clone(),
+            )),
+        });
     }
+
+    let admin_addr = crate::admin::start(
+        &config,
+        crate::admin::LiveControl::new(
+            store.clone(),
+            spool.clone(),
+            scheduler.clone(),
+            abuse.clone(),
+        ),
+        reload,
+        shutdown_rx.clone(),
+        &mut tasks,
+    )
+    .await?;
 
     Ok(Running {
         smtp_addrs,
+        admin_addr,
         store,
         directory,
         spool,
         scheduler,
         abuse,
+        forwarding,
         shutdown_tx,
         tasks,
         events,
@@ -239,9 +277,7 @@ async fn wait_for_signal() {
 /// Polls the store's directory version and swaps the snapshot when it changed, so a change made
 /// with the CLI (another process) takes effect within one poll interval.
 async fn reload_directory(
-    store: Arc<dyn Store>,
-    directory: Arc<SharedDirectory>,
-    abuse: Arc<Abuse>,
+    reload: Arc<DirectoryReload>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -251,6 +287,38 @@ async fn reload_directory(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        reload.if_changed().await;
+    }
+}
+
+/// Brings the directory snapshot and the abuse detector's view up to the store's. The poll
+/// above runs it, and so does the admin API after each change, so that the next SMTP command
+/// sees the change. One at a time: a slower load of an older version never replaces a newer
+/// snapshot.
+pub(crate) struct DirectoryReload {
+    store: Arc<dyn Store>,
+    directory: Arc<SharedDirectory>,
+    abuse: Arc<Abuse>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl DirectoryReload {
+    fn new(
+        store: Arc<dyn Store>,
+        directory: Arc<SharedDirectory>,
+        abuse: Arc<Abuse>,
+    ) -> DirectoryReload {
+        DirectoryReload {
+            store,
+            directory,
+            abuse,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) async fn if_changed(&self) {
+        let _one = self.running.lock().await;
+        let (store, directory, abuse) = (&self.store, &self.directory, &self.abuse);
         let current = directory.current().version;
         match store.directory_version().await {
             Ok(v) if v == current => {}
@@ -395,6 +463,8 @@ struct SpoolSink {
     scheduler: Arc<Scheduler>,
     /// Counts accepted messages for the abuse detector.
     abuse: Option<Arc<Abuse>>,
+    /// SRS rewriting and DKIM signing before the message is spooled.
+    forwarding: Option<Arc<crate::forwarding::Forwarding>>,
 }
 
 #[async_trait]
@@ -406,7 +476,7 @@ impl MessageSink for SpoolSink {
     async fn enqueue(&self, msg: IncomingMessage) -> Result<(), String> {
         let accepted = self.abuse.as_ref().map(|_| AcceptedMessage::of(&msg));
         let now = relayward_core::now();
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             queue_id: msg
                 .queue_id
                 .parse()
@@ -419,6 +489,7 @@ impl MessageSink for SpoolSink {
             auth_user: msg.auth_user,
             tls: msg.tls,
             sender: msg.sender.map(|a| a.to_string()).unwrap_or_default(),
+            original_sender: None,
             sender_class: msg.sender_class.to_string(),
             header_from_mismatch: msg.header_from_mismatch,
             message_id: msg.message_id,
@@ -442,11 +513,19 @@ impl MessageSink for SpoolSink {
                 .collect(),
             held: false,
         };
+        let mut data = msg.data;
+        let forwarded = match &self.forwarding {
+            Some(f) => f.prepare(&mut envelope, &mut data).await.map(|ev| (f, ev)),
+            None => None,
+        };
         let id = envelope.queue_id;
         self.spool
-            .store_async(id, envelope, msg.data)
+            .store_async(id, envelope, data)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some((f, ev)) = forwarded {
+            f.trace(ev);
+        }
         // The abuse detector counts the durable message; mail its tenant may no longer send
         // (it raced the block, or caused it) is held instead of delivered.
         match (&self.abuse, accepted) {

@@ -192,6 +192,7 @@ impl Harness {
         config.alerts.webhook_url = Some(hook.url());
         config.alerts.webhook_secret = Some("hook-secret".into());
         config.alerts.webhook_backoff_ms = 50;
+        config.admin.address = "127.0.0.1:0".parse().unwrap();
         let mut listener = ListenerConfig {
             address: "127.0.0.1:0".parse().unwrap(),
             ..ListenerConfig::default()
@@ -305,13 +306,15 @@ impl Harness {
         id
     }
 
-    /// Until the running relay's directory shows `state` for the tenant.
+    /// Until the running relay's directory shows `state` for the tenant, and every change made
+    /// so far (connectors added right after the tenant, say).
     async fn wait_tenant_state(&self, tenant: i64, state: TenantState) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let now = self.relay().directory.current();
             if now.tenant(tenant).map(|t| t.state) == Some(state)
                 && self.relay().abuse.status(tenant).state == state
+                && now.version >= self.store().directory_version().await.unwrap()
             {
                 return;
             }

@@ -15,6 +15,7 @@ use crate::problem::{ApiError, ApiResult, Problem};
 use crate::{validate, AppState};
 
 const TEXT_MAX: usize = 2000;
+const FORWARDED_MAX: usize = 100;
 
 #[utoipa::path(
     get, path = "/v1/tenants/{tenant_id}/status", tag = "status",
@@ -61,8 +62,20 @@ pub(crate) async fn request_unblock(
     OptionalJson(body): OptionalJson<RequestUnblock>,
 ) -> ApiResult<Json<TenantStatusReport>> {
     let tenant = tenant_for(&state, &caller, tenant_id).await?;
+    if body.forwarded_domains.len() > FORWARDED_MAX {
+        return Err(ApiError::invalid(
+            "forwarded_domains",
+            format!("at most {FORWARDED_MAX} domains"),
+        ));
+    }
     let request = RequestUnblock {
         comment: validate::comment("comment", body.comment.as_deref(), TEXT_MAX)?,
+        forwarded_domains: body
+            .forwarded_domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| validate::domain(&format!("forwarded_domains[{i}]"), d))
+            .collect::<ApiResult<Vec<_>>>()?,
     };
     let report = state
         .control()

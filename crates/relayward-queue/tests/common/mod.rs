@@ -154,6 +154,7 @@ pub fn store(
         auth_user: None,
         tls: false,
         sender: sender.into(),
+        original_sender: None,
         sender_class: if sender.is_empty() {
             "null"
         } else {

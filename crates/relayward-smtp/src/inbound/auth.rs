@@ -42,6 +42,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Some(reply::AUTH_IN_TRANSACTION)
         } else if st.auth_user.is_some() {
             Some(reply::ALREADY_AUTH)
+        } else if st.ctx.srs.is_some() {
+            // Nobody logs in to the SRS domain's MX.
+            Some(reply::NOT_IMPLEMENTED)
         } else if !st.auth_allowed() {
             Some(reply::AUTH_NEEDS_TLS)
         } else if mechanism != smtp_proto::AUTH_PLAIN && mechanism != smtp_proto::AUTH_LOGIN {

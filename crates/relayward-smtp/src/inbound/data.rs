@@ -25,21 +25,21 @@ pub(crate) fn header_parser() -> MessageParser {
         .default_header_ignore()
 }
 
-struct Received {
+pub(super) struct Received {
     /// A text line was over 1000 octets.
-    too_long: bool,
+    pub(super) too_long: bool,
     /// The message was over `max_message_size`.
-    too_big: bool,
+    pub(super) too_big: bool,
 }
 
 /// What the header block says.
-struct HeaderFacts {
-    received: usize,
-    from_domain: Option<String>,
-    message_id: Option<String>,
+pub(super) struct HeaderFacts {
+    pub(super) received: usize,
+    pub(super) from_domain: Option<String>,
+    pub(super) message_id: Option<String>,
 }
 
-fn header_facts(parser: &MessageParser, message: &[u8]) -> HeaderFacts {
+pub(super) fn header_facts(parser: &MessageParser, message: &[u8]) -> HeaderFacts {
     // Only the header block: the parser need not walk a large body.
     let end = if message.starts_with(b"\r\n") {
         0
@@ -74,7 +74,7 @@ fn header_facts(parser: &MessageParser, message: &[u8]) -> HeaderFacts {
 
 /// `Received:` per RFC 5321 section 4.4, with-protocol per RFC 3848.
 #[allow(clippy::too_many_arguments)]
-fn write_received(
+pub(super) fn write_received(
     out: &mut Vec<u8>,
     helo: &str,
     ip: IpAddr,
@@ -118,7 +118,11 @@ fn push_line(data: &mut Vec<u8>, mut content: &[u8]) {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Read message data up to the lone "." line into `data`. `Err` means the connection is
     /// gone (a timeout has been answered already).
-    async fn receive_data(&mut self, data: &mut Vec<u8>, limit: u64) -> Result<Received, ()> {
+    pub(super) async fn receive_data(
+        &mut self,
+        data: &mut Vec<u8>,
+        limit: u64,
+    ) -> Result<Received, ()> {
         let start = data.len();
         let mut r = Received {
             too_long: false,
@@ -182,6 +186,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             st.reply(&r);
             return None;
+        }
+        if matches!(tx.decision, Decision::SrsReturn) {
+            return self.srs_data().await;
         }
         let Decision::Accepted { attributed, class } = tx.decision.clone() else {
             // Recipients are only added once the transaction is attributed.

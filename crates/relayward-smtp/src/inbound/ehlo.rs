@@ -37,9 +37,10 @@ impl State {
         w.extend_from_slice(b"250 DSN\r\n");
     }
 
-    /// AUTH only over TLS unless the listener allows cleartext (RFC 4954 section 4).
+    /// AUTH only over TLS unless the listener allows cleartext (RFC 4954 section 4); never on
+    /// a listener in role `srs`.
     pub(crate) fn auth_allowed(&self) -> bool {
-        self.facts.tls || self.ctx.auth_without_tls
+        (self.facts.tls || self.ctx.auth_without_tls) && self.ctx.srs.is_none()
     }
 }
 

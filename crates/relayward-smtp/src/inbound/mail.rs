@@ -66,6 +66,9 @@ impl State {
         if from.size as u64 > self.server.config.max_message_size {
             return Err((reply::MESSAGE_TOO_BIG, shown()));
         }
+        if self.ctx.srs.is_some() {
+            return self.srs_mail(sender, from, smtputf8);
+        }
 
         // The directory may have changed since connect: decide with the current one.
         let dir = self.server.directory.current();

@@ -16,6 +16,7 @@ pub(crate) mod ehlo;
 pub(crate) mod mail;
 pub(crate) mod rcpt;
 pub(crate) mod session;
+pub(crate) mod srs_role;
 pub(crate) mod starttls;
 
 pub(crate) use session::Session;
@@ -36,6 +37,8 @@ pub(crate) enum Decision {
     },
     /// Several tenants' IP connectors cover the client: the first RCPT TO domain decides.
     Pending(Vec<ConnectorId>),
+    /// A bounce to the SRS domain on a listener in role `srs` (see `srs_role`): no tenant.
+    SrsReturn,
 }
 
 /// MAIL FROM to end of DATA.
@@ -90,7 +93,7 @@ impl State {
             cert_names: Vec::new(),
             auth_connector: None,
         };
-        let attribution = attribute(&server.directory.current(), &facts);
+        let attribution = attribution_for(&server, &ctx, &facts);
         State {
             server,
             ctx,
@@ -110,7 +113,7 @@ impl State {
     }
 
     pub(crate) fn reattribute(&mut self) {
-        self.attribution = attribute(&self.server.directory.current(), &self.facts);
+        self.attribution = attribution_for(&self.server, &self.ctx, &self.facts);
     }
 
     /// Queue a reply without any bookkeeping.
@@ -184,6 +187,14 @@ impl State {
         }
         self.server.events.trace(ev);
     }
+}
+
+/// A listener in role `srs` attributes nobody: the bounces it takes are no tenant's mail.
+fn attribution_for(server: &Server, ctx: &ListenerCtx, facts: &ClientFacts) -> Attribution {
+    if ctx.srs.is_some() {
+        return Attribution::Unattributed;
+    }
+    attribute(&server.directory.current(), facts)
 }
 
 /// The reverse-path as traces show it: `<>` for the null sender.

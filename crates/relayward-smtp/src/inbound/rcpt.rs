@@ -18,6 +18,9 @@ const NOTIFY_FLAGS: u64 = smtp_proto::RCPT_NOTIFY_SUCCESS
 
 impl State {
     pub(crate) fn rcpt(&mut self, line: &[u8], to: RcptTo<Cow<'_, str>>) {
+        if self.ctx.srs.is_some() {
+            return self.srs_rcpt(line, &to);
+        }
         match self.rcpt_inner(line, &to) {
             Ok(()) => self.reply(&reply::RECIPIENT_OK),
             Err((r, rcpt)) => {

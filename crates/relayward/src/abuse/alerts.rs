@@ -178,6 +178,7 @@ impl Alerts {
             auth_user: None,
             tls: false,
             sender: self.from.clone(),
+            original_sender: None,
             sender_class: "registered".into(),
             header_from_mismatch: false,
             message_id: Some(format!("<{id}@{}>", self.hostname)),

@@ -22,6 +22,8 @@ pub struct Relay {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub addr: SocketAddr,
+    /// The admin API's listener.
+    pub admin_addr: SocketAddr,
     child: Option<Child>,
 }
 
@@ -31,11 +33,12 @@ impl Relay {
     pub fn new(extra: &str) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("relayward.toml");
         std::fs::write(
             &config,
             format!(
-                "[server]\nhostname = \"relay.test\"\ndata_dir = \"{}\"\ndirectory_poll_ms = 200\n\n[[listener]]\naddress = \"{addr}\"\n\n{extra}\n",
+                "[server]\nhostname = \"relay.test\"\ndata_dir = \"{}\"\ndirectory_poll_ms = 200\n\n[[listener]]\naddress = \"{addr}\"\n\n[admin]\naddress = \"{admin_addr}\"\n\n{extra}\n",
                 dir.path().join("data").display()
             ),
         )
@@ -44,6 +47,7 @@ impl Relay {
             dir,
             config,
             addr,
+            admin_addr,
             child: None,
         }
     }
