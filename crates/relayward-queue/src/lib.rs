@@ -8,6 +8,7 @@
 //! - [`dsn`]: RFC 3464 delivery status notifications.
 //! - [`control`]: admin operations from another process (`<spool>/control/`) or without a server.
 
+pub mod commit;
 pub mod config;
 pub mod control;
 pub mod dkim;
@@ -18,6 +19,7 @@ pub mod scheduler;
 pub mod spool;
 pub mod srs;
 
+pub use commit::GroupCommitter;
 pub use config::{DeliveryConfig, TenantRoute};
 pub use control::{admin, apply_offline, request_control, AdminOutcome, ControlOp, DeliveryError};
 pub use scheduler::{DeliveryEvents, NoEvents, Scheduler};

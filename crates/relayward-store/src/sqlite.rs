@@ -65,6 +65,9 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// 12 bound values a row: well under SQLite's 32,766 variables a statement.
+const TRACE_ROWS_PER_INSERT: usize = 200;
+
 impl SqliteStore {
     /// Opens (creating it and its directory when missing) the database at `path` and applies
     /// pending migrations. Safe to call while another process has the same file open.
@@ -1205,27 +1208,28 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.write_tx().await?;
-        for e in events {
-            // Same SQL text every time: the connection's statement cache prepares it once.
-            sqlx::query(
+        // Many rows per statement: each statement is a round trip to the SQLite worker thread,
+        // and at full load the trace carries several events per message.
+        for chunk in events.chunks(TRACE_ROWS_PER_INSERT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO trace_events (at_ms, kind, queue_id, message_id, tenant_id, \
-                 connector_id, client_ip, sender, recipient, sender_class, reply, detail) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.at_ms)
-            .bind(e.kind.as_str())
-            .bind(&e.queue_id)
-            .bind(&e.message_id)
-            .bind(e.tenant_id)
-            .bind(e.connector_id)
-            .bind(&e.client_ip)
-            .bind(&e.sender)
-            .bind(&e.recipient)
-            .bind(e.sender_class.map(|c| c.as_str()))
-            .bind(&e.reply)
-            .bind(&e.detail)
-            .execute(&mut *tx)
-            .await?;
+                 connector_id, client_ip, sender, recipient, sender_class, reply, detail) ",
+            );
+            qb.push_values(chunk, |mut b, e| {
+                b.push_bind(e.at_ms)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(&e.queue_id)
+                    .push_bind(&e.message_id)
+                    .push_bind(e.tenant_id)
+                    .push_bind(e.connector_id)
+                    .push_bind(&e.client_ip)
+                    .push_bind(&e.sender)
+                    .push_bind(&e.recipient)
+                    .push_bind(e.sender_class.map(|c| c.as_str()))
+                    .push_bind(&e.reply)
+                    .push_bind(&e.detail);
+            });
+            qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -11,7 +11,9 @@ use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use relayward_core::{ConnectorId, TraceEvent};
 use relayward_policy::{Directory, SharedDirectory};
-use relayward_queue::{Envelope, Recipient, RecipientStatus, Scheduler, Spool, TenantRoute};
+use relayward_queue::{
+    Envelope, GroupCommitter, Recipient, RecipientStatus, Scheduler, Spool, TenantRoute,
+};
 use relayward_smtp::{IncomingMessage, ListenerConfig, MessageSink, Server, SmtpConfig, Timeouts};
 use relayward_store::Store;
 use tokio::sync::{mpsc, watch};
@@ -179,6 +181,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     .await?;
     let sink = Arc::new(SpoolSink {
         spool: spool.clone(),
+        commit: GroupCommitter::start(spool.clone()).context("cannot start the spool writer")?,
         scheduler: scheduler.clone(),
         abuse: Some(abuse.clone()),
         forwarding: Some(forwarding.clone()),
@@ -460,6 +463,8 @@ impl relayward_smtp::Events for EventWriter {
 /// Accepted messages go to the spool; `enqueue` returns only once they are fsynced.
 struct SpoolSink {
     spool: Arc<Spool>,
+    /// Accepted messages are written and flushed in batches (group commit).
+    commit: GroupCommitter,
     scheduler: Arc<Scheduler>,
     /// Counts accepted messages for the abuse detector.
     abuse: Option<Arc<Abuse>>,
@@ -519,10 +524,7 @@ impl MessageSink for SpoolSink {
             None => None,
         };
         let id = envelope.queue_id;
-        self.spool
-            .store_async(id, envelope, data)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.commit.store(id, envelope, data).await?;
         if let Some((f, ev)) = forwarded {
             f.trace(ev);
         }
