@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use mail_parser::{HeaderName, MessageParser};
-use relayward_core::{reply, Address, TraceEvent, TraceKind};
+use relayward_core::{reply, Address, Reply, TraceEvent, TraceKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::session::{Session, Wait};
@@ -37,6 +37,29 @@ pub(super) struct HeaderFacts {
     pub(super) received: usize,
     pub(super) from_domain: Option<String>,
     pub(super) message_id: Option<String>,
+}
+
+/// What every received message is checked for before any policy, on every listener: text line
+/// length, size, and a mail loop (too many Received headers). The refusal and its trace detail,
+/// or the header facts.
+pub(super) fn content_checks(
+    parser: &MessageParser,
+    received: &Received,
+    message: &[u8],
+    max_received_headers: usize,
+) -> Result<HeaderFacts, (Reply, String)> {
+    if received.too_long {
+        return Err((reply::TEXT_LINE_TOO_LONG, "DATA".into()));
+    }
+    if received.too_big {
+        return Err((reply::MESSAGE_TOO_BIG, "DATA".into()));
+    }
+    let facts = header_facts(parser, message);
+    if facts.received > max_received_headers {
+        let detail = format!("{} Received headers", facts.received);
+        return Err((reply::LOOP_DETECTED, detail));
+    }
+    Ok(facts)
 }
 
 pub(super) fn header_facts(parser: &MessageParser, message: &[u8]) -> HeaderFacts {
@@ -244,7 +267,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let st = &mut self.st;
         let mut tx = st.tx.take()?;
         let sender = sender_text(tx.sender.as_ref());
-        let refuse = |st: &mut super::State, r: &relayward_core::Reply, detail: &str| {
+        let refuse = |st: &mut super::State, r: &Reply, detail: &str| {
             // The transaction is gone from the state: put its tenant on the event ourselves.
             let mut ev = TraceEvent::new(TraceKind::Refused);
             ev.client_ip = Some(st.ip_text.clone());
@@ -261,23 +284,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 st.errors += 1;
             }
         };
-        if received.too_long {
-            refuse(st, &reply::TEXT_LINE_TOO_LONG, "DATA");
-            return None;
-        }
-        if received.too_big {
-            refuse(st, &reply::MESSAGE_TOO_BIG, "DATA");
-            return None;
-        }
-        let facts = header_facts(&server.header_parser, &data[header_len..]);
-        if facts.received > config.max_received_headers {
-            refuse(
-                st,
-                &reply::LOOP_DETECTED,
-                &format!("{} Received headers", facts.received),
-            );
-            return None;
-        }
+        let facts = match content_checks(
+            &server.header_parser,
+            &received,
+            &data[header_len..],
+            config.max_received_headers,
+        ) {
+            Ok(facts) => facts,
+            Err((r, detail)) => {
+                refuse(st, &r, &detail);
+                return None;
+            }
+        };
         let dir = server.directory.current();
         let mismatch = relayward_policy::header_from_mismatch(
             &dir,

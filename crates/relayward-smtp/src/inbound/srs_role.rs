@@ -24,7 +24,7 @@ use relayward_core::{normalize_domain, reply, Address, Reply, TraceEvent, TraceK
 use smtp_proto::{MailFrom, RcptTo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::data::{header_facts, write_received};
+use super::data::{content_checks, write_received};
 use super::mail::extract_path;
 use super::session::Session;
 use super::{sender_text, Decision, Exit, State, Transaction};
@@ -363,23 +363,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 st.errors += 1;
             }
         };
-        if received.too_long {
-            refuse(st, &reply::TEXT_LINE_TOO_LONG, "DATA");
-            return None;
-        }
-        if received.too_big {
-            refuse(st, &reply::MESSAGE_TOO_BIG, "DATA");
-            return None;
-        }
-        let facts = header_facts(&server.header_parser, &data[header_len..]);
-        if facts.received > config.max_received_headers {
-            refuse(
-                st,
-                &reply::LOOP_DETECTED,
-                &format!("{} Received headers", facts.received),
-            );
-            return None;
-        }
+        let facts = match content_checks(
+            &server.header_parser,
+            &received,
+            &data[header_len..],
+            config.max_received_headers,
+        ) {
+            Ok(facts) => facts,
+            Err((r, detail)) => {
+                refuse(st, &r, &detail);
+                return None;
+            }
+        };
         let recipients: Vec<ReturnRecipient> = tx
             .recipients
             .drain(..)
