@@ -109,7 +109,7 @@ fn document_json() -> &'static str {
 }
 
 #[utoipa::path(
-    get, path = "/openapi.json", tag = "meta",
+    get, path = "/openapi.json", operation_id = "getOpenApiDocument", tag = "meta",
     summary = "This document (no token needed)",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]

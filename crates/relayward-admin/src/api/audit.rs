@@ -52,7 +52,7 @@ pub struct AuditParams {
 }
 
 #[utoipa::path(
-    get, path = "/v1/audit", tag = "audit",
+    get, path = "/v1/audit", operation_id = "listAuditEntries", tag = "audit",
     summary = "The audit log, newest first",
     params(AuditParams),
     responses(

@@ -293,7 +293,7 @@ async fn connector_for(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{tenant_id}/connectors", tag = "connectors",
+    get, path = "/v1/tenants/{tenant_id}/connectors", operation_id = "listConnectors", tag = "connectors",
     summary = "List a tenant's inbound connectors with their audit flags",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     responses(
@@ -321,7 +321,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{tenant_id}/connectors", tag = "connectors",
+    post, path = "/v1/tenants/{tenant_id}/connectors", operation_id = "createConnector", tag = "connectors",
     summary = "Create an inbound connector",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     request_body = CreateConnector,
@@ -413,7 +413,7 @@ pub(crate) async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", tag = "connectors",
+    get, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", operation_id = "getConnector", tag = "connectors",
     summary = "Show a connector with its audit flags",
     params(
         ("tenant_id" = i64, Path, description = "Tenant id"),
@@ -436,7 +436,7 @@ pub(crate) async fn show(
 }
 
 #[utoipa::path(
-    patch, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", tag = "connectors",
+    patch, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", operation_id = "updateConnector", tag = "connectors",
     summary = "Change some of a connector's fields",
     params(
         ("tenant_id" = i64, Path, description = "Tenant id"),
@@ -538,7 +538,7 @@ async fn set_enabled(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}/disable", tag = "connectors",
+    post, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}/disable", operation_id = "disableConnector", tag = "connectors",
     summary = "Stop accepting mail through a connector",
     params(
         ("tenant_id" = i64, Path, description = "Tenant id"),
@@ -560,7 +560,7 @@ pub(crate) async fn disable(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}/enable", tag = "connectors",
+    post, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}/enable", operation_id = "enableConnector", tag = "connectors",
     summary = "Accept mail through a connector again",
     params(
         ("tenant_id" = i64, Path, description = "Tenant id"),
@@ -582,7 +582,7 @@ pub(crate) async fn enable(
 }
 
 #[utoipa::path(
-    delete, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", tag = "connectors",
+    delete, path = "/v1/tenants/{tenant_id}/connectors/{connector_id}", operation_id = "deleteConnector", tag = "connectors",
     summary = "Delete a connector",
     params(
         ("tenant_id" = i64, Path, description = "Tenant id"),

@@ -131,7 +131,7 @@ async fn domain_for(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{tenant_id}/domains", tag = "domains",
+    get, path = "/v1/tenants/{tenant_id}/domains", operation_id = "listDomains", tag = "domains",
     summary = "List a tenant's accepted domains",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     responses(
@@ -152,7 +152,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{tenant_id}/domains", tag = "domains",
+    post, path = "/v1/tenants/{tenant_id}/domains", operation_id = "createDomain", tag = "domains",
     summary = "Add an accepted domain; answers the TXT record to publish",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     request_body = AddDomain,
@@ -203,7 +203,7 @@ pub(crate) async fn add(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{tenant_id}/domains/{domain}", tag = "domains",
+    get, path = "/v1/tenants/{tenant_id}/domains/{domain}", operation_id = "getDomain", tag = "domains",
     summary = "Show an accepted domain",
     params(
         ("tenant_id" = i64, Path, description = "Tenant id"),
@@ -227,7 +227,7 @@ pub(crate) async fn show(
 }
 
 #[utoipa::path(
-    delete, path = "/v1/tenants/{tenant_id}/domains/{domain}", tag = "domains",
+    delete, path = "/v1/tenants/{tenant_id}/domains/{domain}", operation_id = "deleteDomain", tag = "domains",
     summary = "Remove an accepted domain",
     params(
         ("tenant_id" = i64, Path, description = "Tenant id"),
@@ -252,7 +252,7 @@ pub(crate) async fn remove(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{tenant_id}/domains/{domain}/verify", tag = "domains",
+    post, path = "/v1/tenants/{tenant_id}/domains/{domain}/verify", operation_id = "verifyDomain", tag = "domains",
     summary = "Look up the domain's TXT records and verify it when the expected one is there",
     description = "Answers 200 with what DNS showed: `verified`, `not_found` (no TXT record), \
         `wrong_token` (TXT records, none the expected one) or `unchecked` (DNS failed or timed \

@@ -18,7 +18,7 @@ pub struct WhoAmI {
 }
 
 #[utoipa::path(
-    get, path = "/v1/me", tag = "tokens",
+    get, path = "/v1/me", operation_id = "getMe", tag = "tokens",
     summary = "The calling token's identity and scope",
     responses(
         (status = 200, description = "The token", body = WhoAmI),

@@ -84,7 +84,7 @@ async fn operate(
 }
 
 #[utoipa::path(
-    get, path = "/v1/queue", tag = "queue",
+    get, path = "/v1/queue", operation_id = "listQueuedMessages", tag = "queue",
     summary = "Spooled messages",
     params(QueueParams),
     responses(
@@ -110,7 +110,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(
-    get, path = "/v1/queue/{queue_id}", tag = "queue",
+    get, path = "/v1/queue/{queue_id}", operation_id = "getQueuedMessage", tag = "queue",
     summary = "One spooled message and its recipients' status",
     params(("queue_id" = String, Path, description = "Queue id")),
     responses(
@@ -131,7 +131,7 @@ pub(crate) async fn show(
 }
 
 #[utoipa::path(
-    post, path = "/v1/queue/{queue_id}/hold", tag = "queue",
+    post, path = "/v1/queue/{queue_id}/hold", operation_id = "holdQueuedMessage", tag = "queue",
     summary = "Stop delivery attempts until released",
     params(("queue_id" = String, Path, description = "Queue id")),
     responses(
@@ -152,7 +152,7 @@ pub(crate) async fn hold(
 }
 
 #[utoipa::path(
-    post, path = "/v1/queue/{queue_id}/release", tag = "queue",
+    post, path = "/v1/queue/{queue_id}/release", operation_id = "releaseQueuedMessage", tag = "queue",
     summary = "Release a held message",
     params(("queue_id" = String, Path, description = "Queue id")),
     responses(
@@ -173,7 +173,7 @@ pub(crate) async fn release(
 }
 
 #[utoipa::path(
-    post, path = "/v1/queue/{queue_id}/retry", tag = "queue",
+    post, path = "/v1/queue/{queue_id}/retry", operation_id = "retryQueuedMessage", tag = "queue",
     summary = "Attempt every pending recipient now",
     params(("queue_id" = String, Path, description = "Queue id")),
     responses(
@@ -194,7 +194,7 @@ pub(crate) async fn retry(
 }
 
 #[utoipa::path(
-    delete, path = "/v1/queue/{queue_id}", tag = "queue",
+    delete, path = "/v1/queue/{queue_id}", operation_id = "deleteQueuedMessage", tag = "queue",
     summary = "Delete a message, with a DSN to the sender when `dsn=true`",
     params(("queue_id" = String, Path, description = "Queue id"), DeleteParams),
     responses(

@@ -18,7 +18,7 @@ const TEXT_MAX: usize = 2000;
 const FORWARDED_MAX: usize = 100;
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{tenant_id}/status", tag = "status",
+    get, path = "/v1/tenants/{tenant_id}/status", operation_id = "getTenantStatus", tag = "status",
     summary = "Restriction state, why, and what to fix",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     responses(
@@ -39,7 +39,7 @@ pub(crate) async fn show(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{tenant_id}/request-unblock", tag = "status",
+    post, path = "/v1/tenants/{tenant_id}/request-unblock", operation_id = "requestTenantUnblock", tag = "status",
     summary = "Attest that the cause is fixed and ask for unblock",
     description = "From `blocked_unregistered` to `under_review`: unregistered senders stay \
         refused until the operator decides.",
@@ -85,7 +85,7 @@ pub(crate) async fn request_unblock(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{tenant_id}/unblock", tag = "status",
+    post, path = "/v1/tenants/{tenant_id}/unblock", operation_id = "unblockTenant", tag = "status",
     summary = "Lift a block: the tenant goes on probation (operator)",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     request_body(content = Option<Unblock>, description = "Optional"),
@@ -119,7 +119,7 @@ pub(crate) async fn unblock(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants/{tenant_id}/block", tag = "status",
+    post, path = "/v1/tenants/{tenant_id}/block", operation_id = "blockTenant", tag = "status",
     summary = "Block a tenant by hand (operator)",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     request_body = Block,
@@ -154,7 +154,7 @@ pub(crate) async fn block(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{tenant_id}/sender-restrictions", tag = "status",
+    get, path = "/v1/tenants/{tenant_id}/sender-restrictions", operation_id = "listSenderRestrictions", tag = "status",
     summary = "Senders refused by the per-sender limits (5.1.8)",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     responses(
@@ -175,7 +175,7 @@ pub(crate) async fn sender_restrictions(
 }
 
 #[utoipa::path(
-    delete, path = "/v1/tenants/{tenant_id}/sender-restrictions/{sender}", tag = "status",
+    delete, path = "/v1/tenants/{tenant_id}/sender-restrictions/{sender}", operation_id = "deleteSenderRestriction", tag = "status",
     summary = "Lift a sender's restriction",
     params(
         ("tenant_id" = i64, Path, description = "Tenant id"),

@@ -49,7 +49,7 @@ pub struct CreateTenant {
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants", tag = "tenants",
+    get, path = "/v1/tenants", operation_id = "listTenants", tag = "tenants",
     summary = "List every tenant (operator)",
     responses(
         (status = 200, description = "All tenants, by id", body = [TenantView]),
@@ -68,7 +68,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tenants", tag = "tenants",
+    post, path = "/v1/tenants", operation_id = "createTenant", tag = "tenants",
     summary = "Create a tenant (operator)",
     request_body = CreateTenant,
     responses(
@@ -109,7 +109,7 @@ pub(crate) async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tenants/{tenant_id}", tag = "tenants",
+    get, path = "/v1/tenants/{tenant_id}", operation_id = "getTenant", tag = "tenants",
     summary = "Show a tenant",
     params(("tenant_id" = i64, Path, description = "Tenant id")),
     responses(

@@ -58,7 +58,7 @@ async fn token_for(state: &AppState, caller: &Caller, id: TokenId) -> ApiResult<
 }
 
 #[utoipa::path(
-    get, path = "/v1/tokens", tag = "tokens",
+    get, path = "/v1/tokens", operation_id = "listTokens", tag = "tokens",
     summary = "List tokens (never their secrets)",
     params(TokenParams),
     responses(
@@ -78,7 +78,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(
-    post, path = "/v1/tokens", tag = "tokens",
+    post, path = "/v1/tokens", operation_id = "createToken", tag = "tokens",
     summary = "Create a token; the answer is the only time it is shown",
     request_body = CreateToken,
     responses(
@@ -134,7 +134,7 @@ pub(crate) async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/v1/tokens/{token_id}", tag = "tokens",
+    get, path = "/v1/tokens/{token_id}", operation_id = "getToken", tag = "tokens",
     summary = "Show a token (never its secret)",
     params(("token_id" = i64, Path, description = "Token id")),
     responses(
@@ -154,7 +154,7 @@ pub(crate) async fn show(
 }
 
 #[utoipa::path(
-    delete, path = "/v1/tokens/{token_id}", tag = "tokens",
+    delete, path = "/v1/tokens/{token_id}", operation_id = "revokeToken", tag = "tokens",
     summary = "Revoke a token (at once, in every process)",
     params(("token_id" = i64, Path, description = "Token id")),
     responses(

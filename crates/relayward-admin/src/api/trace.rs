@@ -98,7 +98,7 @@ fn cursor_of(e: &TraceEvent) -> String {
 }
 
 #[utoipa::path(
-    get, path = "/v1/trace", tag = "trace",
+    get, path = "/v1/trace", operation_id = "searchMessageTrace", tag = "trace",
     summary = "Search the message trace",
     params(TraceParams),
     responses(

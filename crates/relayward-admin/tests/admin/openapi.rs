@@ -1,6 +1,8 @@
 //! `/openapi.json` is an OpenAPI 3.1 document that describes exactly the router's routes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::Command;
 
 use reqwest::Method;
 use serde_json::Value;
@@ -158,4 +160,86 @@ async fn document_is_openapi_3_1_and_matches_the_routes() {
         .await
         .assert_problem(405);
     api.stop().await;
+}
+
+/// The document as the running API serves it, as text.
+async fn served_document() -> String {
+    let api = Api::start().await;
+    let resp = api.send(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    api.stop().await;
+    resp.text
+}
+
+#[tokio::test]
+async fn every_operation_has_a_unique_operation_id() {
+    let doc: Value = serde_json::from_str(&served_document().await).unwrap();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut count = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().unwrap() {
+            if !METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            count += 1;
+            let here = format!("{} {path}", method.to_uppercase());
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{here}: no operationId"));
+            assert!(
+                id.starts_with(|c: char| c.is_ascii_lowercase())
+                    && id.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{here}: operationId {id:?} is not a plain camelCase name"
+            );
+            if let Some(before) = seen.insert(id.to_string(), here.clone()) {
+                panic!("operationId {id:?} is used by both {before} and {here}");
+            }
+        }
+    }
+    assert_eq!(count, relayward_admin::routes().len());
+    assert_eq!(seen.len(), count);
+}
+
+/// Whether `python3 -m openapi_spec_validator` can run here.
+fn validator_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test]
+async fn document_passes_openapi_spec_validator() {
+    let text = served_document().await;
+    if !validator_installed() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openapi-spec-validator is not installed, and CI must run this test \
+             (pip install openapi-spec-validator)"
+        );
+        println!(
+            "SKIPPED: openapi-spec-validator not installed (pip install openapi-spec-validator)"
+        );
+        return;
+    }
+    let mut file = tempfile::Builder::new()
+        .prefix("relayward-openapi-")
+        .suffix(".json")
+        .tempfile()
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.flush().unwrap();
+    let out = Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(file.path())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator rejects /openapi.json ({}):\n{stdout}{stderr}",
+        out.status
+    );
+    println!("{stdout}{stderr}");
 }
