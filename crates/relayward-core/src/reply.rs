@@ -73,6 +73,14 @@ pub const AUTH_INVALID: Reply = Reply::new(535, "5.7.8", "Authentication credent
 pub const RATE_LIMITED: Reply = Reply::new(451, "4.7.500", "Access denied, please try again later");
 pub const LOCAL_PROBLEM: Reply =
     Reply::new(451, "4.3.0", "Temporary local problem, try again later");
+pub const STORAGE_FULL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
+pub const AUTH_LOCKED: Reply = Reply::new(
+    454,
+    "4.7.0",
+    "Too many authentication failures, try again later",
+);
+/// `[limits] bare_line_ends = "reject"`: the data held a CR or LF that was not part of a CRLF.
+pub const BARE_LINE_END: Reply = Reply::new(550, "5.5.2", "Bare CR or LF not allowed");
 
 /// The SRS listener (the relay as MX of its SRS domain): an address there that is not one the
 /// relay made (bad hash, expired, malformed, not SRS), and a sender that is not a bounce.
@@ -103,6 +111,16 @@ pub const VRFY_CANNOT: Reply = Reply::new(
 pub const READY_TLS: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
 pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
 pub const SYNTAX_ERROR: Reply = Reply::new(500, "5.5.2", "Syntax error, command unrecognized");
+pub const CONTROL_BYTES: Reply = Reply::new(
+    500,
+    "5.5.2",
+    "Syntax error, control characters not allowed in commands",
+);
+pub const TOO_MANY_PIPELINED: Reply = Reply::new(
+    421,
+    "4.7.0",
+    "Too many pipelined commands, closing connection",
+);
 pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.6", "Line too long");
 pub const BAD_ARGUMENTS: Reply =
     Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");

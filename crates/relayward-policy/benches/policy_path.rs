@@ -109,12 +109,7 @@ impl Fixture {
     /// group, which criterion's macros would do.)
     fn one(&self, i: u64, now_ms: i64) {
         let t = (i % TENANTS as u64) as i64 + 1;
-        let facts = ClientFacts {
-            ip: tenant_ip(t),
-            tls: false,
-            cert_names: vec![],
-            auth_connector: None,
-        };
+        let facts = ClientFacts::new(tenant_ip(t));
         let att = attribute(&self.dir, &facts);
         let sender = &self.senders[(t - 1) as usize];
         let Ok(MailOutcome::Accepted { attributed, class }) =

@@ -195,6 +195,15 @@ impl Directory {
         false
     }
 
+    /// Connectors identified by IP alone whose ranges contain `ip`, enabled or not.
+    pub fn ip_candidates(&self, ip: IpAddr) -> Vec<&Connector> {
+        let mut idx = Vec::new();
+        self.ip_only.lookup(ip, &mut idx);
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| &self.connectors[i]).collect()
+    }
+
     /// Enabled connectors identified by IP alone whose ranges contain `ip`.
     pub fn ip_connectors(&self, ip: IpAddr) -> Vec<&Connector> {
         let mut idx = Vec::new();
@@ -207,27 +216,117 @@ impl Directory {
             .collect()
     }
 
-    /// Enabled certificate connectors matching one of the verified certificate `names`, whose
-    /// name is an accepted domain of their tenant, and whose IP ranges (if any) contain `ip`.
+    /// Enabled certificate connectors matching one of the verified certificate `names` (exactly,
+    /// or by a one-label wildcard), whose name is under a verified accepted domain of their
+    /// tenant, and whose IP ranges (if any) contain `ip`.
     pub fn cert_connectors(&self, names: &[String], ip: IpAddr) -> Vec<&Connector> {
+        let mut out: Vec<&Connector> = Vec::new();
+        for c in self.cert_candidates(names) {
+            if c.enabled
+                && c.cert_name
+                    .as_deref()
+                    .is_some_and(|n| self.cert_name_covered(c.tenant_id, n))
+                && ip_allowed(c, ip)
+                && !out.iter().any(|o| o.id == c.id)
+            {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Every connector whose certificate name matches one of `names`, whatever its state (for
+    /// attribution, then filtered; and for explaining a refusal).
+    pub fn cert_candidates(&self, names: &[String]) -> Vec<&Connector> {
         let mut out: Vec<&Connector> = Vec::new();
         for name in names {
             let name = name.to_lowercase();
-            let Some(list) = self.by_cert.get(&name) else {
-                continue;
-            };
-            for &i in list {
-                let c = &self.connectors[i];
-                if c.enabled
-                    && self.is_registered(c.tenant_id, &name)
-                    && ip_allowed(c, ip)
-                    && !out.iter().any(|o| o.id == c.id)
-                {
-                    out.push(c);
+            for key in crate::cert_name::lookup_keys(&name) {
+                let Some(list) = self.by_cert.get(&key) else {
+                    continue;
+                };
+                for &i in list {
+                    let c = &self.connectors[i];
+                    let hit = c
+                        .cert_name
+                        .as_deref()
+                        .is_some_and(|n| crate::cert_name::matches(&name, &n.to_lowercase()));
+                    if hit && !out.iter().any(|o| o.id == c.id) {
+                        out.push(c);
+                    }
                 }
             }
         }
         out
+    }
+
+    /// Is the connector certificate name `name` (host, domain or `*.` wildcard) under a
+    /// verified accepted domain of `tenant`? `match_subdomains` plays no part: this makes the
+    /// name an identity of the tenant, not a sender domain.
+    pub fn cert_name_covered(&self, tenant: TenantId, name: &str) -> bool {
+        self.covering_tenants(name).any(|t| t == tenant)
+    }
+
+    /// Tenants with a verified accepted domain that `name` is equal to or under.
+    fn covering_tenants<'a>(&'a self, name: &'a str) -> impl Iterator<Item = TenantId> + 'a {
+        let base = crate::cert_name::base(name);
+        let mut suffixes = vec![base];
+        let mut rest = base;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            suffixes.push(rest);
+        }
+        suffixes
+            .into_iter()
+            .filter_map(|d| self.domains.get(d))
+            .flatten()
+            .map(|e| e.tenant_id)
+    }
+
+    /// Why `tenant` may not give a connector the certificate name `name`, if it may not: another
+    /// tenant's connector has it (or a wildcard covering it), or it is under another tenant's
+    /// verified domain and none of `tenant`'s. `except` is the connector being changed.
+    pub fn cert_name_conflict(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        except: Option<ConnectorId>,
+    ) -> Option<String> {
+        let name = name.to_lowercase();
+        for c in &self.connectors {
+            if c.tenant_id == tenant || Some(c.id) == except {
+                continue;
+            }
+            let Some(other) = c.cert_name.as_deref().map(str::to_lowercase) else {
+                continue;
+            };
+            let overlap = other == name
+                || crate::cert_name::matches(&name, &other)
+                || crate::cert_name::matches(&other, &name);
+            if overlap {
+                let who = self
+                    .tenants
+                    .get(&c.tenant_id)
+                    .map_or("another tenant", |t| t.name.as_str());
+                return Some(format!(
+                    "certificate name {name} is already claimed by a connector of tenant {who} ({other})"
+                ));
+            }
+        }
+        let mut others = self
+            .covering_tenants(&name)
+            .filter(|&t| t != tenant)
+            .peekable();
+        if others.peek().is_some() && !self.cert_name_covered(tenant, &name) {
+            let who = others
+                .next()
+                .and_then(|t| self.tenants.get(&t))
+                .map_or("another tenant", |t| t.name.as_str());
+            return Some(format!(
+                "certificate name {name} is under a verified accepted domain of tenant {who}"
+            ));
+        }
+        None
     }
 
     /// The connector whose AUTH user is `user`, enabled or not.

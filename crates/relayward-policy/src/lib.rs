@@ -2,6 +2,7 @@
 //! Pure decisions over an in-memory [`Directory`] snapshot: no sockets, no SQL.
 
 pub mod auth;
+pub mod cert_name;
 pub mod counters;
 pub mod detector;
 pub mod directory;
@@ -11,6 +12,6 @@ pub mod relay;
 
 pub use directory::{Directory, SharedDirectory};
 pub use relay::{
-    attribute, check_mail, check_rcpt, header_from_mismatch, Attributed, Attribution, ClientFacts,
-    MailOutcome, Method,
+    attribute, check_mail, check_rcpt, explain, header_from_mismatch, refusal_owner, Attributed,
+    Attribution, ClientFacts, MailOutcome, Method, Refusal, RefusalReason,
 };

@@ -24,6 +24,109 @@ pub struct ClientFacts {
     pub cert_names: Vec<String>,
     /// Connector whose AUTH credentials the client presented successfully.
     pub auth_connector: Option<ConnectorId>,
+    /// A client certificate that was presented but did not verify: its names and why. It
+    /// attributes nothing; refusals name it so the tenant can fix it.
+    pub cert_unverified: Option<(Vec<String>, String)>,
+    /// The last AUTH user name tried without success (never the password).
+    pub auth_user_tried: Option<String>,
+}
+
+impl ClientFacts {
+    /// A client known by its address only.
+    pub fn new(ip: IpAddr) -> ClientFacts {
+        ClientFacts {
+            ip,
+            tls: false,
+            cert_names: Vec::new(),
+            auth_connector: None,
+            cert_unverified: None,
+            auth_user_tried: None,
+        }
+    }
+}
+
+/// Why the relay rule refused a transaction: a stable, machine-readable code, given with the
+/// reply in trace events, logs and `diagnose`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// No connector recognised the session (certificate, AUTH or address).
+    NotAttributed,
+    /// Several tenants' address connectors cover the client and neither the MAIL FROM nor the
+    /// RCPT TO domain is an accepted domain of exactly one of them.
+    AmbiguousAttribution,
+    ConnectorDisabled,
+    ConnectorBlocked,
+    TlsRequired,
+    TenantBlockedAll,
+    /// The tenant is blocked from unregistered domains and the sender is unregistered or null.
+    BlockedUnregistered,
+    /// An unregistered or null sender through a connector that is neither a certificate
+    /// connector nor marked `allow_unregistered`.
+    UnregisteredNotAllowed,
+    /// `restrict_domains_to_ips`: a registered sender from outside the connector's ranges.
+    RegisteredOutsideConnectorIps,
+    /// `restrict_domains_to_cert`: a registered sender without certificate attribution.
+    RegisteredNeedsCertificate,
+}
+
+impl RefusalReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RefusalReason::NotAttributed => "not_attributed",
+            RefusalReason::AmbiguousAttribution => "ambiguous_attribution",
+            RefusalReason::ConnectorDisabled => "connector_disabled",
+            RefusalReason::ConnectorBlocked => "connector_blocked",
+            RefusalReason::TlsRequired => "tls_required",
+            RefusalReason::TenantBlockedAll => "tenant_blocked_all",
+            RefusalReason::BlockedUnregistered => "blocked_unregistered",
+            RefusalReason::UnregisteredNotAllowed => "unregistered_sender_not_allowed",
+            RefusalReason::RegisteredOutsideConnectorIps => {
+                "registered_sender_outside_connector_ips"
+            }
+            RefusalReason::RegisteredNeedsCertificate => "registered_sender_needs_certificate",
+        }
+    }
+
+    /// The reply this reason is answered with (DESIGN.md "Replies").
+    pub fn reply(&self) -> Reply {
+        match self {
+            RefusalReason::ConnectorBlocked => reply::CONNECTOR_BLOCKED,
+            RefusalReason::TlsRequired => reply::MUST_STARTTLS,
+            RefusalReason::TenantBlockedAll => reply::TENANT_BLOCKED,
+            RefusalReason::BlockedUnregistered => reply::BLOCKED_UNREGISTERED,
+            RefusalReason::NotAttributed
+            | RefusalReason::AmbiguousAttribution
+            | RefusalReason::ConnectorDisabled
+            | RefusalReason::UnregisteredNotAllowed
+            | RefusalReason::RegisteredOutsideConnectorIps
+            | RefusalReason::RegisteredNeedsCertificate => reply::RELAY_DENIED,
+        }
+    }
+}
+
+/// A refused MAIL FROM or RCPT TO: the reply, the reason, and what was known when deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reply: Reply,
+    pub reason: RefusalReason,
+    /// The tenant and connector, when attribution got that far.
+    pub attributed: Option<Attributed>,
+    pub class: Option<SenderClass>,
+}
+
+impl Refusal {
+    fn new(
+        reason: RefusalReason,
+        attributed: Option<Attributed>,
+        class: Option<SenderClass>,
+    ) -> Self {
+        Refusal {
+            reply: reason.reply(),
+            reason,
+            attributed,
+            class,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,9 +248,11 @@ pub fn check_mail(
     facts: &ClientFacts,
     attribution: &Attribution,
     sender: Option<&Address>,
-) -> Result<MailOutcome, Reply> {
+) -> Result<MailOutcome, Refusal> {
     let attributed = match attribution {
-        Attribution::Unattributed => return Err(reply::RELAY_DENIED),
+        Attribution::Unattributed => {
+            return Err(Refusal::new(RefusalReason::NotAttributed, None, None))
+        }
         Attribution::Attributed(a) => *a,
         Attribution::Candidates(candidates) => {
             match sender.and_then(|s| resolve(dir, candidates, &s.domain)) {
@@ -172,8 +277,9 @@ pub fn check_rcpt(
     candidates: &[ConnectorId],
     sender: Option<&Address>,
     recipient: &Address,
-) -> Result<MailOutcome, Reply> {
-    let attributed = resolve(dir, candidates, &recipient.domain).ok_or(reply::RELAY_DENIED)?;
+) -> Result<MailOutcome, Refusal> {
+    let attributed = resolve(dir, candidates, &recipient.domain)
+        .ok_or_else(|| Refusal::new(RefusalReason::AmbiguousAttribution, None, None))?;
     let class = sender_rule(dir, facts, &attributed, sender)?;
     Ok(MailOutcome::Accepted { attributed, class })
 }
@@ -184,41 +290,195 @@ fn sender_rule(
     facts: &ClientFacts,
     att: &Attributed,
     sender: Option<&Address>,
-) -> Result<SenderClass, Reply> {
-    let connector = dir.connector(att.connector_id).ok_or(reply::RELAY_DENIED)?;
+) -> Result<SenderClass, Refusal> {
+    let refuse = |reason, class| Err(Refusal::new(reason, Some(*att), class));
+    let Some(connector) = dir.connector(att.connector_id) else {
+        return refuse(RefusalReason::NotAttributed, None);
+    };
     if !connector.enabled {
-        return Err(reply::RELAY_DENIED);
+        return refuse(RefusalReason::ConnectorDisabled, None);
     }
     if connector.blocked {
-        return Err(reply::CONNECTOR_BLOCKED);
+        return refuse(RefusalReason::ConnectorBlocked, None);
     }
     if connector.require_tls && !facts.tls {
-        return Err(reply::MUST_STARTTLS);
+        return refuse(RefusalReason::TlsRequired, None);
     }
-    let tenant = dir.tenant(att.tenant_id).ok_or(reply::RELAY_DENIED)?;
+    let Some(tenant) = dir.tenant(att.tenant_id) else {
+        return refuse(RefusalReason::NotAttributed, None);
+    };
     if tenant.state.blocks_all() {
-        return Err(reply::TENANT_BLOCKED);
+        return refuse(RefusalReason::TenantBlockedAll, None);
     }
     let class = classify(dir, att.tenant_id, sender);
     match class {
         SenderClass::Registered => {
             if connector.restrict_domains_to_ips && !ip_in_ranges(&connector.ip_ranges, facts.ip) {
-                return Err(reply::RELAY_DENIED);
+                return refuse(RefusalReason::RegisteredOutsideConnectorIps, Some(class));
             }
             if connector.restrict_domains_to_cert && att.method != Method::Certificate {
-                return Err(reply::RELAY_DENIED);
+                return refuse(RefusalReason::RegisteredNeedsCertificate, Some(class));
             }
         }
         SenderClass::Unregistered | SenderClass::Null => {
             if tenant.state.blocks_unregistered() {
-                return Err(reply::BLOCKED_UNREGISTERED);
+                return refuse(RefusalReason::BlockedUnregistered, Some(class));
             }
             if att.method != Method::Certificate && !connector.allow_unregistered {
-                return Err(reply::RELAY_DENIED);
+                return refuse(RefusalReason::UnregisteredNotAllowed, Some(class));
             }
         }
     }
     Ok(class)
+}
+
+/// The facts behind a refusal, one `key=value` line (values with spaces quoted by brackets), for
+/// the trace event's detail, the log and `diagnose`: client address, TLS, the certificate
+/// presented and whether it verified, the AUTH user tried, every connector considered and why
+/// it was passed over, the sender class. Never a secret. Computed only when refusing.
+pub fn explain(dir: &Directory, facts: &ClientFacts, refusal: &Refusal) -> String {
+    let mut out = format!(
+        "reason={} ip={} tls={}",
+        refusal.reason.as_str(),
+        facts.ip,
+        if facts.tls { "yes" } else { "no" }
+    );
+    match (&facts.cert_unverified, facts.cert_names.is_empty()) {
+        (Some((names, why)), _) => {
+            out.push_str(&format!(" cert=[{} not verified: {why}]", names.join(",")))
+        }
+        (None, false) => out.push_str(&format!(" cert=[{} verified]", facts.cert_names.join(","))),
+        (None, true) => out.push_str(" cert=none"),
+    }
+    match (&facts.auth_connector, &facts.auth_user_tried) {
+        (Some(id), _) => out.push_str(&format!(" auth=connector#{id}")),
+        (None, Some(u)) => out.push_str(&format!(" auth=[{u} failed]")),
+        (None, None) => out.push_str(" auth=none"),
+    }
+    if let Some(a) = refusal.attributed {
+        let tenant = dir.tenant(a.tenant_id).map_or("?", |t| t.name.as_str());
+        out.push_str(&format!(
+            " tenant={tenant} connector=#{} method={}",
+            a.connector_id,
+            a.method.as_str()
+        ));
+    }
+    if let Some(class) = refusal.class {
+        out.push_str(&format!(" sender_class={}", class.as_str()));
+    }
+    let considered = considered(dir, facts);
+    if !considered.is_empty() {
+        out.push_str(&format!(" considered=[{}]", considered.join("; ")));
+    }
+    out
+}
+
+/// Whose refusal this is, for the trace: the attributed tenant and connector; else the one
+/// tenant whose connectors have a certificate name the client presented (verified or not) or
+/// the AUTH user it tried, so that tenant's admin sees why its server is refused.
+pub fn refusal_owner(
+    dir: &Directory,
+    facts: &ClientFacts,
+    refusal: &Refusal,
+) -> Option<(TenantId, Option<ConnectorId>)> {
+    if let Some(a) = refusal.attributed {
+        return Some((a.tenant_id, Some(a.connector_id)));
+    }
+    let mut names = facts.cert_names.clone();
+    if let Some((presented, _)) = &facts.cert_unverified {
+        names.extend(presented.iter().cloned());
+    }
+    let mut found: Vec<&relayward_core::Connector> = dir.cert_candidates(&names);
+    if let Some(c) = facts
+        .auth_user_tried
+        .as_deref()
+        .and_then(|u| dir.auth_connector(u))
+    {
+        found.push(c);
+    }
+    let first = found.first()?;
+    if found.iter().all(|c| c.tenant_id == first.tenant_id) {
+        let connector = (found.len() == 1).then_some(first.id);
+        return Some((first.tenant_id, connector));
+    }
+    None
+}
+
+/// Each connector that could have recognised the session, and why it did or did not.
+fn considered(dir: &Directory, facts: &ClientFacts) -> Vec<String> {
+    let mut out = Vec::new();
+    let label = |c: &relayward_core::Connector| {
+        let tenant = dir.tenant(c.tenant_id).map_or("?", |t| t.name.as_str());
+        format!("#{} {} of {tenant}", c.id, c.name)
+    };
+    if !facts.cert_names.is_empty() {
+        let found = dir.cert_candidates(&facts.cert_names);
+        if found.is_empty() {
+            out.push(format!(
+                "no connector has certificate name {}",
+                facts.cert_names.join(",")
+            ));
+        }
+        let usable = dir.cert_connectors(&facts.cert_names, facts.ip);
+        let tenants: std::collections::HashSet<TenantId> =
+            usable.iter().map(|c| c.tenant_id).collect();
+        for c in found {
+            let name = c.cert_name.as_deref().unwrap_or("");
+            let why = if !c.enabled {
+                "disabled".to_string()
+            } else if !dir.cert_name_covered(c.tenant_id, name) {
+                format!(
+                    "certificate name {name} is under no verified accepted domain of its tenant"
+                )
+            } else if !crate::directory::ip_allowed(c, facts.ip) {
+                "client address not in its IP ranges".to_string()
+            } else if tenants.len() > 1 {
+                "connectors of several tenants match this certificate".to_string()
+            } else {
+                format!("matched by certificate {name}")
+            };
+            out.push(format!("{} (certificate {name}): {why}", label(c)));
+        }
+    }
+    if let Some(user) = &facts.auth_user_tried {
+        match dir.auth_connector(user) {
+            Some(c) => out.push(format!(
+                "{} (AUTH user {user}): authentication failed",
+                label(c)
+            )),
+            None => out.push(format!("no connector has AUTH user {user}")),
+        }
+    }
+    if let Some(c) = facts.auth_connector.and_then(|id| dir.connector(id)) {
+        let why = if !c.enabled {
+            "disabled"
+        } else if !crate::directory::ip_allowed(c, facts.ip) {
+            "client address not in its IP ranges"
+        } else {
+            "matched by AUTH"
+        };
+        out.push(format!("{} (AUTH): {why}", label(c)));
+    }
+    let by_ip = dir.ip_candidates(facts.ip);
+    if by_ip.is_empty() && facts.cert_names.is_empty() && facts.auth_connector.is_none() {
+        out.push(format!("no connector covers client address {}", facts.ip));
+    }
+    let tenants: std::collections::HashSet<TenantId> = by_ip
+        .iter()
+        .filter(|c| c.enabled)
+        .map(|c| c.tenant_id)
+        .collect();
+    for c in by_ip {
+        let why = if !c.enabled {
+            "disabled"
+        } else if tenants.len() > 1 {
+            "address connectors of several tenants cover this client; the MAIL FROM or RCPT TO domain decides"
+        } else {
+            "matched by client address"
+        };
+        out.push(format!("{} (address): {why}", label(c)));
+    }
+    out
 }
 
 /// DATA: is the header From (P2) domain outside the tenant's accepted domains while the
@@ -242,6 +502,25 @@ pub fn header_from_mismatch(
 mod tests {
     use super::*;
     use relayward_core::*;
+
+    fn check_mail(
+        dir: &Directory,
+        facts: &ClientFacts,
+        attribution: &Attribution,
+        sender: Option<&Address>,
+    ) -> Result<MailOutcome, Reply> {
+        super::check_mail(dir, facts, attribution, sender).map_err(|r| r.reply)
+    }
+
+    fn check_rcpt(
+        dir: &Directory,
+        facts: &ClientFacts,
+        candidates: &[ConnectorId],
+        sender: Option<&Address>,
+        recipient: &Address,
+    ) -> Result<MailOutcome, Reply> {
+        super::check_rcpt(dir, facts, candidates, sender, recipient).map_err(|r| r.reply)
+    }
 
     fn tenant(id: i64, state: TenantState) -> Tenant {
         Tenant {
@@ -292,12 +571,7 @@ mod tests {
     }
 
     fn facts(ip: &str) -> ClientFacts {
-        ClientFacts {
-            ip: ip.parse().unwrap(),
-            tls: false,
-            cert_names: vec![],
-            auth_connector: None,
-        }
+        ClientFacts::new(ip.parse().unwrap())
     }
 
     fn addr(s: &str) -> Address {

@@ -19,12 +19,14 @@ use async_trait::async_trait;
 use relayward_core::{Address, ConnectorId, Reply, SenderClass, TenantId, TraceEvent};
 use relayward_policy::{Method, SharedDirectory};
 
+mod auth_guard;
 mod inbound;
 mod listener;
 mod tls;
 
+pub use auth_guard::AuthLockoutEvent;
 pub use inbound::srs_role::{ReturnRecipient, ReturnedMessage, SrsReturn, SrsRole};
-pub use tls::load_tls;
+pub use tls::{load_tls, ServerTls};
 
 /// Server-side timeouts (RFC 5321 section 4.5.3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,37 @@ impl Default for Timeouts {
     }
 }
 
+/// What to do with a CR or LF in message data that is not part of a CRLF (RFC 5321 section
+/// 2.3.8 forbids them; lenient servers downstream read them as line ends, the root of SMTP
+/// smuggling). Either way the end of data is only CRLF "." CRLF after a CRLF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEnds {
+    /// Make each a CRLF line end, count it (trace detail `bare_line_ends=N`) and accept.
+    #[default]
+    Normalize,
+    /// Answer `550 5.5.2 Bare CR or LF not allowed` after the data and keep nothing.
+    Reject,
+}
+
+/// AUTH failure lockout: `max_failures` failed AUTH attempts within `window` from one client
+/// address, or for one user name, lock further AUTH from that address or for that user
+/// (454 4.7.0, no password checked) until the window has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthLockout {
+    pub max_failures: usize,
+    pub window: Duration,
+}
+
+impl Default for AuthLockout {
+    fn default() -> Self {
+        AuthLockout {
+            max_failures: 5,
+            window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
 /// Settings shared by every listener of one [`Server`].
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {
@@ -65,6 +98,10 @@ pub struct SmtpConfig {
     pub max_errors: usize,
     /// Loop detection: a message carrying more Received headers than this gets 554 5.4.6.
     pub max_received_headers: usize,
+    /// Commands a client may send ahead of our replies (PIPELINING); more: 421 and close.
+    pub max_pipelined: usize,
+    pub bare_line_ends: BareLineEnds,
+    pub auth_lockout: AuthLockout,
     pub timeouts: Timeouts,
 }
 
@@ -79,6 +116,9 @@ impl Default for SmtpConfig {
             max_connections_per_ip: 100,
             max_errors: 10,
             max_received_headers: 50,
+            max_pipelined: 100,
+            bare_line_ends: BareLineEnds::Normalize,
+            auth_lockout: AuthLockout::default(),
             timeouts: Timeouts::default(),
         }
     }
@@ -88,8 +128,8 @@ impl Default for SmtpConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ListenerConfig {
     /// Some => STARTTLS offered (or implicit TLS); client certificates requested, optional,
-    /// verified (see [`load_tls`]).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// verified (see [`ServerTls`]).
+    pub tls: Option<Arc<ServerTls>>,
     /// TLS from the first byte (submissions/465 style). Needs `tls`.
     pub implicit_tls: bool,
     /// Offer and accept AUTH on a cleartext session. Default false: 538 5.7.11.
@@ -151,6 +191,11 @@ pub trait Events: Send + Sync + 'static {
     fn trace(&self, event: TraceEvent);
     /// A connector carried an accepted message (for its `last_used_at`).
     fn connector_used(&self, connector: ConnectorId);
+    /// AUTH has just been locked for an address or a user (audit it, alert it). Once per lock.
+    fn auth_locked(&self, event: AuthLockoutEvent) {
+        tracing::warn!(client_ip = %event.client_ip, user = %event.user, scope = event.scope,
+            failures = event.failures, "AUTH locked after repeated failures");
+    }
 }
 
 /// Per-sender outbound limits (DESIGN.md: a sender over its limits gets `550 5.1.8 Access
@@ -198,6 +243,7 @@ pub struct Server {
     pub(crate) events: Arc<dyn Events>,
     pub(crate) limiter: listener::ConnLimiter,
     pub(crate) header_parser: mail_parser::MessageParser,
+    pub(crate) auth_guard: auth_guard::AuthGuard,
     /// Per-sender limits; none by default.
     pub(crate) sender_guard: OnceLock<Arc<dyn SenderGuard>>,
 }
@@ -210,6 +256,7 @@ impl Server {
         events: Arc<dyn Events>,
     ) -> Arc<Server> {
         Arc::new(Server {
+            auth_guard: auth_guard::AuthGuard::new(config.auth_lockout.clone()),
             config,
             directory,
             sink,

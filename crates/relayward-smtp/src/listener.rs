@@ -71,7 +71,7 @@ fn acquire(server: &Arc<Server>, ip: IpAddr) -> Option<ConnGuard> {
 
 /// What every session of one listener shares.
 pub(crate) struct ListenerCtx {
-    pub(crate) acceptor: Option<TlsAcceptor>,
+    pub(crate) tls: Option<Arc<crate::ServerTls>>,
     pub(crate) implicit_tls: bool,
     pub(crate) auth_without_tls: bool,
     /// Role `srs`: the SRS domain's MX, taking bounces only (see `inbound::srs_role`).
@@ -149,7 +149,7 @@ impl Server {
             ));
         }
         let ctx = Arc::new(ListenerCtx {
-            acceptor: cfg.tls.map(TlsAcceptor::from),
+            tls: cfg.tls,
             implicit_tls: cfg.implicit_tls,
             auth_without_tls: cfg.auth_without_tls,
             srs: srs.map(SrsCtx::new),
@@ -225,13 +225,13 @@ async fn connection(
     let greeting: Reply = reply::greeting(&state.server.config.hostname);
 
     if ctx.implicit_tls {
-        let Some(acceptor) = ctx.acceptor.clone() else {
+        let Some(loaded) = ctx.tls.as_ref().map(|t| t.current()) else {
             return;
         };
-        let Some(tls) = handshake(&acceptor, tcp, handshake_timeout, &state).await else {
+        let Some(tls) = handshake(&loaded.acceptor, tcp, handshake_timeout, &state).await else {
             return;
         };
-        state.tls_established(tls.get_ref().1);
+        state.tls_established(tls.get_ref().1, loaded.chain.as_ref());
         let mut session = Session::new(tls, state);
         session.st.write_reply(&greeting);
         session.run().await;
@@ -244,14 +244,15 @@ async fn connection(
     match session.run().await {
         Exit::Close => session.close().await,
         Exit::StartTls => {
-            let Some(acceptor) = ctx.acceptor.clone() else {
+            let Some(loaded) = ctx.tls.as_ref().map(|t| t.current()) else {
                 return;
             };
             let (tcp, mut state, bufs) = session.into_parts();
-            let Some(tls) = handshake(&acceptor, tcp, handshake_timeout, &state).await else {
+            let Some(tls) = handshake(&loaded.acceptor, tcp, handshake_timeout, &state).await
+            else {
                 return;
             };
-            state.tls_established(tls.get_ref().1);
+            state.tls_established(tls.get_ref().1, loaded.chain.as_ref());
             let mut session = Session::from_parts(tls, state, bufs);
             // Only one upgrade: a TLS session answers STARTTLS with 503.
             if let Exit::Close = session.run().await {
@@ -270,10 +271,10 @@ async fn handshake(
     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
-            // A client certificate that does not verify ends here (rustls sends the alert).
+            tracing::info!(client_ip = %state.ip_text, error = %e, "TLS handshake failed");
             let mut ev = TraceEvent::new(TraceKind::Refused);
             ev.client_ip = Some(state.ip_text.clone());
-            ev.detail = Some(format!("TLS handshake failed: {e}"));
+            ev.detail = Some(format!("reason=tls_handshake_failed error=[{e}]"));
             state.server.events.trace(ev);
             None
         }

@@ -261,25 +261,31 @@ fn load_tls_reports_bad_files() {
 }
 
 #[tokio::test]
-async fn untrusted_client_certificate_fails_handshake() {
+async fn untrusted_client_certificate_attributes_nothing_and_says_why() {
     let pki = Pki::new();
     let t = start_with(test_config(), tls_listener(&pki)).await;
     let mut c = Client::connect(t.addr, STRANGER_IP).await;
     c.ehlo("client").await;
-    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS");
-    // TLS 1.3: the client learns of the rejection on its first read.
-    let broken = match c
-        .handshake(pki.client_config(Some(pki.rogue_client())))
-        .await
-    {
-        Err(_) => true,
-        Ok(()) => {
-            c.send("EHLO client\r\n").await;
-            c.line().await.is_none()
-        }
-    };
-    assert!(broken);
+    // The handshake completes (the client proved it holds the key), but a certificate from a
+    // CA the listener does not trust names nobody: the session stays unattributed.
+    c.starttls(pki.client_config(Some(pki.rogue_client())))
+        .await;
+    c.ehlo("client").await;
+    assert_eq!(c.cmd("MAIL FROM:<a@beta.example>").await, RELAY_DENIED);
     assert_eq!(t.sink.count(), 0);
+    let events = t.events.events.lock().unwrap().clone();
+    let refused = events
+        .iter()
+        .find(|e| e.reply.as_deref() == Some(RELAY_DENIED))
+        .expect("refusal traced");
+    let detail = refused.detail.as_deref().unwrap();
+    assert!(
+        detail.contains("reason=not_attributed")
+            && detail.contains("cert=[mx.beta.example not verified: unknown CA"),
+        "{detail}"
+    );
+    // It is shown to the tenant whose connector has that certificate name.
+    assert_eq!(refused.tenant_id, Some(2));
 }
 
 #[tokio::test]

@@ -499,7 +499,7 @@ async fn received_header_and_dot_unstuffing() {
     assert!(received.ends_with(" +0000"), "{received}");
     assert_eq!(
         rest,
-        "a@alpha.example\r\nSubject: dots\r\n\r\n.leading dot\r\n..\r\nbare lf\r\nnext\r\n\r\nx\r\nlast\r\n"
+        "a@alpha.example\r\nSubject: dots\r\n\r\n.leading dot\r\n..\r\nbare lf\r\nnext\r\n.\r\nx\r\nlast\r\n"
     );
 
     // several recipients: no "for"

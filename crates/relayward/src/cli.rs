@@ -294,7 +294,8 @@ pub async fn tenant_at(config: &Config, cmd: TenantCmd, clock: &dyn Clock) -> Re
                 println!("forwarded (declared): {}", forwarded.join(", "));
             }
             println!("\nconnectors:");
-            print_connectors(&connectors);
+            let marks = ConnectorMarks::load(&*store, t.id).await?;
+            print_connectors(&connectors, &marks);
             let l = limits.unwrap_or(config.default_sender_limits());
             println!(
                 "\nsender limits ({}): {} external recipients/hour, {} recipients/day, {} messages/minute, action {}",
@@ -606,11 +607,39 @@ fn print_domains(domains: &[relayward_core::AcceptedDomain]) {
     );
 }
 
-fn print_connectors(connectors: &[relayward_core::Connector]) {
+/// What the connector table marks beyond the connector's own fields.
+struct ConnectorMarks {
+    dir: relayward_policy::Directory,
+    /// Connectors whose AUTH was locked for password guessing in the last 24 hours.
+    auth_locked: std::collections::HashSet<relayward_core::ConnectorId>,
+}
+
+impl ConnectorMarks {
+    async fn load(store: &dyn Store, tenant: relayward_core::TenantId) -> Result<ConnectorMarks> {
+        let since = relayward_core::now() - 86_400;
+        let auth_locked = store
+            .list_audit(Some(tenant), 1000)
+            .await?
+            .into_iter()
+            .filter(|e| e.action == crate::abuse::auth::AUDIT_ACTION && e.at >= since)
+            .filter_map(|e| e.object.strip_prefix("connector ")?.parse().ok())
+            .collect();
+        Ok(ConnectorMarks {
+            dir: relayward_policy::Directory::new(store.load_directory().await?),
+            auth_locked,
+        })
+    }
+}
+
+fn print_connectors(connectors: &[relayward_core::Connector], marks: &ConnectorMarks) {
     let rows = connectors
         .iter()
         .map(|c| {
             let mut flags = Vec::new();
+            let cert_unverified = c
+                .cert_name
+                .as_deref()
+                .is_some_and(|n| !marks.dir.cert_name_covered(c.tenant_id, n));
             for (on, name) in [
                 (c.require_tls, "require-tls"),
                 (c.allow_unregistered, "allow-unregistered"),
@@ -618,6 +647,8 @@ fn print_connectors(connectors: &[relayward_core::Connector]) {
                 (c.restrict_domains_to_cert, "restrict-to-cert"),
                 (!c.enabled, "disabled"),
                 (c.blocked, "BLOCKED"),
+                (cert_unverified, "cert-name-unverified"),
+                (marks.auth_locked.contains(&c.id), "auth-locked"),
             ] {
                 if on {
                     flags.push(name);
@@ -931,6 +962,20 @@ pub async fn connector(config: &Config, cmd: ConnectorCmd) -> Result<()> {
             if ip_ranges.is_empty() && cert_name.is_none() && a.auth_user.is_none() {
                 bail!("a connector needs at least one of --ip, --cert-name, --auth-user");
             }
+            if let Some(name) = &cert_name {
+                relayward_policy::cert_name::validate(name)
+                    .map_err(|e| anyhow!("--cert-name: {e}"))?;
+                let dir = relayward_policy::Directory::new(store.load_directory().await?);
+                match relayward_policy::cert_name::check_claim(&dir, t.id, name, None) {
+                    relayward_policy::cert_name::Claim::Covered => {}
+                    relayward_policy::cert_name::Claim::Uncovered(w) => {
+                        eprintln!("warning: {w}")
+                    }
+                    relayward_policy::cert_name::Claim::Conflict(why) => {
+                        bail!("--cert-name: {why}")
+                    }
+                }
+            }
             if a.restrict_domains_to_ips && ip_ranges.is_empty() {
                 bail!("--restrict-domains-to-ips needs --ip");
             }
@@ -970,7 +1015,8 @@ pub async fn connector(config: &Config, cmd: ConnectorCmd) -> Result<()> {
             if json {
                 return print_json(&list);
             }
-            print_connectors(&list);
+            let marks = ConnectorMarks::load(&*store, t.id).await?;
+            print_connectors(&list, &marks);
         }
         ConnectorCmd::Delete { tenant, name } => {
             let c = find(tenant, name).await?;

@@ -242,6 +242,14 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: usize,
     pub max_errors: usize,
     pub max_received_headers: usize,
+    /// Commands sent ahead of our replies before 421 and close.
+    pub max_pipelined: usize,
+    /// `normalize` (default) or `reject`: CR or LF in message data outside a CRLF.
+    pub bare_line_ends: relayward_smtp::BareLineEnds,
+    /// Failed AUTH attempts from one address or for one user before AUTH is locked.
+    pub auth_max_failures: usize,
+    /// The window those failures are counted in, and how long the lock lasts.
+    pub auth_lockout_secs: u64,
     pub command_timeout_secs: u64,
     pub data_block_timeout_secs: u64,
     pub data_termination_timeout_secs: u64,
@@ -249,6 +257,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let smtp_defaults = relayward_smtp::SmtpConfig::default();
         LimitsConfig {
             max_message_size: 35 * 1024 * 1024,
             max_recipients: 1000,
@@ -256,6 +265,10 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 100,
             max_errors: 10,
             max_received_headers: 50,
+            max_pipelined: smtp_defaults.max_pipelined,
+            bare_line_ends: smtp_defaults.bare_line_ends,
+            auth_max_failures: smtp_defaults.auth_lockout.max_failures,
+            auth_lockout_secs: smtp_defaults.auth_lockout.window.as_secs(),
             command_timeout_secs: 300,
             data_block_timeout_secs: 180,
             data_termination_timeout_secs: 600,

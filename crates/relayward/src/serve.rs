@@ -196,17 +196,28 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         max_connections_per_ip: limits.max_connections_per_ip,
         max_errors: limits.max_errors,
         max_received_headers: limits.max_received_headers,
+        max_pipelined: limits.max_pipelined,
+        bare_line_ends: limits.bare_line_ends,
+        auth_lockout: relayward_smtp::AuthLockout {
+            max_failures: limits.auth_max_failures,
+            window: Duration::from_secs(limits.auth_lockout_secs),
+        },
         timeouts: Timeouts {
             command: Duration::from_secs(limits.command_timeout_secs),
             data_block: Duration::from_secs(limits.data_block_timeout_secs),
             data_termination: Duration::from_secs(limits.data_termination_timeout_secs),
         },
     };
-    let server = Server::new(smtp_config, directory.clone(), sink, events.clone())
+    let session_events = Arc::new(SessionEvents {
+        events: events.clone(),
+        abuse: Arc::downgrade(&abuse),
+    });
+    let server = Server::new(smtp_config, directory.clone(), sink, session_events)
         .with_sender_guard(abuse.clone());
 
     let mut tasks = Vec::new();
     let mut smtp_addrs = Vec::new();
+    let mut tls_all = Vec::new();
     for l in &config.listeners {
         let tls = match (&l.tls_cert, &l.tls_key) {
             (Some(cert), Some(key)) => Some(
@@ -215,6 +226,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             ),
             _ => None,
         };
+        tls_all.extend(tls.clone());
         let listener = tokio::net::TcpListener::bind(l.address)
             .await
             .with_context(|| format!("cannot listen on {}", l.address))?;
@@ -237,6 +249,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
                 shutdown_rx.clone(),
             )),
         });
+    }
+
+    if !tls_all.is_empty() {
+        tokio::spawn(reload_tls(tls_all, shutdown_rx.clone()));
     }
 
     let admin_addr = crate::admin::start(
@@ -267,6 +283,47 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         events,
     })
 }
+
+/// Certificates and keys are reloaded on SIGHUP and when their files change (checked every
+/// few seconds), without dropping sessions; one that fails to load keeps the old one in use.
+async fn reload_tls(tls: Vec<Arc<relayward_smtp::ServerTls>>, mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: TLS files reload only when they change");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(TLS_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
+            _ = shutdown.changed() => return,
+        };
+        for t in &tls {
+            let result = if forced {
+                Some(t.reload())
+            } else {
+                t.reload_if_changed()
+            };
+            let file = t
+                .cert_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            match result {
+                Some(Ok(())) => tracing::info!(cert = %file, "TLS certificate and key reloaded"),
+                Some(Err(e)) => tracing::error!(cert = %file, error = %e,
+                    "TLS reload failed; the previous certificate stays in use"),
+                None => {}
+            }
+        }
+    }
+}
+
+const TLS_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -373,6 +430,44 @@ impl relayward_queue::DeliveryEvents for DeliveryTap {
     }
 }
 
+/// What SMTP sessions report: trace and connector use to the writer, AUTH lockouts to the
+/// abuse detector (audit and alert).
+struct SessionEvents {
+    events: Arc<EventWriter>,
+    abuse: std::sync::Weak<Abuse>,
+}
+
+impl relayward_smtp::Events for SessionEvents {
+    fn trace(&self, event: TraceEvent) {
+        relayward_smtp::Events::trace(&*self.events, event)
+    }
+
+    fn connector_used(&self, connector: i64) {
+        self.events.connector_used(connector)
+    }
+
+    fn auth_locked(&self, event: relayward_smtp::AuthLockoutEvent) {
+        if let Some(abuse) = self.abuse.upgrade() {
+            abuse.auth_locked(event);
+        }
+    }
+}
+
+const CONNECTOR_TOUCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Writes the connectors' last use gathered since the previous call.
+async fn touch_used(store: &dyn Store, used: &Mutex<HashMap<ConnectorId, i64>>) {
+    let used: Vec<(ConnectorId, i64)> = used
+        .lock()
+        .map(|mut m| m.drain().collect())
+        .unwrap_or_default();
+    if !used.is_empty() {
+        if let Err(e) = store.touch_connectors(&used).await {
+            tracing::warn!(error = %e, "connector last-use update failed");
+        }
+    }
+}
+
 /// Trace events and connector use, written to the store in batches off the SMTP path.
 pub struct EventWriter {
     tx: mpsc::Sender<Batch>,
@@ -391,13 +486,26 @@ impl EventWriter {
         let used_bg = used.clone();
         tokio::spawn(async move {
             let mut buf: Vec<TraceEvent> = Vec::with_capacity(512);
-            let mut last_touch = std::time::Instant::now();
+            // Connector use reaches the store within this long even when nothing else
+            // happens after a connector's only message (the "unused" audit flag relies on it).
+            let mut touch = tokio::time::interval(CONNECTOR_TOUCH_EVERY);
+            touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let Some(first) = rx.recv().await else { break };
+                let first = tokio::select! {
+                    b = rx.recv() => match b {
+                        Some(b) => Some(b),
+                        None => break,
+                    },
+                    _ = touch.tick() => None,
+                };
                 let mut waiters = Vec::new();
                 let mut push = |b: Batch, buf: &mut Vec<TraceEvent>| match b {
                     Batch::Event(e) => buf.push(*e),
                     Batch::Flush(w) => waiters.push(w),
+                };
+                let Some(first) = first else {
+                    touch_used(&*store, &used_bg).await;
+                    continue;
                 };
                 push(first, &mut buf);
                 while buf.len() < 512 {
@@ -412,22 +520,14 @@ impl EventWriter {
                     }
                     buf.clear();
                 }
-                if last_touch.elapsed() > Duration::from_secs(5) || !waiters.is_empty() {
-                    let used: Vec<(ConnectorId, i64)> = used_bg
-                        .lock()
-                        .map(|mut m| m.drain().collect())
-                        .unwrap_or_default();
-                    if !used.is_empty() {
-                        if let Err(e) = store.touch_connectors(&used).await {
-                            tracing::warn!(error = %e, "connector last-use update failed");
-                        }
-                    }
-                    last_touch = std::time::Instant::now();
+                if !waiters.is_empty() {
+                    touch_used(&*store, &used_bg).await;
                 }
                 for w in waiters {
                     let _ = w.send(());
                 }
             }
+            touch_used(&*store, &used_bg).await;
         });
         EventWriter { tx, used }
     }

@@ -680,24 +680,26 @@ impl Connection {
     }
 }
 
-/// The DATA payload: dot-stuffed (RFC 5321 4.5.2), bare LFs turned into CRLF, ending in
+/// The DATA payload: dot-stuffed (RFC 5321 4.5.2), bare LFs and bare CRs turned into CRLF
+/// (nothing we send can end a lenient next hop's data early: SMTP smuggling), ending in
 /// CRLF.CRLF.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
     let mut at_line_start = true;
     let mut prev = 0u8;
-    for &b in body {
+    for (i, &b) in body.iter().enumerate() {
         if at_line_start && b == b'.' {
             out.push(b'.');
         }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+        match b {
+            b'\n' if prev != b'\r' => out.extend_from_slice(b"\r\n"),
+            b'\r' if body.get(i + 1) != Some(&b'\n') => out.extend_from_slice(b"\r\n"),
+            _ => out.push(b),
         }
-        out.push(b);
-        at_line_start = b == b'\n';
+        at_line_start = b == b'\n' || (b == b'\r' && body.get(i + 1) != Some(&b'\n'));
         prev = b;
     }
-    if !body.is_empty() && !body.ends_with(b"\n") {
+    if !body.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -713,6 +715,8 @@ mod tests {
         assert_eq!(dot_stuff(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
         assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n");
         assert_eq!(dot_stuff(b"a\nb"), b"a\r\nb\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\r.\rb\r"), b"a\r\n..\r\nb\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\n.\n"), b"a\r\n..\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
     }
 

@@ -56,6 +56,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             st.refuse(&r, None, None, Some("AUTH".into()));
             return None;
         }
+        if st.server.auth_guard.address_locked(st.ip) {
+            // Counted as an error too: a guesser is disconnected after max_errors tries.
+            st.errors += 1;
+            let detail = "reason=auth_locked scope=address".to_string();
+            st.refuse(&reply::AUTH_LOCKED, None, None, Some(detail));
+            return None;
+        }
         let initial = (!initial.is_empty()).then_some(initial.as_bytes());
         let credentials = if mechanism == smtp_proto::AUTH_PLAIN {
             self.auth_plain(initial).await
@@ -155,6 +162,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Check the password off the async threads (argon2 is slow on purpose); never log it.
     async fn verify(&mut self, user: String, password: String) {
+        if self.st.server.auth_guard.user_locked(&user) {
+            self.st.errors += 1;
+            let detail = format!("reason=auth_locked scope=user user={}", printable(&user));
+            self.st
+                .refuse(&reply::AUTH_LOCKED, None, None, Some(detail));
+            return;
+        }
         let dir = self.st.server.directory.current();
         let found = dir.auth_connector(&user).map(|c| {
             (
@@ -181,8 +195,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 st.reply(&reply::AUTH_OK);
             }
             _ => {
-                let detail = format!("AUTH user={}", printable(&user));
+                let why = match &found {
+                    None => "unknown_user",
+                    Some((_, false, _)) => "connector_disabled_or_ip_not_allowed",
+                    Some(_) => "wrong_password",
+                };
+                let user = printable(&user);
+                let detail = format!("reason=auth_failed ({why}) user={user}");
+                tracing::info!(client_ip = %st.ip, user = %user, why, "AUTH failed");
                 st.refuse(&reply::AUTH_INVALID, None, None, Some(detail));
+                if let Some(ev) = st.server.auth_guard.failed(st.ip, &user) {
+                    st.server.events.auth_locked(ev);
+                }
             }
         }
     }

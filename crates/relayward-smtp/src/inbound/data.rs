@@ -1,6 +1,7 @@
 //! DATA: message reception (dot-unstuffing, line ends, limits), our Received header, header
 //! checks (loop detection, From domain, Message-ID) and the hand-off to the spool.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -10,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::session::{Session, Wait};
 use super::{sender_text, Decision, Exit};
-use crate::IncomingMessage;
+use crate::{BareLineEnds, IncomingMessage};
 
 /// RFC 5321 section 4.5.3.1.6: 1000 octets with the CRLF.
 const MAX_TEXT_LINE: usize = 998;
@@ -30,6 +31,8 @@ pub(super) struct Received {
     pub(super) too_long: bool,
     /// The message was over `max_message_size`.
     pub(super) too_big: bool,
+    /// Bare CRs and LFs seen (each now a CRLF line end in the data).
+    pub(super) bare_line_ends: usize,
 }
 
 /// What the header block says.
@@ -47,12 +50,17 @@ pub(super) fn content_checks(
     received: &Received,
     message: &[u8],
     max_received_headers: usize,
+    bare_line_ends: BareLineEnds,
 ) -> Result<HeaderFacts, (Reply, String)> {
     if received.too_long {
         return Err((reply::TEXT_LINE_TOO_LONG, "DATA".into()));
     }
     if received.too_big {
         return Err((reply::MESSAGE_TOO_BIG, "DATA".into()));
+    }
+    if received.bare_line_ends > 0 && bare_line_ends == BareLineEnds::Reject {
+        let detail = format!("bare_line_ends={} policy=reject", received.bare_line_ends);
+        return Err((reply::BARE_LINE_END, detail));
     }
     let facts = header_facts(parser, message);
     if facts.received > max_received_headers {
@@ -127,20 +135,54 @@ pub(super) fn write_received(
 
 /// Append one content line (its line end stripped) with a CRLF. A bare CR inside becomes a
 /// line end too: RFC 5321 section 2.3.8 allows CR only before LF, and leaving it would let a
-/// client smuggle an end-of-data to a lenient server downstream.
-fn push_line(data: &mut Vec<u8>, mut content: &[u8]) {
+/// client smuggle an end-of-data to a lenient server downstream. Returns the bare CRs seen.
+fn push_line(data: &mut Vec<u8>, mut content: &[u8]) -> usize {
+    let mut bare = 0;
     while let Some(i) = memchr::memchr(b'\r', content) {
         data.extend_from_slice(&content[..i]);
         data.extend_from_slice(b"\r\n");
         content = &content[i + 1..];
+        bare += 1;
     }
     data.extend_from_slice(content);
     data.extend_from_slice(b"\r\n");
+    bare
+}
+
+/// One line of message data as the DATA reader sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum DataLine<'a> {
+    /// The end of the data: "." CRLF right after a CRLF (RFC 5321 sections 2.3.8, 4.1.1.4).
+    End,
+    /// Content, line end stripped, dot-unstuffed; `bare` counts its bare CR and LF.
+    Content { text: &'a [u8], bare: usize },
+}
+
+/// Classify one line, `line` ending with its LF; `after_crlf` says whether the line before it
+/// (or the DATA command) ended with CRLF. A "." line that follows a bare LF or CR is a look-alike
+/// of the end of data (the SMTP smuggling attack): content, never the end, and so never the
+/// place where a pipelined command could start a second transaction.
+fn classify_line(line: &[u8], after_crlf: bool) -> DataLine<'_> {
+    if line == b".\r\n" && after_crlf {
+        return DataLine::End;
+    }
+    let (content, mut bare) = match line.strip_suffix(b"\r\n") {
+        Some(c) => (c, 0),
+        None => (&line[..line.len() - 1], 1),
+    };
+    // A look-alike "." line stays visible as "." (dot-stuffed again on the way out).
+    let text = if content == b"." {
+        content
+    } else {
+        content.strip_prefix(b".").unwrap_or(content)
+    };
+    bare += memchr::memchr_iter(b'\r', text).count();
+    DataLine::Content { text, bare }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    /// Read message data up to the lone "." line into `data`. `Err` means the connection is
-    /// gone (a timeout has been answered already).
+    /// Read message data up to the end of data ("." CRLF after CRLF) into `data`. `Err` means
+    /// the connection is gone (a timeout has been answered already).
     pub(super) async fn receive_data(
         &mut self,
         data: &mut Vec<u8>,
@@ -150,9 +192,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut r = Received {
             too_long: false,
             too_big: false,
+            bare_line_ends: 0,
         };
         // Inside a line already known to be too long, whose end we have not seen yet.
         let mut skipping = false;
+        // The DATA command line ended with CRLF or LF; either way the data starts a line.
+        let mut after_crlf = true;
         loop {
             let avail = &self.rbuf[self.rpos..self.rend];
             let Some(i) = memchr::memchr(b'\n', avail) else {
@@ -166,26 +211,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             let line = &avail[..=i];
             self.rpos += i + 1;
+            let ends_crlf = line.ends_with(b"\r\n");
             if skipping {
                 skipping = false;
+                after_crlf = ends_crlf;
                 continue;
             }
-            // Only CRLF "." CRLF ends the data: a bare-LF "." is content (SMTP smuggling).
-            if line == b".\r\n" {
-                return Ok(r);
-            }
-            let content = match line.strip_suffix(b"\r\n") {
-                Some(c) => c,
-                None => &line[..line.len() - 1],
+            let (text, bare) = match classify_line(line, after_crlf) {
+                DataLine::End => return Ok(r),
+                DataLine::Content { text, bare } => (text, bare),
             };
-            if content.len() > MAX_TEXT_LINE {
+            after_crlf = ends_crlf;
+            r.bare_line_ends += bare;
+            if text.len() > MAX_TEXT_LINE {
                 r.too_long = true;
             }
             if r.too_long || r.too_big {
                 continue;
             }
-            let content = content.strip_prefix(b".").unwrap_or(content);
-            push_line(data, content);
+            push_line(data, text);
             if (data.len() - start) as u64 > limit {
                 r.too_big = true;
                 data.truncate(start);
@@ -289,6 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             &received,
             &data[header_len..],
             config.max_received_headers,
+            config.bare_line_ends,
         ) {
             Ok(facts) => facts,
             Err((r, detail)) => {
@@ -340,12 +385,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 let ok = reply::queued(&queue_id);
                 st.write_reply(&ok);
                 let ok = ok.to_string();
-                let detail = format!(
+                let mut detail = format!(
                     "method={} size={} header_from_mismatch={}",
                     attributed.method.as_str(),
                     size,
                     mismatch
                 );
+                if received.bare_line_ends > 0 {
+                    let _ = write!(detail, " bare_line_ends={}", received.bare_line_ends);
+                }
                 for rcpt in recipients {
                     let mut ev = TraceEvent::new(TraceKind::Received);
                     ev.queue_id = Some(queue_id.clone());
@@ -382,8 +430,42 @@ mod tests {
     #[test]
     fn bare_cr_becomes_line_end() {
         let mut v = Vec::new();
-        push_line(&mut v, b"a\r.\rb");
+        assert_eq!(push_line(&mut v, b"a\r.\rb"), 2);
         assert_eq!(v, b"a\r\n.\r\nb\r\n");
+    }
+
+    #[test]
+    fn only_crlf_dot_crlf_after_crlf_ends_data() {
+        assert_eq!(classify_line(b".\r\n", true), DataLine::End);
+        // After a bare LF (the previous line ended "\n"), "." CRLF is a look-alike.
+        assert_eq!(
+            classify_line(b".\r\n", false),
+            DataLine::Content {
+                text: b".",
+                bare: 0
+            }
+        );
+        assert_eq!(
+            classify_line(b".\n", true),
+            DataLine::Content {
+                text: b".",
+                bare: 1
+            }
+        );
+        assert_eq!(
+            classify_line(b".\r\r\n", true),
+            DataLine::Content {
+                text: b"\r",
+                bare: 1
+            }
+        );
+        assert_eq!(
+            classify_line(b"..x\r\n", true),
+            DataLine::Content {
+                text: b".x",
+                bare: 0
+            }
+        );
     }
 
     #[test]

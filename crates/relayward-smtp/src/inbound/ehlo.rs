@@ -10,7 +10,7 @@ impl State {
         self.tx = None;
         self.helo = Some(printable(host));
         self.esmtp = extended;
-        let offer_tls = self.ctx.acceptor.is_some() && !self.facts.tls;
+        let offer_tls = self.ctx.tls.is_some() && !self.facts.tls;
         let offer_auth = self.auth_allowed() && self.auth_user.is_none();
         let hostname = &self.server.config.hostname;
         let w = &mut self.wbuf;

@@ -16,24 +16,34 @@ const MAIL_FLAGS_ALLOWED: u64 = smtp_proto::MAIL_BODY_7BIT
     | smtp_proto::MAIL_RET_HDRS
     | smtp_proto::MAIL_SMTPUTF8;
 
+/// A refused MAIL or RCPT: a protocol reply, or the relay rule's refusal (explained), each with
+/// the address it concerns.
+pub(crate) enum Refused {
+    Reply(Reply, Option<String>),
+    Policy(relayward_policy::Refusal, Option<String>),
+}
+
+impl From<(Reply, Option<String>)> for Refused {
+    fn from((r, a): (Reply, Option<String>)) -> Self {
+        Refused::Reply(r, a)
+    }
+}
+
 impl State {
     pub(crate) fn mail(&mut self, line: &[u8], from: MailFrom<Cow<'_, str>>) {
         match self.mail_inner(line, &from) {
             Ok(()) => self.reply(&reply::SENDER_OK),
-            Err((r, sender)) => self.refuse(&r, sender, None, Some("MAIL".into())),
+            Err(Refused::Reply(r, sender)) => self.refuse(&r, sender, None, Some("MAIL".into())),
+            Err(Refused::Policy(r, sender)) => self.refuse_policy(&r, "MAIL", sender, None),
         }
     }
 
-    fn mail_inner(
-        &mut self,
-        line: &[u8],
-        from: &MailFrom<Cow<'_, str>>,
-    ) -> Result<(), (Reply, Option<String>)> {
+    fn mail_inner(&mut self, line: &[u8], from: &MailFrom<Cow<'_, str>>) -> Result<(), Refused> {
         if self.helo.is_none() {
-            return Err((reply::BAD_SEQUENCE_EHLO_FIRST, None));
+            return Err(Refused::Reply(reply::BAD_SEQUENCE_EHLO_FIRST, None));
         }
         if self.tx.is_some() {
-            return Err((reply::BAD_SEQUENCE_NESTED_MAIL, None));
+            return Err(Refused::Reply(reply::BAD_SEQUENCE_NESTED_MAIL, None));
         }
         let unsupported = from.flags & !MAIL_FLAGS_ALLOWED != 0
             || from.trans_id.is_some()
@@ -47,27 +57,35 @@ impl State {
             from.flags != 0 || from.size != 0 || from.env_id.is_some() || from.auth.is_some();
         // HELO clients get no extensions, so no parameters either.
         if unsupported || (!self.esmtp && any_param) {
-            return Err((reply::PARAM_NOT_RECOGNIZED, None));
+            return Err(Refused::Reply(reply::PARAM_NOT_RECOGNIZED, None));
         }
 
-        let raw = extract_path(line).ok_or((reply::BAD_SENDER_SYNTAX, None))?;
+        let raw = extract_path(line).ok_or(Refused::Reply(reply::BAD_SENDER_SYNTAX, None))?;
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         let sender = if raw.is_empty() {
             None
         } else if !smtputf8 && !raw.is_ascii() {
-            return Err((reply::SMTPUTF8_REQUIRED, Some(raw.to_string())));
+            return Err(Refused::Reply(
+                reply::SMTPUTF8_REQUIRED,
+                Some(raw.to_string()),
+            ));
         } else {
             match Address::parse(raw, smtputf8) {
                 Ok(a) => Some(a),
-                Err(_) => return Err((reply::BAD_SENDER_SYNTAX, Some(raw.to_string()))),
+                Err(_) => {
+                    return Err(Refused::Reply(
+                        reply::BAD_SENDER_SYNTAX,
+                        Some(raw.to_string()),
+                    ))
+                }
             }
         };
         let shown = || Some(sender_text(sender.as_ref()));
         if from.size as u64 > self.server.config.max_message_size {
-            return Err((reply::MESSAGE_TOO_BIG, shown()));
+            return Err(Refused::Reply(reply::MESSAGE_TOO_BIG, shown()));
         }
         if self.ctx.srs.is_some() {
-            return self.srs_mail(sender, from, smtputf8);
+            return self.srs_mail(sender, from, smtputf8).map_err(Refused::from);
         }
 
         // The directory may have changed since connect: decide with the current one.
@@ -79,12 +97,12 @@ impl State {
                 if let (Some(guard), Some(s)) = (self.server.sender_guard(), sender.as_ref()) {
                     guard
                         .check_mail(attributed.tenant_id, attributed.connector_id, s)
-                        .map_err(|r| (r, shown()))?;
+                        .map_err(|r| Refused::Reply(r, shown()))?;
                 }
                 Decision::Accepted { attributed, class }
             }
             Ok(MailOutcome::PendingRcpt { candidates }) => Decision::Pending(candidates),
-            Err(r) => return Err((r, shown())),
+            Err(r) => return Err(Refused::Policy(r, shown())),
         };
         self.tx = Some(Transaction {
             sender,

@@ -75,8 +75,10 @@ pub(crate) struct State {
     pub(crate) auth_user: Option<String>,
     /// Protocol and cipher, for the Received header.
     pub(crate) tls_info: Option<String>,
-    /// Class-5 replies so far.
+    /// Class-5 replies (and locked AUTH attempts) so far.
     pub(crate) errors: usize,
+    /// Commands answered since our replies were last sent (pipelined ahead of them).
+    pub(crate) unanswered: usize,
     pub(crate) tx: Option<Transaction>,
 }
 
@@ -87,12 +89,7 @@ impl State {
         ip: IpAddr,
         shutdown: watch::Receiver<bool>,
     ) -> State {
-        let facts = ClientFacts {
-            ip,
-            tls: false,
-            cert_names: Vec::new(),
-            auth_connector: None,
-        };
+        let facts = ClientFacts::new(ip);
         let attribution = attribution_for(&server, &ctx, &facts);
         State {
             server,
@@ -108,6 +105,7 @@ impl State {
             auth_user: None,
             tls_info: None,
             errors: 0,
+            unanswered: 0,
             tx: None,
         }
     }
@@ -154,6 +152,42 @@ impl State {
     ) {
         self.write_reply(r);
         self.refused(r, sender, recipient, detail);
+    }
+
+    /// Queue a refusal by the relay rule, traced and logged with its reason and the facts
+    /// behind it, under the tenant it concerns.
+    pub(crate) fn refuse_policy(
+        &mut self,
+        refusal: &relayward_policy::Refusal,
+        command: &str,
+        sender: Option<String>,
+        recipient: Option<String>,
+    ) {
+        let dir = self.server.directory.current();
+        let detail = format!(
+            "{command} {}",
+            relayward_policy::explain(&dir, &self.facts, refusal)
+        );
+        let owner = relayward_policy::refusal_owner(&dir, &self.facts, refusal);
+        drop(dir);
+        tracing::info!(reply = %refusal.reply, sender = sender.as_deref().unwrap_or(""),
+            recipient = recipient.as_deref().unwrap_or(""), %detail, "refused");
+        self.write_reply(&refusal.reply);
+        if refusal.reply.code >= 500 {
+            self.errors += 1;
+        }
+        let mut ev = TraceEvent::new(TraceKind::Refused);
+        ev.client_ip = Some(self.ip_text.clone());
+        ev.reply = Some(refusal.reply.to_string());
+        ev.sender = sender;
+        ev.recipient = recipient;
+        ev.detail = Some(detail);
+        ev.sender_class = refusal.class;
+        if let Some((tenant, connector)) = owner {
+            ev.tenant_id = Some(tenant);
+            ev.connector_id = connector;
+        }
+        self.server.events.trace(ev);
     }
 
     fn refused(

@@ -3,11 +3,11 @@
 
 use std::borrow::Cow;
 
-use relayward_core::{reply, Address, Reply};
+use relayward_core::{reply, Address};
 use relayward_policy::{check_rcpt, MailOutcome};
 use smtp_proto::RcptTo;
 
-use super::mail::extract_path;
+use super::mail::{extract_path, Refused};
 use super::{sender_text, Decision, State};
 use crate::IncomingRecipient;
 
@@ -23,21 +23,21 @@ impl State {
         }
         match self.rcpt_inner(line, &to) {
             Ok(()) => self.reply(&reply::RECIPIENT_OK),
-            Err((r, rcpt)) => {
+            Err(Refused::Reply(r, rcpt)) => {
                 let sender = self.tx.as_ref().map(|t| sender_text(t.sender.as_ref()));
                 self.refuse(&r, sender, rcpt, Some("RCPT".into()));
+            }
+            Err(Refused::Policy(r, rcpt)) => {
+                let sender = self.tx.as_ref().map(|t| sender_text(t.sender.as_ref()));
+                self.refuse_policy(&r, "RCPT", sender, rcpt);
             }
         }
     }
 
-    fn rcpt_inner(
-        &mut self,
-        line: &[u8],
-        to: &RcptTo<Cow<'_, str>>,
-    ) -> Result<(), (Reply, Option<String>)> {
+    fn rcpt_inner(&mut self, line: &[u8], to: &RcptTo<Cow<'_, str>>) -> Result<(), Refused> {
         let max_recipients = self.server.config.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
-            return Err((reply::BAD_SEQUENCE_MAIL_FIRST, None));
+            return Err(Refused::Reply(reply::BAD_SEQUENCE_MAIL_FIRST, None));
         };
         tx.rcpt_attempts += 1;
         if to.flags & !NOTIFY_FLAGS != 0
@@ -45,17 +45,17 @@ impl State {
             || (!self.esmtp && to.flags != 0)
             || (!self.esmtp && to.orcpt.is_some())
         {
-            return Err((reply::PARAM_NOT_RECOGNIZED, None));
+            return Err(Refused::Reply(reply::PARAM_NOT_RECOGNIZED, None));
         }
-        let raw = extract_path(line).ok_or((reply::BAD_RECIPIENT_SYNTAX, None))?;
+        let raw = extract_path(line).ok_or(Refused::Reply(reply::BAD_RECIPIENT_SYNTAX, None))?;
         let shown = || Some(raw.to_string());
         if !tx.smtputf8 && !raw.is_ascii() {
-            return Err((reply::SMTPUTF8_REQUIRED, shown()));
+            return Err(Refused::Reply(reply::SMTPUTF8_REQUIRED, shown()));
         }
-        let address =
-            Address::parse(raw, tx.smtputf8).map_err(|_| (reply::BAD_RECIPIENT_SYNTAX, shown()))?;
+        let address = Address::parse(raw, tx.smtputf8)
+            .map_err(|_| Refused::Reply(reply::BAD_RECIPIENT_SYNTAX, shown()))?;
         if tx.recipients.len() >= max_recipients {
-            return Err((reply::TOO_MANY_RECIPIENTS, shown()));
+            return Err(Refused::Reply(reply::TOO_MANY_RECIPIENTS, shown()));
         }
         if let Decision::Pending(candidates) = &tx.decision {
             let dir = self.server.directory.current();
@@ -66,12 +66,14 @@ impl State {
                     {
                         guard
                             .check_mail(attributed.tenant_id, attributed.connector_id, s)
-                            .map_err(|r| (r, shown()))?;
+                            .map_err(|r| Refused::Reply(r, shown()))?;
                     }
                     tx.decision = Decision::Accepted { attributed, class }
                 }
-                Ok(MailOutcome::PendingRcpt { .. }) => return Err((reply::RELAY_DENIED, shown())),
-                Err(r) => return Err((r, shown())),
+                Ok(MailOutcome::PendingRcpt { .. }) => {
+                    return Err(Refused::Reply(reply::RELAY_DENIED, shown()))
+                }
+                Err(r) => return Err(Refused::Policy(r, shown())),
             }
         }
         // A repeated recipient is accepted once: delivering it twice helps nobody.
@@ -87,7 +89,7 @@ impl State {
                         &address,
                         tx.recipients.len() + 1,
                     )
-                    .map_err(|r| (r, shown()))?;
+                    .map_err(|r| Refused::Reply(r, shown()))?;
             }
             let mut notify = Vec::new();
             for (flag, name) in [

@@ -104,6 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         })
         .await;
         self.st.wbuf.clear();
+        self.st.unanswered = 0;
         match r {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
@@ -213,6 +214,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 LineRead::TooLong => self.st.reply(&reply::LINE_TOO_LONG),
                 LineRead::Line => {
                     let line = std::mem::take(&mut self.line);
+                    // RCPTs of one transaction count once: a pipelined group of many
+                    // recipients is what PIPELINING is for (RFC 2920), a flood of other
+                    // commands is not.
+                    let counts = !(is_rcpt(&line)
+                        && self.st.tx.as_ref().is_some_and(|t| t.rcpt_attempts > 0));
+                    if counts {
+                        if self.st.unanswered >= self.st.server.config.max_pipelined {
+                            self.st.reply(&reply::TOO_MANY_PIPELINED);
+                            return Exit::Close;
+                        }
+                        self.st.unanswered += 1;
+                    }
                     let exit = self.command(&line).await;
                     self.line = line;
                     if let Some(exit) = exit {
@@ -233,6 +246,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return None;
         }
         let st = &mut self.st;
+        if has_control_bytes(line) {
+            st.refuse(
+                &reply::CONTROL_BYTES,
+                None,
+                None,
+                Some("reason=control_bytes_in_command".into()),
+            );
+            return None;
+        }
         match Request::parse(&mut line.iter()) {
             Ok(Request::Ehlo { host }) => st.ehlo(&host, true),
             Ok(Request::Helo { host }) => st.ehlo(&host, false),
@@ -274,6 +296,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         None
     }
+}
+
+/// NUL, other C0 controls (TAB aside), bare CR and DEL have no place in a command line
+/// (RFC 5321 section 4.1.2): refusing them keeps them out of our logs, traces and headers.
+fn has_control_bytes(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+fn is_rcpt(line: &[u8]) -> bool {
+    line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"RCPT ")
 }
 
 fn is_mail_or_rcpt(line: &[u8]) -> bool {

@@ -368,6 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             &received,
             &data[header_len..],
             config.max_received_headers,
+            config.bare_line_ends,
         ) {
             Ok(facts) => facts,
             Err((r, detail)) => {

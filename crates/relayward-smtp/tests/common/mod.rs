@@ -338,7 +338,7 @@ impl Pki {
         }
     }
 
-    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+    pub fn server_config(&self) -> Arc<relayward_smtp::ServerTls> {
         load_tls(&self.server_cert, &self.server_key, Some(&self.ca_file)).unwrap()
     }
 

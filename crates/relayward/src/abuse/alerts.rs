@@ -21,6 +21,8 @@ pub const USER_RESTRICTED: &str = "User restricted from sending email";
 pub const SUSPICIOUS_CONNECTOR: &str = "Suspicious connector activity";
 /// A tenant moved to `warned`: nothing is refused yet.
 pub const TENANT_WARNED: &str = "Tenant warned about unregistered-domain email";
+/// AUTH locked for an address or a user after repeated failures (password guessing).
+pub const SUSPICIOUS_AUTH_FAILURES: &str = "Suspicious authentication failures";
 /// A sender over its limits whose tenant's action is `alert`: the mail flows.
 pub const SENDING_LIMIT_EXCEEDED: &str = "Email sending limit exceeded";
 

@@ -15,6 +15,7 @@
 //! directory reload.
 
 pub mod alerts;
+pub mod auth;
 pub mod report;
 pub mod way_back;
 
