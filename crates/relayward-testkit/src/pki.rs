@@ -112,20 +112,39 @@ impl TestPki {
 
     /// Server certificate (serverAuth) whose SANs are `names`; IP literals become IP SANs.
     pub fn issue_server(&self, names: &[&str]) -> IssuedCert {
-        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, false)
+        self.issue(names, &[ExtendedKeyUsagePurpose::ServerAuth], false)
     }
 
     /// Server certificate for `names` that expired in 2001, for testing verification failures.
     pub fn issue_expired_server(&self, names: &[&str]) -> IssuedCert {
-        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, true)
+        self.issue(names, &[ExtendedKeyUsagePurpose::ServerAuth], true)
     }
 
     /// Client certificate (clientAuth) with one DNS SAN and that name as common name.
     pub fn issue_client(&self, dns_name: &str) -> IssuedCert {
-        self.issue(&[dns_name], ExtendedKeyUsagePurpose::ClientAuth, false)
+        self.issue(&[dns_name], &[ExtendedKeyUsagePurpose::ClientAuth], false)
     }
 
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose, expired: bool) -> IssuedCert {
+    /// Host certificate (serverAuth and clientAuth) with one DNS SAN and that name as common
+    /// name: what an MTA such as Postfix typically uses both for its smtpd and as the client
+    /// certificate of its smtp client.
+    pub fn issue_host(&self, dns_name: &str) -> IssuedCert {
+        self.issue(
+            &[dns_name],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            false,
+        )
+    }
+
+    fn issue(
+        &self,
+        names: &[&str],
+        usages: &[ExtendedKeyUsagePurpose],
+        expired: bool,
+    ) -> IssuedCert {
         let mut params = CertificateParams::default();
         params.subject_alt_names = names
             .iter()
@@ -137,7 +156,7 @@ impl TestPki {
         params.distinguished_name = dn(names.first().copied().unwrap_or("relayward test"));
         // ECDSA keys only sign; KeyEncipherment would be wrong for them.
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         params.use_authority_key_identifier_extension = true;
         if expired {
             params.not_before = rcgen::date_time_ymd(2000, 1, 1);
