@@ -227,6 +227,27 @@ pub trait RelayControl: Send + Sync + 'static {
         sender: &str,
         actor: &str,
     ) -> ControlResult<bool>;
+
+    /// The relay's live directory snapshot; `None` without a relay (the API then loads the
+    /// store's).
+    fn directory(&self) -> Option<std::sync::Arc<relayward_policy::Directory>> {
+        None
+    }
+
+    /// The per-sender limits' verdict for one more message, without counting it or
+    /// restricting anyone; `None` without a relay.
+    fn sender_limit_verdict(
+        &self,
+        _tenant: TenantId,
+        _sender: &relayward_core::Address,
+    ) -> Option<Result<(), relayward_core::Reply>> {
+        None
+    }
+
+    /// Standing sender restrictions as (tenant, sender key), for answers without a relay.
+    async fn restricted_senders(&self) -> std::collections::HashSet<(TenantId, String)> {
+        Default::default()
+    }
 }
 
 /// A [`RelayControl`] for an API running without the relay (tests, `relayward serve` with the

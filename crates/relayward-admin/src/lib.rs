@@ -29,6 +29,9 @@ use axum::response::Response;
 use axum::Router;
 use relayward_store::Store;
 
+pub use api::diagnose::{
+    question as diagnose_question, DiagnoseRequest, DiagnoseStep, DiagnosisView,
+};
 pub use auth::{create_token, list_tokens, parse_token, revoke_token, token_actor, TokenInfo};
 pub use control::{ControlError, RelayControl};
 pub use openapi::openapi;

@@ -24,6 +24,7 @@ use crate::api;
     paths(
         document,
         api::me::show,
+        api::diagnose::post_diagnose,
         api::tenants::list,
         api::tenants::create,
         api::tenants::show,
@@ -68,6 +69,7 @@ use crate::api;
         (name = "status", description = "Restriction states, unblock, sender restrictions"),
         (name = "queue", description = "Messages in the relay's queue"),
         (name = "trace", description = "Message trace search"),
+        (name = "diagnose", description = "The relay's decision for a described transaction"),
         (name = "audit", description = "The audit log"),
         (name = "tokens", description = "API tokens"),
     )

@@ -4,6 +4,10 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use rand_core::OsRng;
 
+/// The audit action of an AUTH lockout (password guessing); its object is `connector <id>`
+/// when the user tried is a connector's. Connector listings flag those of the last 24 hours.
+pub const LOCKOUT_AUDIT_ACTION: &str = "auth.lockout";
+
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()

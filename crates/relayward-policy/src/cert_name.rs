@@ -19,6 +19,12 @@ pub fn is_under(name: &str, domain: &str) -> bool {
             && name.as_bytes()[name.len() - domain.len() - 1] == b'.')
 }
 
+/// Is the connector name `name` under one of `verified` (a tenant's verified accepted domains)?
+pub fn covered<'a>(name: &str, mut verified: impl Iterator<Item = &'a str>) -> bool {
+    let b = base(name);
+    verified.any(|d| is_under(b, d))
+}
+
 /// Does a presented (verified, lowercase) certificate name match a connector's name? Exact
 /// match, or a connector wildcard `*.x` and a presented `label.x` with one label in place of
 /// the `*` (RFC 6125 section 6.4.3: the wildcard covers one label only).

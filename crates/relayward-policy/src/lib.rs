@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cert_name;
 pub mod counters;
 pub mod detector;
+pub mod diagnose;
 pub mod directory;
 pub mod evidence;
 pub mod limits;

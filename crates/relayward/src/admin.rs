@@ -509,4 +509,16 @@ impl RelayControl for LiveControl {
             .set_sender_restriction(tenant, &key, None);
         Ok(true)
     }
+
+    fn directory(&self) -> Option<Arc<relayward_policy::Directory>> {
+        Some(self.abuse.directory())
+    }
+
+    fn sender_limit_verdict(
+        &self,
+        tenant: TenantId,
+        sender: &Address,
+    ) -> Option<Result<(), relayward_core::Reply>> {
+        Some(self.abuse.peek_sender(tenant, sender))
+    }
 }

@@ -621,7 +621,7 @@ impl ConnectorMarks {
             .list_audit(Some(tenant), 1000)
             .await?
             .into_iter()
-            .filter(|e| e.action == crate::abuse::auth::AUDIT_ACTION && e.at >= since)
+            .filter(|e| e.action == relayward_policy::auth::LOCKOUT_AUDIT_ACTION && e.at >= since)
             .filter_map(|e| e.object.strip_prefix("connector ")?.parse().ok())
             .collect();
         Ok(ConnectorMarks {
@@ -956,7 +956,10 @@ pub async fn connector(config: &Config, cmd: ConnectorCmd) -> Result<()> {
             let cert_name = a
                 .cert_name
                 .as_deref()
-                .map(normalize_domain)
+                .map(|n| match n.trim().strip_prefix("*.") {
+                    Some(rest) => normalize_domain(rest).map(|d| format!("*.{d}")),
+                    None => normalize_domain(n),
+                })
                 .transpose()
                 .map_err(|e| anyhow!("--cert-name: {e}"))?;
             if ip_ranges.is_empty() && cert_name.is_none() && a.auth_user.is_none() {
@@ -1191,6 +1194,103 @@ pub async fn queue(config: &Config, cmd: QueueCmd) -> Result<()> {
     Ok(())
 }
 
+/// `relayward diagnose`: the decision the relay would take right now for this client and
+/// transaction, step by step, with the exact reply.
+#[derive(Args, Debug)]
+pub struct DiagnoseArgs {
+    /// The client's address
+    #[arg(long)]
+    pub ip: String,
+    /// Suppose a verified TLS client certificate with this name (implies --tls)
+    #[arg(long)]
+    pub cert_name: Option<String>,
+    /// Suppose SMTP AUTH succeeded as this user (implies --tls)
+    #[arg(long)]
+    pub auth_user: Option<String>,
+    /// Suppose the session is TLS
+    #[arg(long)]
+    pub tls: bool,
+    /// MAIL FROM (empty or <> for the null sender)
+    #[arg(long, allow_hyphen_values = true)]
+    pub from: String,
+    /// RCPT TO (repeat for several)
+    #[arg(long = "to", required = true)]
+    pub to: Vec<String>,
+    /// The header From address
+    #[arg(long)]
+    pub header_from: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DiagnoseArgs {
+    pub fn request(&self) -> relayward_admin::DiagnoseRequest {
+        relayward_admin::DiagnoseRequest {
+            ip: self.ip.clone(),
+            cert_name: self.cert_name.clone(),
+            auth_user: self.auth_user.clone(),
+            tls: self.tls,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            header_from: self.header_from.clone(),
+        }
+    }
+}
+
+/// On the local store: its directory and standing sender restrictions (a running relay's
+/// counters are not visible from here; `--server` asks the relay itself).
+pub async fn diagnose(config: &Config, a: DiagnoseArgs) -> Result<()> {
+    let store = open_store(config).await?;
+    let dir = relayward_policy::Directory::new(store.load_directory().await?);
+    let q = relayward_admin::diagnose_question(&dir, &a.request()).map_err(|e| {
+        anyhow!(
+            "--{}: {}",
+            e.field().unwrap_or("input").replace('_', "-"),
+            e.detail()
+        )
+    })?;
+    let now_ms = relayward_core::now() * 1000;
+    let restricted: std::collections::HashSet<(relayward_core::TenantId, String)> = store
+        .list_sender_restrictions(None, now_ms, None)
+        .await?
+        .into_iter()
+        .map(|r| (r.tenant_id, r.sender))
+        .collect();
+    let limits = |tenant, sender: &relayward_core::Address| {
+        let key = relayward_policy::counters::sender_key(sender);
+        if restricted.contains(&(tenant, key)) {
+            Err(relayward_core::reply::SENDER_RESTRICTED)
+        } else {
+            Ok(())
+        }
+    };
+    let d = relayward_policy::diagnose::diagnose(&dir, &q, &limits);
+    print_diagnosis(&relayward_admin::DiagnosisView::from_diagnosis(&d), a.json)
+}
+
+pub fn print_diagnosis(v: &relayward_admin::DiagnosisView, json: bool) -> Result<()> {
+    if json {
+        return print_json(v);
+    }
+    let rows = v
+        .steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.step.clone(),
+                if s.passed { "ok" } else { "REFUSED" }.to_string(),
+                s.detail.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table::print(&["STEP", "RESULT", "DETAIL"], &rows);
+    println!("\nreply at {}: {}", v.at, v.reply);
+    if let Some(e) = &v.explanation {
+        println!("why: {e}");
+    }
+    Ok(())
+}
+
 #[derive(Args, Debug)]
 pub struct TraceArgs {
     #[arg(long)]
@@ -1247,10 +1347,13 @@ pub async fn trace(config: &Config, a: TraceArgs) -> Result<()> {
                 e.queue_id.clone().unwrap_or_default(),
                 e.sender.clone().unwrap_or_default(),
                 e.recipient.clone().unwrap_or_default(),
-                e.reply
-                    .clone()
-                    .or_else(|| e.detail.clone())
-                    .unwrap_or_default(),
+                match (&e.reply, &e.detail) {
+                    (Some(r), Some(d)) if e.kind == relayward_core::TraceKind::Refused => {
+                        format!("{r} ({d})")
+                    }
+                    (Some(r), _) => r.clone(),
+                    (None, d) => d.clone().unwrap_or_default(),
+                },
             ]
         })
         .collect::<Vec<_>>();

@@ -53,6 +53,8 @@ enum Command {
     Trace(cli::TraceArgs),
     /// Audit log of administrative changes
     Audit(cli::AuditArgs),
+    /// The decision the relay would take right now for a client and transaction, step by step
+    Diagnose(cli::DiagnoseArgs),
     /// Senders restricted by the per-sender limits
     #[command(subcommand)]
     Sender(cli::SenderCmd),
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
                 Command::Queue(c) => r.queue(c).await,
                 Command::Trace(a) => r.trace(a).await,
                 Command::Audit(a) => r.audit(a).await,
+                Command::Diagnose(a) => r.diagnose(a).await,
                 Command::Sender(c) => r.sender(c).await,
                 Command::Token(c) => r.token(c).await,
                 Command::Srs(_) => Err(anyhow::anyhow!(
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             Command::Queue(c) => cli::queue(&config, c).await,
             Command::Trace(a) => cli::trace(&config, a).await,
             Command::Audit(a) => cli::audit(&config, a).await,
+            Command::Diagnose(a) => cli::diagnose(&config, a).await,
             Command::Sender(c) => cli::sender(&config, c).await,
             Command::Token(c) => cli::remote::token(&config, c).await,
             Command::Srs(c) => relayward::forwarding::srs_command(&config, c).await,

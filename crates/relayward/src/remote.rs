@@ -292,6 +292,15 @@ impl Remote {
         self.call(Method::POST, path, &[], body).await
     }
 
+    /// `relayward diagnose` through the API: the running relay's own answer.
+    pub async fn diagnose(&self, a: super::DiagnoseArgs) -> Result<()> {
+        let body = serde_json::to_value(a.request())?;
+        let v = self.post(&["v1", "diagnose"], body).await?;
+        let view: relayward_admin::DiagnosisView = serde_json::from_value(v)
+            .map_err(|e| anyhow!("the admin API answered an unexpected diagnosis: {e}"))?;
+        super::print_diagnosis(&view, a.json)
+    }
+
     /// The id of tenant `name_or_id` as this token may see it. A tenant-admin token cannot
     /// list tenants: its own is the only one it can name.
     async fn tenant_id(&self, name_or_id: &str) -> Result<i64> {

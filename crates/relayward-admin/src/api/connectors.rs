@@ -43,13 +43,34 @@ pub struct ConnectorAudit {
     pub unused_30_days: bool,
     /// Carried mail from unregistered senders in the last 24 hours.
     pub unregistered_mail_24h: bool,
+    /// Its certificate name is under no verified accepted domain of the tenant: it does not
+    /// recognise servers by certificate until one is verified (clears by itself then).
+    pub cert_name_unverified: bool,
+    /// Its AUTH was locked for repeated password failures in the last 24 hours.
+    pub auth_lockout_24h: bool,
     /// How many such messages.
     pub unregistered_messages_24h: u64,
     /// The names of the flags that are set, for display.
     pub flags: Vec<String>,
 }
 
-fn audit_flags(c: &Connector, now: Timestamp, unregistered: u64) -> ConnectorAudit {
+/// What a connector's audit flags are computed from, besides the connector itself.
+#[derive(Debug, Default, Clone)]
+struct AuditFacts {
+    /// Unregistered messages of the last 24 h, per connector.
+    unregistered: HashMap<ConnectorId, u64>,
+    /// The tenant's verified accepted domains.
+    verified: Vec<String>,
+    /// Connectors whose AUTH was locked in the last 24 h.
+    auth_locked: std::collections::HashSet<ConnectorId>,
+}
+
+fn audit_flags(c: &Connector, now: Timestamp, facts: &AuditFacts) -> ConnectorAudit {
+    let unregistered = facts.unregistered.get(&c.id).copied().unwrap_or(0);
+    let cert_name_unverified = c.cert_name.as_deref().is_some_and(|n| {
+        !relayward_policy::cert_name::covered(n, facts.verified.iter().map(String::as_str))
+    });
+    let auth_lockout_24h = facts.auth_locked.contains(&c.id);
     let recently_changed = now - c.created_at < RECENT_SECS || now - c.updated_at < RECENT_SECS;
     let wide_ip_range = c.ip_ranges.iter().any(|r| match r {
         IpNet::V4(n) => n.prefix_len() < WIDE_V4_PREFIX,
@@ -64,6 +85,8 @@ fn audit_flags(c: &Connector, now: Timestamp, unregistered: u64) -> ConnectorAud
         (no_certificate, "no_certificate"),
         (unused_30_days, "unused_30_days"),
         (unregistered_mail_24h, "unregistered_mail_24h"),
+        (cert_name_unverified, "cert_name_unverified"),
+        (auth_lockout_24h, "auth_lockout_24h"),
     ]
     .iter()
     .filter(|(on, _)| *on)
@@ -76,6 +99,8 @@ fn audit_flags(c: &Connector, now: Timestamp, unregistered: u64) -> ConnectorAud
         unused_30_days,
         unregistered_mail_24h,
         unregistered_messages_24h: unregistered,
+        cert_name_unverified,
+        auth_lockout_24h,
         flags,
     }
 }
@@ -107,9 +132,13 @@ pub struct ConnectorView {
     pub updated_by: String,
     pub last_used_at: Option<i64>,
     pub audit: ConnectorAudit,
+    /// Said once, in the answer to the change that caused it (e.g. a certificate name under no
+    /// verified accepted domain yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
-fn view(c: &Connector, now: Timestamp, unregistered: u64) -> ConnectorView {
+fn view(c: &Connector, now: Timestamp, facts: &AuditFacts) -> ConnectorView {
     ConnectorView {
         id: c.id,
         tenant_id: c.tenant_id,
@@ -130,27 +159,94 @@ fn view(c: &Connector, now: Timestamp, unregistered: u64) -> ConnectorView {
         updated_at: c.updated_at,
         updated_by: c.updated_by.clone(),
         last_used_at: c.last_used_at,
-        audit: audit_flags(c, now, unregistered),
+        audit: audit_flags(c, now, facts),
+        warnings: Vec::new(),
     }
 }
 
-/// Unregistered messages of the last 24 hours, per connector of `tenant`.
-async fn unregistered_counts(
-    state: &AppState,
-    tenant: TenantId,
-) -> ApiResult<HashMap<ConnectorId, u64>> {
-    let since_ms = (now() - DAY_SECS) * 1000;
-    Ok(state
+/// The audit facts of `tenant`'s connectors, read from the store.
+async fn audit_facts(state: &AppState, tenant: TenantId) -> ApiResult<AuditFacts> {
+    let since = now() - DAY_SECS;
+    let unregistered = state
         .store()
-        .count_received_by_connector(tenant, SenderClass::Unregistered, since_ms)
+        .count_received_by_connector(tenant, SenderClass::Unregistered, since * 1000)
         .await?
         .into_iter()
-        .collect())
+        .collect();
+    let verified = state
+        .store()
+        .list_domains(Some(tenant))
+        .await?
+        .into_iter()
+        .filter(|d| d.verified)
+        .map(|d| d.domain)
+        .collect();
+    let auth_locked = state
+        .store()
+        .list_audit(Some(tenant), 1000)
+        .await?
+        .into_iter()
+        .filter(|e| e.action == relayward_policy::auth::LOCKOUT_AUDIT_ACTION && e.at >= since)
+        .filter_map(|e| e.object.strip_prefix("connector ")?.parse().ok())
+        .collect();
+    Ok(AuditFacts {
+        unregistered,
+        verified,
+        auth_locked,
+    })
 }
 
 async fn view_one(state: &AppState, c: &Connector) -> ApiResult<ConnectorView> {
-    let counts = unregistered_counts(state, c.tenant_id).await?;
-    Ok(view(c, now(), counts.get(&c.id).copied().unwrap_or(0)))
+    let facts = audit_facts(state, c.tenant_id).await?;
+    Ok(view(c, now(), &facts))
+}
+
+/// A certificate name as given: lowercase, a DNS name (IDN as A-labels) or `*.` and one.
+fn cert_name(input: &str) -> ApiResult<String> {
+    let trimmed = input.trim();
+    let (wild, rest) = match trimmed.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, trimmed),
+    };
+    let base = validate::domain("cert_name", rest)?;
+    let name = if wild { format!("*.{base}") } else { base };
+    relayward_policy::cert_name::validate(&name).map_err(|e| ApiError::invalid("cert_name", e))?;
+    Ok(name)
+}
+
+/// Refuses a certificate name another tenant has (409); the warning to give when it is under
+/// no verified accepted domain of the tenant yet.
+async fn claim_cert_name(
+    state: &AppState,
+    tenant: TenantId,
+    name: &str,
+    except: Option<ConnectorId>,
+) -> ApiResult<Option<String>> {
+    use relayward_policy::cert_name::{check_claim, Claim};
+    let dir = match state.control().directory() {
+        Some(d) => d,
+        None => std::sync::Arc::new(relayward_policy::Directory::new(
+            state.store().load_directory().await?,
+        )),
+    };
+    match check_claim(&dir, tenant, name, except) {
+        Claim::Conflict(why) => Err(ApiError::conflict(why).with_field("cert_name")),
+        // The live snapshot may trail a verification by a poll interval: ask the store.
+        Claim::Uncovered(w) => {
+            let verified: Vec<String> = state
+                .store()
+                .list_domains(Some(tenant))
+                .await?
+                .into_iter()
+                .filter(|d| d.verified)
+                .map(|d| d.domain)
+                .collect();
+            let covered =
+                relayward_policy::cert_name::covered(name, verified.iter().map(String::as_str));
+            Ok((!covered).then_some(w))
+        }
+        Claim::Covered => Ok(None),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -310,13 +406,10 @@ pub(crate) async fn list(
 ) -> ApiResult<Json<Vec<ConnectorView>>> {
     let tenant = tenant_for(&state, &caller, tenant_id).await?;
     let connectors = state.store().list_connectors(Some(tenant.id)).await?;
-    let counts = unregistered_counts(&state, tenant.id).await?;
+    let facts = audit_facts(&state, tenant.id).await?;
     let at = now();
     Ok(Json(
-        connectors
-            .iter()
-            .map(|c| view(c, at, counts.get(&c.id).copied().unwrap_or(0)))
-            .collect(),
+        connectors.iter().map(|c| view(c, at, &facts)).collect(),
     ))
 }
 
@@ -344,11 +437,7 @@ pub(crate) async fn create(
     let name = validate::text("name", &body.name, NAME_MAX)?;
     let kind = validate::connector_kind("kind", &body.kind)?;
     let ip_ranges = parse_ranges(&body.ip_ranges)?;
-    let cert_name = body
-        .cert_name
-        .as_deref()
-        .map(|c| validate::domain("cert_name", c))
-        .transpose()?;
+    let cert_name = body.cert_name.as_deref().map(cert_name).transpose()?;
     let auth_user = body
         .auth_user
         .as_deref()
@@ -381,6 +470,10 @@ pub(crate) async fn create(
         last_used_at: None,
     };
     check_consistent(&proposed)?;
+    let warning = match &cert_name {
+        Some(n) => claim_cert_name(&state, tenant.id, n, None).await?,
+        None => None,
+    };
     let auth_password_hash = match &body.auth_password {
         Some(p) => Some(hash_password("auth_password", p).await?),
         None => None,
@@ -405,11 +498,9 @@ pub(crate) async fn create(
         )
         .await?;
     let location = format!("/v1/tenants/{}/connectors/{}", tenant.id, c.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(view(&c, now(), 0)),
-    ))
+    let mut v = view_one(&state, &c).await?;
+    v.warnings.extend(warning);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(v)))
 }
 
 #[utoipa::path(
@@ -471,10 +562,7 @@ pub(crate) async fn change(
         c.ip_ranges = parse_ranges(ranges)?;
     }
     if let Some(cert) = &body.cert_name {
-        c.cert_name = cert
-            .as_deref()
-            .map(|n| validate::domain("cert_name", n))
-            .transpose()?;
+        c.cert_name = cert.as_deref().map(cert_name).transpose()?;
     }
     match &body.auth_user {
         Some(Some(user)) => c.auth_user = Some(validate::auth_user("auth_user", user)?),
@@ -510,6 +598,12 @@ pub(crate) async fn change(
         }
     }
     check_consistent(&c)?;
+    let warning = match &c.cert_name {
+        Some(n) if c.cert_name != old.cert_name => {
+            claim_cert_name(&state, c.tenant_id, n, Some(c.id)).await?
+        }
+        _ => None,
+    };
     if let Some(p) = &body.auth_password {
         c.auth_password_hash = Some(hash_password("auth_password", p).await?);
     }
@@ -518,7 +612,9 @@ pub(crate) async fn change(
     }
     state.store().update_connector(&c, &caller.actor()).await?;
     let c = connector_for(&state, &caller, tenant_id, id).await?;
-    Ok(Json(view_one(&state, &c).await?))
+    let mut v = view_one(&state, &c).await?;
+    v.warnings.extend(warning);
+    Ok(Json(v))
 }
 
 async fn set_enabled(
@@ -643,18 +739,26 @@ mod tests {
         let mut c = connector(&["192.0.2.0/24", "2001:db8::/48"]);
         c.last_used_at = Some(now - DAY_SECS);
         c.cert_name = Some("mail.example".into());
-        let a = audit_flags(&c, now, 0);
+        let mut facts = AuditFacts {
+            verified: vec!["example".into()],
+            ..AuditFacts::default()
+        };
+        let a = audit_flags(&c, now, &facts);
         assert_eq!(a, ConnectorAudit::default());
+        facts.verified.clear();
+        assert_eq!(audit_flags(&c, now, &facts).flags, ["cert_name_unverified"]);
 
         c.ip_ranges = vec!["192.0.0.0/23".parse().unwrap()];
-        assert!(audit_flags(&c, now, 0).wide_ip_range);
+        assert!(audit_flags(&c, now, &facts).wide_ip_range);
         c.ip_ranges = vec!["2001:db8::/47".parse().unwrap()];
-        assert!(audit_flags(&c, now, 0).wide_ip_range);
+        assert!(audit_flags(&c, now, &facts).wide_ip_range);
 
         c.updated_at = now - 6 * DAY_SECS;
         c.cert_name = None;
         c.last_used_at = Some(now - 30 * DAY_SECS);
-        let a = audit_flags(&c, now, 3);
+        facts.unregistered.insert(c.id, 3);
+        facts.auth_locked.insert(c.id);
+        let a = audit_flags(&c, now, &facts);
         assert_eq!(
             a.flags,
             [
@@ -662,7 +766,8 @@ mod tests {
                 "wide_ip_range",
                 "no_certificate",
                 "unused_30_days",
-                "unregistered_mail_24h"
+                "unregistered_mail_24h",
+                "auth_lockout_24h"
             ]
         );
         assert_eq!(a.unregistered_messages_24h, 3);
@@ -670,6 +775,6 @@ mod tests {
         // Never used: counted from creation.
         c.last_used_at = None;
         c.created_at = now - 29 * DAY_SECS;
-        assert!(!audit_flags(&c, now, 0).unused_30_days);
+        assert!(!audit_flags(&c, now, &facts).unused_30_days);
     }
 }

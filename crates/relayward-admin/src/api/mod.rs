@@ -3,6 +3,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod connectors;
+pub mod diagnose;
 pub(crate) mod domains;
 pub(crate) mod me;
 pub(crate) mod queue;
@@ -24,6 +25,7 @@ pub(crate) fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     vec![
         (M::GET, "/openapi.json", get(crate::openapi::document)),
         (M::GET, "/v1/me", get(me::show)),
+        (M::POST, "/v1/diagnose", post(diagnose::post_diagnose)),
         (M::GET, "/v1/tenants", get(tenants::list)),
         (M::POST, "/v1/tenants", post(tenants::create)),
         (M::GET, "/v1/tenants/{tenant_id}", get(tenants::show)),

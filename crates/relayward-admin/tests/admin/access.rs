@@ -96,6 +96,9 @@ fn cases() -> Vec<Case> {
     vec![
         case(M::GET, "/openapi.json", [200, 200, 200, 200]),
         case(M::GET, "/v1/me", [200, 200, 200, 401]),
+        case(M::POST, "/v1/diagnose", [200, 200, 200, 401]).body(json!({
+            "ip": "192.0.2.1", "from": "x@a.example", "to": ["r@dest.example"]
+        })),
         case(M::GET, "/v1/tenants", [200, 403, 403, 401]),
         case(M::POST, "/v1/tenants", [201, 403, 403, 401]).body(tenant),
         case(M::GET, "/v1/tenants/{tenant_id}", [200, 200, 404, 401]),

@@ -5,7 +5,7 @@ use relayward_store::Store;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::common::Api;
+use crate::common::{Api, Resp};
 
 const DAY: i64 = 86_400;
 
@@ -40,7 +40,14 @@ async fn audit_flags() {
         r.body["created_by"],
         format!("token:{}/tenant:{a}", api.a_admin.id)
     );
-    assert_eq!(flags(&r.body), ["recently_changed"]);
+    // Its certificate name is under no verified domain of the tenant yet: said and flagged.
+    assert_eq!(flags(&r.body), ["recently_changed", "cert_name_unverified"]);
+    let warning = r.body["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("under no verified accepted domain"),
+        "{}",
+        r.text
+    );
     let narrow = r.body["id"].as_i64().unwrap();
 
     // Wide ranges, no certificate.
@@ -226,4 +233,60 @@ async fn change_disable_delete() {
     assert_eq!(entry.action, "connector.delete");
     api.get(&one, &tok).await.assert_problem(404);
     api.stop().await;
+}
+
+#[tokio::test]
+async fn certificate_names_of_another_tenant_are_refused_and_diagnose_is_scoped() {
+    let api = Api::start().await;
+    let (a, b) = (api.a.id, api.b.id);
+    api.add_domain(a, "contoso.example", true).await;
+    let r = post(&api, a, "hybrid", "*.contoso.example").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(r.body.get("warnings").is_none(), "{}", r.text);
+    assert!(!flags(&r.body).contains(&"cert_name_unverified".to_string()));
+    for cert in [
+        "mail.contoso.example",
+        "*.contoso.example",
+        "contoso.example",
+    ] {
+        let r = post(&api, b, "steal", cert).await;
+        assert_eq!(r.status, 409, "{cert}: {}", r.text);
+        assert_eq!(r.body["field"], "cert_name", "{}", r.text);
+    }
+    let r = post(&api, b, "bad", "m*.fabrikam.example").await;
+    assert_eq!(r.status, 422, "{}", r.text);
+
+    // diagnose: the owner sees the steps, another tenant's admin only the reply.
+    let ask = json!({"ip": "192.0.2.1", "cert_name": "mail.contoso.example",
+                     "from": "x@contoso.example", "to": ["r@dest.example"]});
+    let r = api
+        .post("/v1/diagnose", &api.a_admin.token, ask.clone())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["method"], "certificate", "{}", r.text);
+    assert_eq!(r.body["at"], "DATA");
+    assert!(r.body["reply"].as_str().unwrap().starts_with("250 2.0.0"));
+    let r = api.post("/v1/diagnose", &api.b_admin.token, ask).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["tenant_id"].is_null() && r.body["explanation"].is_null());
+    assert_eq!(r.body["steps"].as_array().unwrap().len(), 1);
+    let r = api
+        .post(
+            "/v1/diagnose",
+            &api.a_admin.token,
+            json!({"ip": "not-an-ip", "from": "", "to": ["r@dest.example"]}),
+        )
+        .await;
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("ip")));
+}
+
+async fn post(api: &Api, tenant: i64, name: &str, cert: &str) -> Resp {
+    let body = json!({"name": name, "kind": "on-premises", "cert_name": cert});
+    let path = format!("/v1/tenants/{tenant}/connectors");
+    let tok = if tenant == api.a.id {
+        &api.a_admin.token
+    } else {
+        &api.b_admin.token
+    };
+    api.post(&path, tok, body).await
 }

@@ -190,6 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match found {
             Some((id, true, _)) if ok => {
                 st.facts.auth_connector = Some(id);
+                st.facts.auth_user_tried = None;
                 st.auth_user = Some(user);
                 st.reattribute();
                 st.reply(&reply::AUTH_OK);
@@ -201,6 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Some(_) => "wrong_password",
                 };
                 let user = printable(&user);
+                st.facts.auth_user_tried = Some(user.clone());
                 let detail = format!("reason=auth_failed ({why}) user={user}");
                 tracing::info!(client_ip = %st.ip, user = %user, why, "AUTH failed");
                 st.refuse(&reply::AUTH_INVALID, None, None, Some(detail));

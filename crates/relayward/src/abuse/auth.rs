@@ -7,8 +7,7 @@ use serde_json::json;
 use super::alerts::{self, Alert};
 use super::Abuse;
 
-/// The audit action of a lockout; `connector list` flags connectors with one in the last 24 h.
-pub const AUDIT_ACTION: &str = "auth.lockout";
+use relayward_policy::auth::LOCKOUT_AUDIT_ACTION as AUDIT_ACTION;
 
 impl Abuse {
     /// Audit and alert one lockout. Never carries a password: the SMTP layer has none to give.

@@ -748,6 +748,21 @@ impl Abuse {
     // -----------------------------------------------------------------------------------------
     // Sender limits
 
+    /// The per-sender limits' verdict for one more message from `sender`, without counting it
+    /// or restricting anyone (for `diagnose`).
+    pub fn peek_sender(&self, tenant: TenantId, sender: &Address) -> Result<(), Reply> {
+        match self.limiter.check_sender(self.now_ms(), tenant, sender, 1) {
+            SenderDecision::Allow => Ok(()),
+            SenderDecision::Restrict { .. } => Err(reply::SENDER_RESTRICTED),
+            SenderDecision::Alert { .. } => Ok(()),
+        }
+    }
+
+    /// The live directory snapshot.
+    pub fn directory(&self) -> Arc<relayward_policy::Directory> {
+        self.directory.current()
+    }
+
     fn check_sender(
         &self,
         tenant: TenantId,
