@@ -21,7 +21,27 @@ struct Request {
     id: QueueId,
     envelope: Envelope,
     body: Vec<u8>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// Why a message could not be stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// The spool's file system is full: nothing was kept; retry when space returns.
+    #[error("insufficient storage: {0}")]
+    StorageFull(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<&SpoolError> for CommitError {
+    fn from(e: &SpoolError) -> Self {
+        if e.is_storage_full() {
+            CommitError::StorageFull(e.to_string())
+        } else {
+            CommitError::Failed(e.to_string())
+        }
+    }
 }
 
 pub struct GroupCommitter {
@@ -47,7 +67,7 @@ impl GroupCommitter {
         id: QueueId,
         envelope: Envelope,
         body: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommitError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Request {
@@ -56,9 +76,9 @@ impl GroupCommitter {
                 body,
                 done,
             })
-            .map_err(|_| "spool writer stopped".to_string())?;
+            .map_err(|_| CommitError::Failed("spool writer stopped".to_string()))?;
         wait.await
-            .unwrap_or_else(|_| Err("spool writer stopped".to_string()))
+            .unwrap_or_else(|_| Err(CommitError::Failed("spool writer stopped".to_string())))
     }
 }
 
@@ -87,7 +107,7 @@ fn run(spool: &Spool, rx: &Mutex<mpsc::Receiver<Request>>) {
                     .map(|r| (&r.id, &r.envelope, r.body.as_slice())),
             )
         };
-        let result = result.map_err(|e| e.to_string());
+        let result = result.map_err(|e| CommitError::from(&e));
         for r in batch.drain(..) {
             let _ = r.done.send(result.clone());
         }

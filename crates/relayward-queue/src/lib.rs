@@ -19,7 +19,7 @@ pub mod scheduler;
 pub mod spool;
 pub mod srs;
 
-pub use commit::GroupCommitter;
+pub use commit::{CommitError, GroupCommitter};
 pub use config::{DeliveryConfig, TenantRoute};
 pub use control::{admin, apply_offline, request_control, AdminOutcome, ControlOp, DeliveryError};
 pub use scheduler::{DeliveryEvents, NoEvents, Scheduler};

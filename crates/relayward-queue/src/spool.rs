@@ -119,6 +119,29 @@ pub enum SpoolError {
     Task(String),
 }
 
+impl SpoolError {
+    /// The file system is full (or the quota reached): the client should retry later, which
+    /// RFC 3463's 4.3.1 says; anything else is a local problem (4.3.0).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            SpoolError::Io { source, .. } => {
+                source.kind() == io::ErrorKind::StorageFull
+                    || matches!(
+                        source.raw_os_error(),
+                        Some(libc_enospc::ENOSPC | libc_enospc::EDQUOT)
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// errno values for a full file system (Linux), without a libc dependency for two numbers.
+mod libc_enospc {
+    pub const ENOSPC: i32 = 28;
+    pub const EDQUOT: i32 = 122;
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),

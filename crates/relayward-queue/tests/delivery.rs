@@ -166,6 +166,31 @@ async fn dns_failure_defers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_resolver_down_defers_never_bounces() {
+    let s = sinks(&[2]).await;
+    let dns = DnsServer::start().await;
+    let mut cfg = config(&dns, s[0].addr().port());
+    // Nothing answers there: every query times out or is refused.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    cfg.dns_resolver = Some(dead.local_addr().unwrap());
+    drop(dead);
+    let relay = Relay::start(cfg);
+    let id = relay.send("alice@origin.test", &["bob@anywhere.test"], &body("dead"));
+    assert!(
+        wait_until(Duration::from_secs(40), || relay
+            .spool
+            .read_envelope(&id)
+            .map(|e| e.recipients[0].status == RecipientStatus::Deferred)
+            .unwrap_or(false))
+        .await
+    );
+    let e = relay.spool.read_envelope(&id).unwrap();
+    let reply = e.recipients[0].last_reply.clone().unwrap();
+    assert!(reply.starts_with("451 4.4.3"), "{reply}");
+    assert_eq!(relay.events.count(TraceKind::Bounced), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smart_host_receives_everything() {
     let s = sinks(&[3]).await;
     let dns = DnsServer::start().await;

@@ -178,12 +178,32 @@ pub struct IncomingMessage {
     pub data: Vec<u8>,
 }
 
+/// Why a message could not be queued; the reply follows from it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EnqueueError {
+    /// No space left for the message: `452 4.3.1`. Nothing was kept.
+    #[error("insufficient storage: {0}")]
+    StorageFull(String),
+    /// Anything else: `451 4.3.0`. Nothing was kept.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl EnqueueError {
+    pub fn reply(&self) -> Reply {
+        match self {
+            EnqueueError::StorageFull(_) => relayward_core::reply::STORAGE_FULL,
+            EnqueueError::Unavailable(_) => relayward_core::reply::LOCAL_PROBLEM,
+        }
+    }
+}
+
 /// Where accepted messages go (the spool).
 #[async_trait]
 pub trait MessageSink: Send + Sync + 'static {
     fn new_queue_id(&self) -> String;
     /// Ok only once the message is durably on disk (the caller then answers 250).
-    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), String>;
+    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), EnqueueError>;
 }
 
 /// Trace and usage events. Must not block: the binary batches them.

@@ -578,14 +578,15 @@ impl MessageSink for SpoolSink {
         self.spool.new_queue_id().to_string()
     }
 
-    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), String> {
+    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), relayward_smtp::EnqueueError> {
+        use relayward_smtp::EnqueueError;
         let accepted = self.abuse.as_ref().map(|_| AcceptedMessage::of(&msg));
         let now = relayward_core::now();
         let mut envelope = Envelope {
             queue_id: msg
                 .queue_id
                 .parse()
-                .map_err(|e| format!("bad queue id: {e}"))?,
+                .map_err(|e| EnqueueError::Unavailable(format!("bad queue id: {e}")))?,
             received_at: msg.received_at,
             tenant_id: Some(msg.tenant_id),
             connector_id: Some(msg.connector_id),
@@ -624,7 +625,13 @@ impl MessageSink for SpoolSink {
             None => None,
         };
         let id = envelope.queue_id;
-        self.commit.store(id, envelope, data).await?;
+        self.commit
+            .store(id, envelope, data)
+            .await
+            .map_err(|e| match e {
+                relayward_queue::CommitError::StorageFull(e) => EnqueueError::StorageFull(e),
+                relayward_queue::CommitError::Failed(e) => EnqueueError::Unavailable(e),
+            })?;
         if let Some((f, ev)) = forwarded {
             f.trace(ev);
         }

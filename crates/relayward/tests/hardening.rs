@@ -401,3 +401,324 @@ fn password_guessing_is_locked_out_audited_and_alerted() {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resource faults.
+
+/// A small tmpfs mounted over the relay's spool directory (needs root, as CI runs).
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(path: &std::path::Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallFs(path.to_path_buf()));
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount a tmpfs (CI runs as root)"
+        );
+        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        None
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `dir` to the last byte.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&chunk[..1]).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[test]
+fn disk_full_answers_452_keeps_nothing_and_recovers() {
+    let mut relay =
+        Relay::new("[delivery]\nsmart_host = \"127.0.0.1:9\"\nretry_schedule_secs = [3600]\n");
+    provision_acme(&relay);
+    let spool = relay.data_dir().join("spool");
+    let Some(_fs) = SmallFs::mount(&spool, "4m") else {
+        return;
+    };
+    relay.start();
+    let body = format!(
+        "From: <user@acme.example>\r\nSubject: big\r\n\r\n{}",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(1000)
+    );
+    let mut c = common::Client::connect(relay.addr);
+    c.cmd("EHLO client.test");
+    let filler = fill(&spool);
+    let r = c.send("user@acme.example", &["rcpt@dest.example"], &body);
+    assert_eq!(
+        r,
+        "452 4.3.1 Insufficient system storage",
+        "{}",
+        relay.log()
+    );
+    // Nothing half-written is left behind, and nothing is queued.
+    let leftovers: Vec<_> = walk(&spool)
+        .into_iter()
+        .filter(|p| p != &filler && p.is_file() && !p.ends_with("lock"))
+        .collect();
+    let queue = relay.ok(&["queue", "list", "--json"]);
+    assert!(!queue.contains("user@acme.example"), "{queue}");
+    // Space returns: the very next message is accepted, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let r = c.send("user@acme.example", &["rcpt@dest.example"], &body);
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert!(
+        leftovers
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("/tmp/")),
+        "left in the spool's tmp: {leftovers:?}"
+    );
+    let trace = relay.ok(&["trace", "--tenant", "acme", "--json"]);
+    assert!(trace.contains("reason=storage_full"), "{trace}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn store_locked_the_relay_keeps_accepting_on_its_directory() {
+    let mut relay =
+        Relay::new("[delivery]\nsmart_host = \"127.0.0.1:9\"\nretry_schedule_secs = [3600]\n");
+    provision_acme(&relay);
+    relay.start();
+    let db = relay.data_dir().join("relayward.db");
+    // Another process holds the database's write lock for the whole session.
+    let mut locker = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(30)\n")
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let mut c = common::Client::connect(relay.addr);
+    c.cmd("EHLO client.test");
+    for i in 0..3 {
+        let r = c.send(
+            "user@acme.example",
+            &["rcpt@dest.example"],
+            &common::message(
+                "user@acme.example",
+                "rcpt@dest.example",
+                &format!("locked{i}"),
+            ),
+        );
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+    }
+    // Attribution and the relay rule still answer from memory.
+    assert!(c
+        .cmd("MAIL FROM:<x@unregistered.example>")
+        .starts_with("550 5.7.64"));
+    let _ = locker.kill();
+    let _ = locker.wait();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets stay secret.
+
+/// AUTH (right and wrong), admin API calls (right and wrong token, a connector password set),
+/// an SRS-rewritten message and a DKIM-signed one, all at debug log level; then every secret is
+/// looked for in everything the relay wrote or answered.
+const SECRETS_CLIENT: &str = r#"
+import json, smtplib, ssl, sys, urllib.request
+port, api, token, smtp_pw, wrong_pw, api_pw = sys.argv[1:7]
+seen = []
+for pw in (smtp_pw, wrong_pw):
+    s = smtplib.SMTP("127.0.0.1", int(port), timeout=20)
+    s.starttls(context=ssl._create_unverified_context())
+    s.ehlo("printer.test")
+    s.user, s.password = "printer", pw
+    try:
+        seen.append(repr(s.auth("PLAIN", s.auth_plain)))
+        seen.append(repr(s.sendmail("user@acme.example", ["rcpt@dest.example"],
+            "From: <user@acme.example>\r\nSubject: signed\r\n\r\nhi\r\n")))
+    except smtplib.SMTPException as e:
+        seen.append(repr(e))
+    s.quit()
+s = smtplib.SMTP("127.0.0.1", int(port), source_address=("127.0.0.2", 0), timeout=20)
+s.ehlo("fwd.test")
+seen.append(repr(s.sendmail("someone@outside.example", ["rcpt@dest.example"],
+    "From: <someone@outside.example>\r\nSubject: fwd\r\n\r\nhi\r\n")))
+s.quit()
+def call(method, path, tok, body=None):
+    req = urllib.request.Request(api + path, method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+seen.append(call("GET", "/v1/tenants", token))
+seen.append(call("GET", "/v1/tenants", token[:-4] + "XXXX"))
+seen.append(call("GET", "/v1/tenants", "rw_999_" + wrong_pw))
+seen.append(call("POST", "/v1/tenants/1/connectors", token,
+    {"name": "viaapi", "kind": "on-premises", "auth_user": "apiuser", "auth_password": api_pw}))
+seen.append(call("POST", "/v1/tenants/1/connectors", token,
+    {"name": "short", "kind": "on-premises", "auth_user": "shortuser", "auth_password": "x" + wrong_pw[:3]}))
+print(json.dumps(seen))
+"#;
+
+#[test]
+fn secrets_never_reach_logs_traces_replies_or_alerts() {
+    let pki = relayward_testkit::TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = pki.issue_server(&["relay.test"]);
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    std::fs::write(&cert, &server.chain_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    let tls_port = common::free_port();
+    let (hook, posts) = webhook_receiver();
+    const SRS_SECRET: &str = "srs-secret-Qx7pLm2Vw9";
+    const SMTP_PW: &str = "printer password Zk81Hq";
+    const WRONG_PW: &str = "wrong guess Pw55Jn";
+    const API_PW: &str = "api connector password Rt63Bv";
+    let mut relay = Relay::new(&format!(
+        "[delivery]\nsmart_host = \"127.0.0.1:9\"\nretry_schedule_secs = [3600]\n\n[srs]\ndomain = \"srs.relay.test\"\nsecrets = [\"{SRS_SECRET}\"]\n\n[alerts]\nwebhook_url = \"{hook}\"\nwebhook_secret = \"hook-secret-Hh44Ww\"\n\n[[listener]]\naddress = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    provision_acme(&relay);
+    relay.ok(&[
+        "connector",
+        "add",
+        "acme",
+        "--name",
+        "printers",
+        "--kind",
+        "on-premises",
+        "--auth-user",
+        "printer",
+        "--auth-password",
+        SMTP_PW,
+    ]);
+    relay.ok(&[
+        "connector",
+        "add",
+        "acme",
+        "--name",
+        "fwd",
+        "--kind",
+        "on-premises",
+        "--ip",
+        "127.0.0.2/32",
+        "--allow-unregistered",
+    ]);
+    relay.ok(&["domain", "dkim-key", "acme", "acme.example"]);
+    let token_out = relay.ok(&["token", "create", "--operator", "--label", "ops"]);
+    let token = token_out.lines().last().unwrap().trim().to_string();
+    let token_secret = token.splitn(3, '_').nth(2).unwrap().to_string();
+    assert!(token_secret.len() >= 16, "{token}");
+    let dkim_key: String = walk(&relay.data_dir().join("dkim"))
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|k| {
+            k.lines()
+                .filter(|l| !l.starts_with("-----") && l.len() > 20)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!dkim_key.is_empty(), "no DKIM key written");
+    relay.start_with_env(&[("RUST_LOG", "debug")]);
+    common::wait_for_port(
+        format!("127.0.0.1:{tls_port}").parse().unwrap(),
+        &relay.log_path(),
+    );
+    let api = format!("http://{}", relay.admin_addr);
+    let port = tls_port.to_string();
+    let Some(answers) = python(
+        SECRETS_CLIENT,
+        &[&port, &api, &token, SMTP_PW, WRONG_PW, API_PW],
+    ) else {
+        return;
+    };
+    assert!(answers.contains("235"), "{answers}");
+    assert!(answers.contains("viaapi"), "the API call worked: {answers}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut everything = vec![
+        ("answers", answers),
+        ("log", relay.log()),
+        ("trace", relay.ok(&["trace", "--limit", "1000", "--json"])),
+        ("audit", relay.ok(&["audit"])),
+        (
+            "connectors",
+            relay.ok(&["connector", "list", "acme", "--json"]),
+        ),
+        ("queue", relay.ok(&["queue", "list", "--json"])),
+        ("alerts", posts.lock().unwrap().join("\n")),
+    ];
+    // The spooled messages' envelopes (not their DKIM-signed bodies, which carry signatures).
+    for p in walk(&relay.data_dir().join("spool")) {
+        if p.extension().is_some_and(|e| e == "env" || e == "json") {
+            everything.push(("envelope", std::fs::read_to_string(&p).unwrap_or_default()));
+        }
+    }
+    assert!(
+        everything[1].1.contains("DEBUG"),
+        "the relay logged at debug level"
+    );
+    assert!(
+        everything[2].1.contains("srs: envelope sender rewritten"),
+        "the SRS secret was used: {}",
+        everything[2].1
+    );
+    let mut secrets = vec![
+        ("SMTP password", SMTP_PW.to_string()),
+        ("wrong password", WRONG_PW.to_string()),
+        ("API connector password", API_PW.to_string()),
+        ("token secret", token_secret),
+        ("SRS secret", SRS_SECRET.to_string()),
+        ("webhook secret", "hook-secret-Hh44Ww".to_string()),
+    ];
+    for line in dkim_key.lines() {
+        secrets.push(("DKIM private key", line.to_string()));
+    }
+    for (what, secret) in &secrets {
+        for (place, text) in &everything {
+            assert!(!text.contains(secret.as_str()), "{what} found in {place}");
+        }
+    }
+}

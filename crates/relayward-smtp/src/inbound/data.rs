@@ -412,7 +412,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Ok(Err(e)) => {
                 tracing::warn!(queue_id = %queue_id, error = %e, "enqueue failed");
-                refuse(st, &reply::LOCAL_PROBLEM, "enqueue failed");
+                let detail = match &e {
+                    crate::EnqueueError::StorageFull(_) => "reason=storage_full enqueue failed",
+                    crate::EnqueueError::Unavailable(_) => {
+                        "reason=spool_unavailable enqueue failed"
+                    }
+                };
+                refuse(st, &e.reply(), detail);
             }
             Err(_) => {
                 tracing::warn!(queue_id = %queue_id, "enqueue timed out");

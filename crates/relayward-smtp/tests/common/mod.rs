@@ -49,9 +49,11 @@ impl MessageSink for MemorySink {
     fn new_queue_id(&self) -> String {
         format!("Q{:06}", self.next.fetch_add(1, Ordering::Relaxed) + 1)
     }
-    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), String> {
+    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), relayward_smtp::EnqueueError> {
         if self.fail.load(Ordering::Relaxed) {
-            return Err("spool unavailable".into());
+            return Err(relayward_smtp::EnqueueError::Unavailable(
+                "spool unavailable".into(),
+            ));
         }
         self.messages.lock().unwrap().push(msg);
         Ok(())

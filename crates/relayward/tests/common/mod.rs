@@ -78,12 +78,18 @@ impl Relay {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// `start` with extra environment variables for the relay (e.g. `RUST_LOG`).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
         let child = Command::new(BIN)
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
