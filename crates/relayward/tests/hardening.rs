@@ -722,3 +722,116 @@ fn secrets_never_reach_logs_traces_replies_or_alerts() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS: certificates reloaded on SIGHUP and when their files change, sessions kept.
+
+/// Opens a STARTTLS session and prints the SHA-256 of the server certificate; with "hold",
+/// waits for a line on stdin, then sends NOOP on the same session and prints the reply.
+const TLS_PROBE: &str = r#"
+import hashlib, smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.starttls(context=ssl._create_unverified_context())
+print(hashlib.sha256(s.sock.getpeercert(binary_form=True)).hexdigest(), s.sock.version(), flush=True)
+if len(sys.argv) > 2:
+    sys.stdin.readline()
+    print(s.noop()[0], flush=True)
+s.quit()
+"#;
+
+fn sha256_hex(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn tls_certificates_reload_without_dropping_sessions() {
+    use std::io::{BufRead, Write};
+    let pki = relayward_testkit::TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    let install = |c: &relayward_testkit::IssuedCert| {
+        std::fs::write(&cert, &c.chain_pem).unwrap();
+        std::fs::write(&key, &c.key_pem).unwrap();
+    };
+    let (a, b, c) = (
+        pki.issue_server(&["a.relay.test"]),
+        pki.issue_server(&["b.relay.test"]),
+        pki.issue_server(&["c.relay.test"]),
+    );
+    install(&a);
+    let tls_port = common::free_port();
+    let mut relay = Relay::new(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    relay.start();
+    common::wait_for_port(
+        format!("127.0.0.1:{tls_port}").parse().unwrap(),
+        &relay.log_path(),
+    );
+    let port = tls_port.to_string();
+    let probe = || -> Option<String> {
+        let out = python(TLS_PROBE, &[&port])?;
+        Some(out.split_whitespace().next().unwrap().to_string())
+    };
+    let Some(first) = probe() else { return };
+    assert_eq!(first, sha256_hex(&a.cert_der()));
+    // A session opened before the change goes on after it.
+    let mut held = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(TLS_PROBE)
+        .args([port.as_str(), "hold"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut held_out = std::io::BufReader::new(held.stdout.take().unwrap());
+    let mut line = String::new();
+    held_out.read_line(&mut line).unwrap();
+    assert!(line.contains("TLSv1.3"), "TLS 1.3 negotiated: {line}");
+
+    // The files change: picked up within a few seconds.
+    install(&b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while probe().unwrap() != sha256_hex(&b.cert_der()) {
+        assert!(std::time::Instant::now() < deadline, "{}", relay.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    writeln!(held.stdin.as_mut().unwrap()).unwrap();
+    let mut noop = String::new();
+    held_out.read_line(&mut noop).unwrap();
+    assert_eq!(noop.trim(), "250", "the older session was kept");
+    held.wait().unwrap();
+
+    // A broken certificate on SIGHUP: the previous one stays, and the log says why.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot a certificate\n").unwrap();
+    let pid = relay.pid().unwrap();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGHUP);
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(probe().unwrap(), sha256_hex(&b.cert_der()));
+    assert!(
+        relay
+            .log()
+            .contains("TLS reload failed; the previous certificate stays in use"),
+        "{}",
+        relay.log()
+    );
+    // A good one on SIGHUP: at once.
+    install(&c);
+    unsafe {
+        libc::kill(pid as i32, libc::SIGHUP);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while probe().unwrap() != sha256_hex(&c.cert_der()) {
+        assert!(std::time::Instant::now() < deadline, "{}", relay.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

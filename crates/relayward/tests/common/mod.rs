@@ -98,6 +98,11 @@ impl Relay {
         wait_for_port(self.addr, &self.log_path());
     }
 
+    /// The running relay's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("serve.log")
     }
