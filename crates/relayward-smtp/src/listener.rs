@@ -197,6 +197,64 @@ impl Server {
     }
 }
 
+impl Server {
+    /// One session over an already connected stream from `peer`, as [`Server::serve`] runs it
+    /// for each TCP connection: the connection limits, the greeting, then the session until
+    /// the client quits or the stream ends. For in-memory streams (fuzzing, tests).
+    ///
+    /// Cleartext only: a `cfg` with TLS is refused (`InvalidInput`), so STARTTLS is answered
+    /// as on a listener without TLS.
+    pub async fn serve_stream<S>(
+        self: Arc<Self>,
+        io: S,
+        peer: IpAddr,
+        cfg: ListenerConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        if cfg.tls.is_some() || cfg.implicit_tls {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "serve_stream has no TLS upgrade",
+            ));
+        }
+        let ctx = Arc::new(ListenerCtx {
+            tls: None,
+            implicit_tls: false,
+            auth_without_tls: cfg.auth_without_tls,
+            srs: None,
+        });
+        let ip = peer.to_canonical();
+        let Some(_guard) = acquire(&self, ip) else {
+            // As `refuse_connection`, over any stream.
+            let mut io = io;
+            let r = reply::TOO_MANY_CONNECTIONS;
+            let mut ev = TraceEvent::new(TraceKind::Refused);
+            ev.client_ip = Some(ip.to_string());
+            ev.reply = Some(r.to_string());
+            ev.detail = Some("connect".into());
+            self.events.trace(ev);
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                io.write_all(r.to_wire().as_bytes()).await?;
+                io.shutdown().await
+            })
+            .await;
+            return Ok(());
+        };
+        let state = State::new(self, ctx, ip, shutdown);
+        let greeting: Reply = reply::greeting(&state.server.config.hostname);
+        let mut session = Session::new(io, state);
+        session.st.write_reply(&greeting);
+        // Without TLS, STARTTLS gets 502 and the session never asks for the upgrade.
+        if let Exit::Close = session.run().await {
+            session.close().await;
+        }
+        Ok(())
+    }
+}
+
 /// Over a connection limit: 421 as the greeting, then close (RFC 5321 section 3.1).
 async fn refuse_connection(server: Arc<Server>, mut tcp: TcpStream, ip: IpAddr) {
     let r = reply::TOO_MANY_CONNECTIONS;

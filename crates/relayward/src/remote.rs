@@ -779,9 +779,10 @@ impl Remote {
                     text(&e["queue_id"]),
                     text(&e["sender"]),
                     text(&e["recipient"]),
-                    match text(&e["reply"]) {
-                        r if r.is_empty() => text(&e["detail"]),
-                        r => r,
+                    match (text(&e["reply"]), text(&e["detail"])) {
+                        (r, d) if r.is_empty() => d,
+                        (r, d) if e["kind"] == "refused" && !d.is_empty() => format!("{r} ({d})"),
+                        (r, _) => r,
                     },
                 ]
             })

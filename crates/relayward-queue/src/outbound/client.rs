@@ -16,7 +16,9 @@ use base64::Engine;
 use rustls::pki_types::ServerName;
 use smtp_proto::{EhloResponse, EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8};
 use smtp_proto::{EXT_AUTH, EXT_START_TLS};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -132,7 +134,8 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    fn from_ehlo(reply: &Reply) -> Capabilities {
+    /// What an EHLO reply announces.
+    pub fn from_ehlo(reply: &Reply) -> Capabilities {
         // smtp-proto wants the reply as received; rebuild it.
         let mut raw = Vec::new();
         for (i, line) in reply.lines.iter().enumerate() {
@@ -613,71 +616,78 @@ impl Connection {
     }
 
     async fn read_line_reply(&mut self) -> std::io::Result<Reply> {
-        let mut lines = Vec::new();
-        let mut code = 0u16;
-        loop {
-            let line = self.read_line().await?;
-            let bytes = line.as_bytes();
-            if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("malformed reply line {line:?}"),
-                ));
-            }
-            let this: u16 = line[..3].parse().unwrap_or(0);
-            if lines.is_empty() {
-                code = this;
-            } else if this != code {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("reply code changed within a reply: {line:?}"),
-                ));
-            }
-            let last = bytes.get(3) != Some(&b'-');
-            lines.push(line.get(4..).unwrap_or("").to_string());
-            if last {
-                return Ok(Reply { code, lines });
-            }
-            if lines.len() >= MAX_REPLY_LINES {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "reply too long",
-                ));
-            }
-        }
+        read_reply(&mut self.stream).await
     }
+}
 
-    async fn read_line(&mut self) -> std::io::Result<String> {
-        let mut line = Vec::new();
-        loop {
-            let buf = self.stream.fill_buf().await?;
-            if buf.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed by server",
-                ));
-            }
-            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                line.extend_from_slice(&buf[..pos]);
-                self.stream.consume(pos + 1);
-                break;
-            }
-            let n = buf.len();
-            line.extend_from_slice(buf);
-            self.stream.consume(n);
-            if line.len() > MAX_LINE {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "reply line too long",
-                ));
-            }
+/// Reads one reply (all its lines) from the next hop, as the client does after each command:
+/// lines end with LF (a CR before it is dropped), each starts with the same three digits,
+/// `-` after them continues the reply. Malformed or endless replies are `InvalidData`.
+pub async fn read_reply<R: AsyncBufRead + Unpin>(stream: &mut R) -> std::io::Result<Reply> {
+    let mut lines = Vec::new();
+    let mut code = 0u16;
+    loop {
+        let line = read_reply_line(stream).await?;
+        let bytes = line.as_bytes();
+        if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("malformed reply line {line:?}"),
+            ));
         }
-        if line.last() == Some(&b'\r') {
-            line.pop();
+        let this: u16 = line[..3].parse().unwrap_or(0);
+        if lines.is_empty() {
+            code = this;
+        } else if this != code {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("reply code changed within a reply: {line:?}"),
+            ));
         }
-        line.truncate(MAX_LINE);
-        Ok(String::from_utf8_lossy(&line).into_owned())
+        let last = bytes.get(3) != Some(&b'-');
+        lines.push(line.get(4..).unwrap_or("").to_string());
+        if last {
+            return Ok(Reply { code, lines });
+        }
+        if lines.len() >= MAX_REPLY_LINES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "reply too long",
+            ));
+        }
     }
+}
+
+async fn read_reply_line<R: AsyncBufRead + Unpin>(stream: &mut R) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let buf = stream.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed by server",
+            ));
+        }
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&buf[..pos]);
+            stream.consume(pos + 1);
+            break;
+        }
+        let n = buf.len();
+        line.extend_from_slice(buf);
+        stream.consume(n);
+        if line.len() > MAX_LINE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "reply line too long",
+            ));
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    line.truncate(MAX_LINE);
+    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// The DATA payload: dot-stuffed (RFC 5321 4.5.2), bare LFs and bare CRs turned into CRLF
