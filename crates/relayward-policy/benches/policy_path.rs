@@ -125,6 +125,7 @@ impl Fixture {
                 class,
                 sender: Some(sender),
                 mismatch: false,
+                header_from_domain: None,
                 recipients: &self.rcpts,
                 external_recipients: 1,
                 client_ip: Some(facts.ip),

@@ -176,12 +176,24 @@ pub struct MessageEvent<'a> {
     pub sender: Option<&'a Address>,
     /// Header From is not an accepted domain while P1 is (DESIGN.md "Sender class").
     pub mismatch: bool,
+    /// The header From domain (lowercase), when there is one.
+    pub header_from_domain: Option<&'a str>,
     pub recipients: &'a [Address],
     /// How many of `recipients` are outside the tenant's accepted domains.
     pub external_recipients: u32,
     pub client_ip: Option<IpAddr>,
     pub queue_id: Option<&'a str>,
     pub message_id: Option<&'a str>,
+}
+
+/// The class a message counts and is enforced as: unregistered when its P1 domain is, or when P1
+/// is registered but the header From (what recipients see) is not an accepted domain of the
+/// tenant.
+pub fn effective_class(class: SenderClass, mismatch: bool) -> SenderClass {
+    match class {
+        SenderClass::Registered if mismatch => SenderClass::Unregistered,
+        c => c,
+    }
 }
 
 /// The outcome of one delivery attempt to one recipient.
@@ -993,7 +1005,10 @@ impl Counters for InProcessCounters {
         d[MESSAGES] = 1;
         d[RECIPIENTS] = n;
         d[EXTERNAL] = ev.external_recipients.min(n);
-        match ev.class {
+        // Recipients see the header From (P2): a registered envelope sender under a foreign
+        // header From is unregistered mail for counting, as for enforcement.
+        let effective = effective_class(ev.class, ev.mismatch);
+        match effective {
             SenderClass::Unregistered => {
                 d[UNREG_MESSAGES] = 1;
                 d[UNREG_RECIPIENTS] = n;
@@ -1016,10 +1031,16 @@ impl Counters for InProcessCounters {
         if suspicious {
             let hour = now_ms.div_euclid(HOUR_MS);
             let s = entry.suspect(cfg);
-            if let (SenderClass::Unregistered, Some(addr), Some(key)) =
-                (ev.class, ev.sender, key.as_deref())
+            // The domain the recipients see: P2 for a mismatch, else P1.
+            let seen_domain = match (ev.mismatch, ev.header_from_domain, ev.sender) {
+                (true, Some(d), _) => Some(d),
+                (_, _, Some(a)) => Some(a.domain.as_str()),
+                _ => None,
+            };
+            if let (SenderClass::Unregistered, Some(domain), Some(key)) =
+                (effective, seen_domain, key.as_deref())
             {
-                let hd = hash_str(&addr.domain);
+                let hd = hash_str(domain);
                 let hs = hash_str(key);
                 s.domains.mark(rel, hd);
                 s.senders.mark(rel, hs);
@@ -1031,8 +1052,7 @@ impl Counters for InProcessCounters {
                 }
                 let slot = (hd % 256) as usize;
                 s.clock_hour_domains[slot / 64] |= 1 << (slot % 64);
-                s.top_domains
-                    .add(now_ms, addr.domain.as_str(), 1, |k: &str| Box::from(k));
+                s.top_domains.add(now_ms, domain, 1, |k: &str| Box::from(k));
                 s.top_senders.add(now_ms, key, 1, |k: &str| Box::from(k));
             }
             if let Some(ip) = ev.client_ip {
@@ -1394,6 +1414,7 @@ mod tests {
             class,
             sender,
             mismatch: false,
+            header_from_domain: None,
             recipients: rcpts,
             external_recipients: rcpts.len() as u32,
             client_ip: Some("192.0.2.10".parse().unwrap()),

@@ -1092,6 +1092,7 @@ mod tests {
                     class,
                     sender,
                     mismatch,
+                    header_from_domain: None,
                     recipients: rcpts,
                     external_recipients: n as u32,
                     client_ip: Some("198.51.100.25".parse().unwrap()),
@@ -1774,6 +1775,7 @@ mod tests {
                 &senders[i % 16]
             }),
             mismatch: false,
+            header_from_domain: None,
             recipients: &rcpts,
             external_recipients: 1,
             client_ip: Some("192.0.2.1".parse().unwrap()),

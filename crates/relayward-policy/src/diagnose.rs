@@ -2,13 +2,13 @@
 //! a described client and transaction, step by step, with the exact reply.
 //!
 //! It calls the very functions a live session calls, in the order the session calls them
-//! ([`attribute`], [`check_mail`], [`check_rcpt`], the sender limits, [`header_from_mismatch`]),
+//! ([`attribute`], [`check_mail`], [`check_rcpt`], the sender limits, [`check_header_from`]),
 //! so it cannot disagree with the relay about the rules; only the order is restated here.
 
 use relayward_core::{reply, Address, Reply, SenderClass, TenantId};
 
 use crate::relay::{
-    attribute, check_mail, check_rcpt, explain, header_from_mismatch, Attributed, Attribution,
+    attribute, check_header_from, check_mail, check_rcpt, explain, Attributed, Attribution,
     ClientFacts, MailOutcome, Refusal,
 };
 use crate::Directory;
@@ -174,16 +174,18 @@ pub fn diagnose(
         );
     }
     if let Some(from) = &q.header_from_domain {
-        let mismatch = header_from_mismatch(dir, attributed.tenant_id, class, Some(from));
-        steps.push(Step {
-            step: "header_from",
-            passed: true,
-            detail: if mismatch {
-                format!("{from} is not an accepted domain of the tenant: the message is marked as a header From mismatch")
-            } else {
-                format!("{from}: no mismatch")
-            },
-        });
+        match check_header_from(dir, &attributed, class, Some(from)) {
+            Err(r) => return refused(steps, "header_from", "DATA", r),
+            Ok(mismatch) => steps.push(Step {
+                step: "header_from",
+                passed: true,
+                detail: if mismatch {
+                    format!("{from} is not an accepted domain of the tenant: the message counts as unregistered mail (header From mismatch)")
+                } else {
+                    format!("{from}: aligned")
+                },
+            }),
+        }
     }
     plain(
         steps,

@@ -13,6 +13,7 @@ pub mod relay;
 
 pub use directory::{Directory, SharedDirectory};
 pub use relay::{
-    attribute, check_mail, check_rcpt, explain, header_from_mismatch, refusal_owner, Attributed,
-    Attribution, ClientFacts, MailOutcome, Method, Refusal, RefusalReason,
+    attribute, check_header_from, check_mail, check_rcpt, explain, header_from_mismatch,
+    refusal_owner, Attributed, Attribution, ClientFacts, MailOutcome, Method, Refusal,
+    RefusalReason,
 };

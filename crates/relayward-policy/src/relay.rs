@@ -67,6 +67,9 @@ pub enum RefusalReason {
     RegisteredOutsideConnectorIps,
     /// `restrict_domains_to_cert`: a registered sender without certificate attribution.
     RegisteredNeedsCertificate,
+    /// The tenant is blocked from unregistered domains, the envelope sender is registered but
+    /// the header From (what recipients see) is not an accepted domain of the tenant.
+    BlockedUnregisteredHeaderFrom,
 }
 
 impl RefusalReason {
@@ -84,6 +87,7 @@ impl RefusalReason {
                 "registered_sender_outside_connector_ips"
             }
             RefusalReason::RegisteredNeedsCertificate => "registered_sender_needs_certificate",
+            RefusalReason::BlockedUnregisteredHeaderFrom => "blocked_unregistered_header_from",
         }
     }
 
@@ -93,7 +97,9 @@ impl RefusalReason {
             RefusalReason::ConnectorBlocked => reply::CONNECTOR_BLOCKED,
             RefusalReason::TlsRequired => reply::MUST_STARTTLS,
             RefusalReason::TenantBlockedAll => reply::TENANT_BLOCKED,
-            RefusalReason::BlockedUnregistered => reply::BLOCKED_UNREGISTERED,
+            RefusalReason::BlockedUnregistered | RefusalReason::BlockedUnregisteredHeaderFrom => {
+                reply::BLOCKED_UNREGISTERED
+            }
             RefusalReason::NotAttributed
             | RefusalReason::AmbiguousAttribution
             | RefusalReason::ConnectorDisabled
@@ -479,6 +485,29 @@ fn considered(dir: &Directory, facts: &ClientFacts) -> Vec<String> {
         out.push(format!("{} (address): {why}", label(c)));
     }
     out
+}
+
+/// End of DATA, where only the header From can decide: a tenant blocked from unregistered
+/// domains may not send under a header From that is none of its accepted domains, even with a
+/// registered envelope sender (recipients see P2). `Ok(mismatch)` otherwise.
+pub fn check_header_from(
+    dir: &Directory,
+    attributed: &Attributed,
+    class: SenderClass,
+    header_from_domain: Option<&str>,
+) -> Result<bool, Refusal> {
+    let mismatch = header_from_mismatch(dir, attributed.tenant_id, class, header_from_domain);
+    let blocked = dir
+        .tenant(attributed.tenant_id)
+        .is_some_and(|t| t.state.blocks_unregistered());
+    if mismatch && blocked {
+        return Err(Refusal::new(
+            RefusalReason::BlockedUnregisteredHeaderFrom,
+            Some(*attributed),
+            Some(class),
+        ));
+    }
+    Ok(mismatch)
 }
 
 /// DATA: is the header From (P2) domain outside the tenant's accepted domains while the

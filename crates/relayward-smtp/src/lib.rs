@@ -164,6 +164,8 @@ pub struct IncomingMessage {
     pub sender: Option<Address>,
     pub sender_class: SenderClass,
     pub header_from_mismatch: bool,
+    /// The header From domain (lowercase), when the message has a parsable one.
+    pub header_from_domain: Option<String>,
     pub message_id: Option<String>,
     /// `BODY=8BITMIME`.
     pub body_8bit: bool,

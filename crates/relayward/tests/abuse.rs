@@ -1238,3 +1238,121 @@ async fn e_the_way_back_through_the_cli() {
     h.ok(&["tenant", "show", "comeback"]).await;
     c.quit().await.ok();
 }
+
+// ---------------------------------------------------------------------------------------------
+// (f) Header-From spoofing: registered envelope senders (a different mailbox each time), other
+// brands in the header From. Recipients see P2: the burst is blocked within the budget, then
+// spoofed mail gets 5.7.750 at the end of DATA while aligned registered mail flows.
+
+fn spoof(from: &str, header_from: &str, to: &str, subject: &str) -> String {
+    format!(
+        "From: \"Security Team\" <{header_from}>\r\nSender: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@test.example>\r\n\r\nVerify your account.\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_header_from_spoofing_is_blocked_and_refused_at_data() {
+    let start = today_noon_ms() - 2 * DAY_MS;
+    let h = Harness::new(false, start).await;
+    let tenant = h.tenant("brand", "127.0.0.6").await;
+    let mut c = h.session("127.0.0.6", false).await;
+    // Two quiet days of aligned mail.
+    for hour in 0..48 {
+        for i in 0..3 {
+            h.advance(HOUR / 3);
+            let r = send(
+                &mut c,
+                &format!("user{i}@brand.example"),
+                &["customer@partner.example"],
+                &format!("warm-{hour}-{i}"),
+            )
+            .await;
+            assert!(accepted(&r), "{r}");
+        }
+        h.relay().abuse.tick();
+    }
+    let burst_start = h.clock.now_ms();
+    let mut leaked = 0;
+    let mut refusal = None;
+    for i in 0..500 {
+        h.advance(Duration::from_millis(100));
+        let from = format!("mailbox{i}@brand.example");
+        let brand = format!("security@bank{}.example", i % 40);
+        let to = format!("victim{}@target.example", i % 7);
+        let data = spoof(&from, &brand, &to, &format!("phish-{i}"));
+        let (_, r) = c
+            .send_message(&from, &[&to], data.as_bytes())
+            .await
+            .unwrap();
+        if accepted(&r) {
+            leaked += 1;
+        } else {
+            refusal = Some(r);
+            break;
+        }
+    }
+    assert_eq!(refusal.as_deref(), Some(BLOCKED_750));
+    h.relay().abuse.idle().await;
+    let budget = h.config.detector.burst_budget as usize;
+    let transitions = h.store().list_transitions(tenant, 0).await.unwrap();
+    let block = transitions
+        .iter()
+        .find(|t| t.to == TenantState::BlockedUnregistered)
+        .expect("blocked");
+    println!(
+        "(f) header-From spoofing: {leaked} spoofed messages accepted before the block (budget {budget}), blocked {:.1} simulated s after the burst started; rules: {}",
+        (block.at_ms - burst_start) as f64 / 1000.0,
+        block.summary
+    );
+    assert!(leaked < budget, "{leaked} leaked");
+    // The MAIL FROM is registered, so only the end of DATA can refuse it.
+    let from = "fresh@brand.example";
+    let data = spoof(from, "security@bank99.example", "v@target.example", "after");
+    let (_, r) = c
+        .send_message(from, &["v@target.example"], data.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r, BLOCKED_750);
+    // Aligned registered mail keeps flowing.
+    let r = send(
+        &mut c,
+        "user1@brand.example",
+        &["customer@partner.example"],
+        "aligned-after",
+    )
+    .await;
+    assert!(accepted(&r), "{r}");
+    c.quit().await.ok();
+    // The refusal says why, and the evidence names the spoofed domains.
+    let refused = h
+        .store()
+        .search_trace(&relayward_core::TraceQuery {
+            tenant_id: Some(tenant),
+            sender: Some(from.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        refused.iter().any(|e| e
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("reason=blocked_unregistered_header_from")
+                && d.contains("header_from=bank99.example"))),
+        "{refused:?}"
+    );
+    let evidence = serde_json::to_string(&block.evidence).unwrap();
+    assert!(evidence.contains("bank"), "{evidence}");
+    // What was accepted of the burst is held.
+    let spool = &h.relay().spool;
+    let unheld: Vec<String> = spool
+        .scan()
+        .unwrap()
+        .into_iter()
+        .filter_map(|id| spool.read_envelope(&id).ok())
+        .filter(|e| e.tenant_id == Some(tenant) && e.header_from_mismatch && !e.held)
+        .filter(|e| e.recipients.iter().any(|r| !r.status.is_final()))
+        .map(|e| e.queue_id.to_string())
+        .collect();
+    assert!(unheld.is_empty(), "not held: {unheld:?}");
+}

@@ -342,13 +342,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         let dir = server.directory.current();
-        let mismatch = relayward_policy::header_from_mismatch(
+        let checked = relayward_policy::check_header_from(
             &dir,
-            attributed.tenant_id,
+            &attributed,
             class,
             facts.from_domain.as_deref(),
         );
         drop(dir);
+        let mismatch = match checked {
+            Ok(m) => m,
+            Err(refusal) => {
+                let mut detail = String::new();
+                let dir = server.directory.current();
+                let _ = write!(
+                    detail,
+                    "DATA {} header_from={}",
+                    relayward_policy::explain(&dir, &st.facts, &refusal),
+                    facts.from_domain.as_deref().unwrap_or("none")
+                );
+                drop(dir);
+                tracing::info!(reply = %refusal.reply, sender = %sender, %detail, "refused");
+                refuse(st, &refusal.reply, &detail);
+                return None;
+            }
+        };
 
         let recipients: Vec<String> = tx
             .recipients
@@ -369,6 +386,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             sender: tx.sender.take(),
             sender_class: class,
             header_from_mismatch: mismatch,
+            header_from_domain: facts.from_domain.clone(),
             message_id: facts.message_id.clone(),
             body_8bit: tx.body_8bit,
             smtputf8: tx.smtputf8,

@@ -58,6 +58,7 @@ pub struct AcceptedMessage {
     pub class: SenderClass,
     pub sender: Option<Address>,
     pub mismatch: bool,
+    pub header_from_domain: Option<String>,
     pub recipients: Vec<Address>,
     pub client_ip: IpAddr,
     pub message_id: Option<String>,
@@ -71,6 +72,7 @@ impl AcceptedMessage {
             class: msg.sender_class,
             sender: msg.sender.clone(),
             mismatch: msg.header_from_mismatch,
+            header_from_domain: msg.header_from_domain.clone(),
             recipients: msg.recipients.iter().map(|r| r.address.clone()).collect(),
             client_ip: msg.client_ip,
             message_id: msg.message_id.clone(),
@@ -287,6 +289,7 @@ impl Abuse {
                 class: m.class,
                 sender: m.sender.as_ref(),
                 mismatch: m.mismatch,
+                header_from_domain: m.header_from_domain.as_deref(),
                 recipients: &m.recipients,
                 external_recipients: external as u32,
                 client_ip: Some(m.client_ip),
@@ -296,7 +299,8 @@ impl Abuse {
         );
         self.consider(now, m.tenant, &snap, Some(queue_id));
         let state = self.status(m.tenant).state;
-        state.blocks_all() || (m.class != SenderClass::Registered && state.blocks_unregistered())
+        let effective = relayward_policy::counters::effective_class(m.class, m.mismatch);
+        state.blocks_all() || (effective != SenderClass::Registered && state.blocks_unregistered())
     }
 
     /// A delivery-side trace event: each attempt's remote reply feeds the tenant's counters.
@@ -541,7 +545,8 @@ impl Abuse {
                     };
                     if env.tenant_id == Some(tenant)
                         && !env.held
-                        && matches!(env.sender_class.as_str(), "unregistered" | "null")
+                        && (matches!(env.sender_class.as_str(), "unregistered" | "null")
+                            || env.header_from_mismatch)
                         && env.recipients.iter().any(|r| !r.status.is_final())
                     {
                         out.push(id);
