@@ -264,4 +264,18 @@ pub struct DirectoryData {
     pub tenants: Vec<Tenant>,
     pub domains: Vec<AcceptedDomain>,
     pub connectors: Vec<Connector>,
+    pub header_from_allowed: Vec<HeaderFromAllowed>,
+}
+
+/// A header From domain a tenant declared legitimate with its registered envelope senders
+/// (a service sending for a partner): such mail is not a header From mismatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderFromAllowed {
+    pub tenant_id: TenantId,
+    /// Lowercase; the header From domain exactly.
+    pub domain: String,
+    /// Only through this connector; `None`: through any of the tenant's.
+    pub connector_id: Option<ConnectorId>,
+    pub declared_at: Timestamp,
+    pub declared_by: String,
 }

@@ -107,6 +107,9 @@ pub struct Directory {
     by_auth: HashMap<String, usize>,
     /// Connectors identified by source IP alone (no certificate, no AUTH user).
     ip_only: IpTable,
+    /// Declared header From domains: (tenant, domain) -> the connectors it is declared for
+    /// (`None`: any).
+    header_from_allowed: HashMap<(TenantId, String), Vec<Option<ConnectorId>>>,
 }
 
 impl Directory {
@@ -123,6 +126,12 @@ impl Directory {
                 tenant_id: d.tenant_id,
                 match_subdomains: d.match_subdomains,
             });
+        }
+        for a in data.header_from_allowed {
+            dir.header_from_allowed
+                .entry((a.tenant_id, a.domain.to_lowercase()))
+                .or_default()
+                .push(a.connector_id);
         }
         for (idx, c) in data.connectors.into_iter().enumerate() {
             dir.by_id.insert(c.id, idx);
@@ -202,6 +211,18 @@ impl Directory {
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter().map(|i| &self.connectors[i]).collect()
+    }
+
+    /// Did the tenant declare header From `domain` legitimate (for `connector`, or any)?
+    pub fn header_from_allowed(
+        &self,
+        tenant: TenantId,
+        connector: ConnectorId,
+        domain: &str,
+    ) -> bool {
+        self.header_from_allowed
+            .get(&(tenant, domain.to_string()))
+            .is_some_and(|cs| cs.iter().any(|c| c.is_none_or(|c| c == connector)))
     }
 
     /// Enabled connectors identified by IP alone whose ranges contain `ip`.

@@ -496,7 +496,7 @@ pub fn check_header_from(
     class: SenderClass,
     header_from_domain: Option<&str>,
 ) -> Result<bool, Refusal> {
-    let mismatch = header_from_mismatch(dir, attributed.tenant_id, class, header_from_domain);
+    let mismatch = header_from_mismatch(dir, attributed, class, header_from_domain);
     let blocked = dir
         .tenant(attributed.tenant_id)
         .is_some_and(|t| t.state.blocks_unregistered());
@@ -511,10 +511,11 @@ pub fn check_header_from(
 }
 
 /// DATA: is the header From (P2) domain outside the tenant's accepted domains while the
-/// envelope sender (P1) is registered? A missing or unparsable From counts as a mismatch.
+/// envelope sender (P1) is registered, and not declared legitimate for the connector? A missing
+/// or unparsable From counts as a mismatch.
 pub fn header_from_mismatch(
     dir: &Directory,
-    tenant: TenantId,
+    attributed: &Attributed,
     class: SenderClass,
     header_from_domain: Option<&str>,
 ) -> bool {
@@ -522,7 +523,11 @@ pub fn header_from_mismatch(
         return false;
     }
     match header_from_domain {
-        Some(d) => !dir.is_registered(tenant, &d.to_lowercase()),
+        Some(d) => {
+            let d = d.to_lowercase();
+            !dir.is_registered(attributed.tenant_id, &d)
+                && !dir.header_from_allowed(attributed.tenant_id, attributed.connector_id, &d)
+        }
         None => true,
     }
 }
@@ -635,6 +640,7 @@ mod tests {
                 connector(5, 1, &["127.0.1.0/24"]),
                 connector(6, 3, &["127.0.1.7/32"]),
             ],
+            header_from_allowed: Vec::new(),
         })
     }
 
@@ -783,6 +789,7 @@ mod tests {
             tenants: vec![tenant(1, TenantState::BlockedUnregistered)],
             domains: vec![domain(1, 1, "alpha.example", true, false)],
             connectors: vec![connector(1, 1, &["127.0.0.2/32"])],
+            header_from_allowed: Vec::new(),
         };
         data.connectors[0].allow_unregistered = true;
         let d = Directory::new(data.clone());
@@ -847,6 +854,7 @@ mod tests {
             tenants: vec![tenant(1, TenantState::Active)],
             domains: vec![domain(1, 1, "alpha.example", true, false)],
             connectors: vec![connector(1, 1, &[])],
+            header_from_allowed: Vec::new(),
         };
         data.connectors[0].auth_user = Some("app".into());
         data.connectors[0].restrict_domains_to_ips = true;
@@ -870,25 +878,60 @@ mod tests {
 
     #[test]
     fn header_mismatch() {
-        let d = dir();
+        let mut data = DirectoryData {
+            version: 1,
+            tenants: vec![tenant(1, TenantState::Active)],
+            domains: vec![domain(1, 1, "alpha.example", true, false)],
+            connectors: vec![connector(1, 1, &["127.0.0.2/32"]), connector(2, 1, &[])],
+            header_from_allowed: Vec::new(),
+        };
+        let via = |c: i64| Attributed {
+            tenant_id: 1,
+            connector_id: c,
+            method: Method::Ip,
+        };
+        let d = Directory::new(data.clone());
+        let reg = SenderClass::Registered;
         assert!(!header_from_mismatch(
             &d,
-            1,
-            SenderClass::Registered,
+            &via(1),
+            reg,
             Some("Alpha.Example")
         ));
         assert!(header_from_mismatch(
             &d,
-            1,
-            SenderClass::Registered,
-            Some("evil.example")
+            &via(1),
+            reg,
+            Some("partner.example")
         ));
-        assert!(header_from_mismatch(&d, 1, SenderClass::Registered, None));
+        assert!(header_from_mismatch(&d, &via(1), reg, None));
+        let unreg = SenderClass::Unregistered;
         assert!(!header_from_mismatch(
             &d,
-            1,
-            SenderClass::Unregistered,
+            &via(1),
+            unreg,
             Some("evil.example")
+        ));
+        // Declared for connector 1 only: aligned there, a mismatch elsewhere.
+        data.header_from_allowed.push(HeaderFromAllowed {
+            tenant_id: 1,
+            domain: "partner.example".into(),
+            connector_id: Some(1),
+            declared_at: 0,
+            declared_by: "t".into(),
+        });
+        let d = Directory::new(data);
+        assert!(!header_from_mismatch(
+            &d,
+            &via(1),
+            reg,
+            Some("Partner.example")
+        ));
+        assert!(header_from_mismatch(
+            &d,
+            &via(2),
+            reg,
+            Some("partner.example")
         ));
     }
 }

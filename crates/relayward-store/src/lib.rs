@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use relayward_core::SenderClass;
 use relayward_core::{
     AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId,
-    DomainKind, Tenant, TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
+    DomainKind, HeaderFromAllowed, Tenant, TenantId, TenantState, Timestamp, TraceEvent,
+    TraceQuery,
 };
 
 pub mod abuse;
@@ -180,6 +181,19 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
     ) -> Result<()>;
     async fn forwarded_domains(&self, tenant: TenantId) -> Result<Vec<String>>;
+    /// Declares a header From domain legitimate for the tenant's registered senders (through
+    /// one connector, or any); audited (`header_from.allow`), version bump. Conflict when it is
+    /// declared already; NotFound when the tenant or connector does not exist.
+    async fn allow_header_from(&self, allowed: &HeaderFromAllowed, actor: &str) -> Result<()>;
+    /// Withdraws a declaration; audited, version bump. NotFound when there is none.
+    async fn disallow_header_from(
+        &self,
+        tenant: TenantId,
+        domain: &str,
+        connector: Option<ConnectorId>,
+        actor: &str,
+    ) -> Result<()>;
+    async fn list_header_from_allowed(&self, tenant: TenantId) -> Result<Vec<HeaderFromAllowed>>;
 
     // Admin API tokens
     /// Stores a token (argon2id PHC string of its secret part, never the secret) and audits its

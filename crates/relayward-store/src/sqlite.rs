@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use relayward_core::{
     now, AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData,
-    DomainId, SenderClass, Tenant, TenantId, TenantState, Timestamp, TraceEvent, TraceKind,
-    TraceQuery,
+    DomainId, HeaderFromAllowed, SenderClass, Tenant, TenantId, TenantState, Timestamp, TraceEvent,
+    TraceKind, TraceQuery,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
@@ -415,6 +415,16 @@ async fn check_connector_unique(
         }
     }
     Ok(())
+}
+
+fn header_from_from_row(row: &SqliteRow) -> Result<HeaderFromAllowed> {
+    Ok(HeaderFromAllowed {
+        tenant_id: row.try_get("tenant_id")?,
+        domain: row.try_get("domain")?,
+        connector_id: row.try_get("connector_id")?,
+        declared_at: row.try_get("declared_at")?,
+        declared_by: row.try_get("declared_by")?,
+    })
 }
 
 async fn insert_audit(
@@ -1156,8 +1166,18 @@ impl Store for SqliteStore {
         .iter()
         .map(connector_from_row)
         .collect::<Result<Vec<_>>>()?;
+        let header_from_allowed = sqlx::query(
+            "SELECT tenant_id, domain, connector_id, declared_at, declared_by \
+             FROM header_from_allowed ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(header_from_from_row)
+        .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(DirectoryData {
+            header_from_allowed,
             version,
             tenants,
             domains,
@@ -1381,6 +1401,109 @@ impl Store for SqliteStore {
 
     async fn forwarded_domains(&self, tenant: TenantId) -> Result<Vec<String>> {
         abuse_sql::forwarded_domains(&self.pool, tenant).await
+    }
+
+    async fn allow_header_from(&self, a: &HeaderFromAllowed, actor: &str) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = ?")
+            .bind(a.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("tenant {}", a.tenant_id)));
+        }
+        if let Some(c) = a.connector_id {
+            let owned: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM connectors WHERE id = ? AND tenant_id = ?")
+                    .bind(c)
+                    .bind(a.tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if owned.is_none() {
+                return Err(StoreError::NotFound(format!("connector {c}")));
+            }
+        }
+        let added = sqlx::query(
+            "INSERT INTO header_from_allowed (tenant_id, domain, connector_id, declared_at, declared_by) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(a.tenant_id)
+        .bind(&a.domain)
+        .bind(a.connector_id)
+        .bind(now())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if added == 0 {
+            return Err(StoreError::Conflict(format!(
+                "header From domain {} is already allowed",
+                a.domain
+            )));
+        }
+        let scope = match a.connector_id {
+            Some(c) => format!("through connector {c}"),
+            None => "through any connector".to_string(),
+        };
+        audit_and_bump(
+            &mut tx,
+            actor,
+            "header_from.allow",
+            Some(a.tenant_id),
+            &format!("header_from {}", a.domain),
+            &format!(
+                "header From {} allowed with registered senders {scope}",
+                a.domain
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn disallow_header_from(
+        &self,
+        tenant: TenantId,
+        domain: &str,
+        connector: Option<ConnectorId>,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let removed = sqlx::query(
+            "DELETE FROM header_from_allowed WHERE tenant_id = ? AND domain = ? \
+             AND IFNULL(connector_id, 0) = IFNULL(?, 0)",
+        )
+        .bind(tenant)
+        .bind(domain)
+        .bind(connector)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if removed == 0 {
+            return Err(StoreError::NotFound(format!("header From domain {domain}")));
+        }
+        audit_and_bump(
+            &mut tx,
+            actor,
+            "header_from.disallow",
+            Some(tenant),
+            &format!("header_from {domain}"),
+            "declaration withdrawn",
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_header_from_allowed(&self, tenant: TenantId) -> Result<Vec<HeaderFromAllowed>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, domain, connector_id, declared_at, declared_by \
+             FROM header_from_allowed WHERE tenant_id = ? ORDER BY domain, connector_id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(header_from_from_row).collect()
     }
 
     // Admin API tokens

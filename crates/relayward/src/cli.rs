@@ -726,6 +726,28 @@ pub enum DomainCmd {
     /// Create a DKIM signing key for an accepted domain; prints the TXT record to publish
     /// (the private key stays in <data_dir>/dkim, mode 0600)
     DkimKey(crate::dkim::DkimKeyArgs),
+    /// Declare a header From domain legitimate with the tenant's registered envelope senders
+    /// (a service sending for a partner): such mail is not a header From mismatch
+    AllowHeaderFrom {
+        tenant: String,
+        domain: String,
+        /// Only through this connector (default: any of the tenant's)
+        #[arg(long)]
+        connector: Option<String>,
+    },
+    /// Withdraw such a declaration
+    DisallowHeaderFrom {
+        tenant: String,
+        domain: String,
+        #[arg(long)]
+        connector: Option<String>,
+    },
+    /// List the tenant's declared header From domains
+    HeaderFrom {
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn domain(config: &Config, cmd: DomainCmd) -> Result<()> {
@@ -854,8 +876,84 @@ pub async fn domain(config: &Config, cmd: DomainCmd) -> Result<()> {
             store.remove_domain(d.id, &actor()).await?;
             println!("{domain} removed");
         }
+        DomainCmd::AllowHeaderFrom {
+            tenant,
+            domain,
+            connector,
+        } => {
+            let t = tenant_of(&*store, &tenant).await?;
+            let domain = normalize_domain(&domain)?;
+            let connector_id = connector_id_of(&*store, &t, connector.as_deref()).await?;
+            store
+                .allow_header_from(
+                    &relayward_core::HeaderFromAllowed {
+                        tenant_id: t.id,
+                        domain: domain.clone(),
+                        connector_id,
+                        declared_at: relayward_core::now(),
+                        declared_by: actor(),
+                    },
+                    &actor(),
+                )
+                .await?;
+            println!(
+                "header From {domain} allowed with {}'s registered senders",
+                t.name
+            );
+        }
+        DomainCmd::DisallowHeaderFrom {
+            tenant,
+            domain,
+            connector,
+        } => {
+            let t = tenant_of(&*store, &tenant).await?;
+            let domain = normalize_domain(&domain)?;
+            let connector_id = connector_id_of(&*store, &t, connector.as_deref()).await?;
+            store
+                .disallow_header_from(t.id, &domain, connector_id, &actor())
+                .await?;
+            println!("header From {domain} no longer allowed");
+        }
+        DomainCmd::HeaderFrom { tenant, json } => {
+            let t = tenant_of(&*store, &tenant).await?;
+            let list = store.list_header_from_allowed(t.id).await?;
+            if json {
+                return print_json(&list);
+            }
+            let connectors = store.list_connectors(Some(t.id)).await?;
+            let rows = list
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.domain.clone(),
+                        a.connector_id
+                            .and_then(|id| connectors.iter().find(|c| c.id == id))
+                            .map_or("any".to_string(), |c| c.name.clone()),
+                        table::time(a.declared_at),
+                        a.declared_by.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            table::print(&["HEADER FROM", "CONNECTOR", "DECLARED", "BY"], &rows);
+        }
     }
     Ok(())
+}
+
+/// The id of the tenant's connector called `name`.
+async fn connector_id_of(
+    store: &dyn Store,
+    t: &Tenant,
+    name: Option<&str>,
+) -> Result<Option<relayward_core::ConnectorId>> {
+    let Some(name) = name else { return Ok(None) };
+    let c = store
+        .list_connectors(Some(t.id))
+        .await?
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| anyhow!("tenant {} has no connector {name:?}", t.name))?;
+    Ok(Some(c.id))
 }
 
 #[derive(Subcommand, Debug)]

@@ -639,3 +639,74 @@ fn connector_used_once_shows_its_last_use_within_seconds() {
         start.elapsed()
     );
 }
+
+#[test]
+fn declared_header_from_domain_is_aligned_while_others_are_refused_when_blocked() {
+    let mut relay =
+        Relay::new("[delivery]\nsmart_host = \"127.0.0.1:9\"\nretry_schedule_secs = [3600]\n");
+    common::provision_acme(&relay);
+    relay.ok(&[
+        "domain",
+        "allow-header-from",
+        "acme",
+        "Partner.Example",
+        "--connector",
+        "onprem",
+    ]);
+    let listed = relay.ok(&["domain", "header-from", "acme"]);
+    assert!(
+        listed.contains("partner.example") && listed.contains("onprem"),
+        "{listed}"
+    );
+    relay.ok(&["tenant", "block", "acme", "--unregistered"]);
+    relay.start();
+    let mut c = common::Client::connect(relay.addr);
+    c.cmd("EHLO client.test");
+    let with_from = |from: &str, subject: &str| {
+        format!("From: <{from}>\r\nTo: <r@dest.example>\r\nSubject: {subject}\r\n\r\nHello.\r\n")
+    };
+    let r = c.send(
+        "billing@acme.example",
+        &["r@dest.example"],
+        &with_from("invoices@partner.example", "declared"),
+    );
+    assert!(r.starts_with("250 2.0.0"), "declared pair: {r}");
+    let r = c.send(
+        "billing@acme.example",
+        &["r@dest.example"],
+        &with_from("ceo@bank.example", "spoofed"),
+    );
+    assert_eq!(
+        r,
+        "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains"
+    );
+    let r = c.send(
+        "billing@acme.example",
+        &["r@dest.example"],
+        &with_from("billing@acme.example", "aligned"),
+    );
+    assert!(r.starts_with("250 2.0.0"), "aligned: {r}");
+    let audit = relay.ok(&["audit", "--tenant", "acme"]);
+    assert!(audit.contains("header_from.allow"), "{audit}");
+    relay.ok(&[
+        "domain",
+        "disallow-header-from",
+        "acme",
+        "partner.example",
+        "--connector",
+        "onprem",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = c.send(
+            "billing@acme.example",
+            &["r@dest.example"],
+            &with_from("invoices@partner.example", "withdrawn"),
+        );
+        if r.starts_with("550 5.7.750") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still accepted: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -172,6 +172,7 @@ pub fn fixture() -> DirectoryData {
             connector(5, 1, &[&format!("{SHARED_IP}/32")]),
             shared_eps,
         ],
+        header_from_allowed: Vec::new(),
     }
 }
 
