@@ -4,9 +4,29 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use rand_core::OsRng;
 
-/// The audit action of an AUTH lockout (password guessing); its object is `connector <id>`
-/// when the user tried is a connector's. Connector listings flag those of the last 24 hours.
+/// The audit action of an AUTH lockout (password guessing); its object is
+/// [`lockout_audit_object`]. Connector listings flag those of the last 24 hours.
 pub const LOCKOUT_AUDIT_ACTION: &str = "auth.lockout";
+
+/// The audit object of a lockout: the connector whose AUTH user was tried, or `auth`.
+pub fn lockout_audit_object(connector: Option<relayward_core::ConnectorId>) -> String {
+    match connector {
+        Some(id) => format!("connector {id}"),
+        None => "auth".to_string(),
+    }
+}
+
+/// The connectors with an AUTH lockout at or after `since` among audit `entries`.
+pub fn locked_connectors(
+    entries: &[relayward_core::AuditEntry],
+    since: relayward_core::Timestamp,
+) -> std::collections::HashSet<relayward_core::ConnectorId> {
+    entries
+        .iter()
+        .filter(|e| e.action == LOCKOUT_AUDIT_ACTION && e.at >= since)
+        .filter_map(|e| e.object.strip_prefix("connector ")?.parse().ok())
+        .collect()
+}
 
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);

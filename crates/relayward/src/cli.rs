@@ -617,13 +617,8 @@ struct ConnectorMarks {
 impl ConnectorMarks {
     async fn load(store: &dyn Store, tenant: relayward_core::TenantId) -> Result<ConnectorMarks> {
         let since = relayward_core::now() - 86_400;
-        let auth_locked = store
-            .list_audit(Some(tenant), 1000)
-            .await?
-            .into_iter()
-            .filter(|e| e.action == relayward_policy::auth::LOCKOUT_AUDIT_ACTION && e.at >= since)
-            .filter_map(|e| e.object.strip_prefix("connector ")?.parse().ok())
-            .collect();
+        let audit = store.list_audit(Some(tenant), 1000).await?;
+        let auth_locked = relayward_policy::auth::locked_connectors(&audit, since);
         Ok(ConnectorMarks {
             dir: relayward_policy::Directory::new(store.load_directory().await?),
             auth_locked,

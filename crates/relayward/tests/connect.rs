@@ -58,25 +58,7 @@ print(json.dumps(out))
 "#;
 
 fn python(args: &[&str]) -> Option<String> {
-    let out = match std::process::Command::new("python3")
-        .arg("-c")
-        .arg(CLIENT)
-        .args(args)
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            println!("SKIPPED: python3 not available ({e})");
-            return None;
-        }
-        Err(e) => panic!("python3: {e}"),
-    };
-    assert!(
-        out.status.success(),
-        "client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8(out.stdout).unwrap())
+    common::python(CLIENT, args)
 }
 
 struct Setup {

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{provision_acme, Relay};
+use common::{provision_acme, python, Relay};
 use relayward_testkit::SmtpSink;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -250,29 +250,6 @@ fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)
         }
     });
     (url, bodies)
-}
-
-/// Runs `script` with python3; `None` (after printing SKIPPED) when python3 is missing outside CI.
-fn python(script: &str, args: &[&str]) -> Option<String> {
-    let out = match std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            println!("SKIPPED: python3 not available ({e})");
-            return None;
-        }
-        Err(e) => panic!("python3: {e}"),
-    };
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8(out.stdout).unwrap())
 }
 
 /// One AUTH attempt per argument `user:password[@source_ip]`, each on a fresh STARTTLS

@@ -181,14 +181,8 @@ async fn audit_facts(state: &AppState, tenant: TenantId) -> ApiResult<AuditFacts
         .filter(|d| d.verified)
         .map(|d| d.domain)
         .collect();
-    let auth_locked = state
-        .store()
-        .list_audit(Some(tenant), 1000)
-        .await?
-        .into_iter()
-        .filter(|e| e.action == relayward_policy::auth::LOCKOUT_AUDIT_ACTION && e.at >= since)
-        .filter_map(|e| e.object.strip_prefix("connector ")?.parse().ok())
-        .collect();
+    let audit = state.store().list_audit(Some(tenant), 1000).await?;
+    let auth_locked = relayward_policy::auth::locked_connectors(&audit, since);
     Ok(AuditFacts {
         unregistered,
         verified,

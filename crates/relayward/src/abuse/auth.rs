@@ -24,10 +24,7 @@ impl Abuse {
         let me = self.me.clone();
         self.spawn(async move {
             let Some(me) = me.upgrade() else { return };
-            let object = match &connector {
-                Some((id, _, _)) => format!("connector {id}"),
-                None => "auth".to_string(),
-            };
+            let object = relayward_policy::auth::lockout_audit_object(connector.as_ref().map(|c| c.0));
             let what = format!(
                 "{} failed SMTP AUTH attempts within {} s from client address {} (user {:?}) locked AUTH for the {} until the window passes: further attempts are refused with \"{}\" without any password being checked.",
                 ev.failures,

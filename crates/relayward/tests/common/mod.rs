@@ -249,3 +249,27 @@ pub fn provision_acme(relay: &Relay) {
         "127.0.0.1/32",
     ]);
 }
+
+/// Runs `script` with python3 (the real clients: smtplib, urllib). `None`, after printing
+/// SKIPPED, when python3 is missing on a developer machine; under CI that fails.
+pub fn python(script: &str, args: &[&str]) -> Option<String> {
+    let out = match Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            println!("SKIPPED: python3 not available ({e})");
+            return None;
+        }
+        Err(e) => panic!("python3: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
