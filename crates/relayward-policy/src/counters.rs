@@ -758,9 +758,81 @@ struct Suspect {
     top_senders: RecentTopK<Box<str>>,
     top_ips: RecentTopK<IpAddr>,
     samples: Ring<Sample>,
+    /// When each unregistered domain (P1, or P2 of a mismatch) was first and last seen, and in
+    /// how many distinct hours: what the tenant's own traffic looks like, as against one-off
+    /// spam domains. Bounded; the least recently seen is forgotten first.
+    history: HashMap<Box<str>, DomainSeen>,
 }
 
+/// One domain of [`Suspect::history`].
+#[derive(Debug, Clone, Copy)]
+struct DomainSeen {
+    first_ms: i64,
+    last_hour: i64,
+    hours: u32,
+    messages: u32,
+}
+
+/// Domains remembered per tenant.
+const HISTORY_DOMAINS: usize = 512;
+/// A domain is part of the tenant's own traffic when first seen this long before the moment
+/// asked about...
+const FAMILIAR_BEFORE_MS: i64 = 2 * HOUR_MS;
+/// ...and seen in at least this many distinct clock hours;
+const FAMILIAR_HOURS: u32 = 2;
+/// or it recurs: at least this many messages (a spray of random domains has one or two each).
+const RECURRING_MESSAGES: u32 = 5;
+
 impl Suspect {
+    fn remember(&mut self, now_ms: i64, domain: &str) {
+        let hour = now_ms.div_euclid(HOUR_MS);
+        if let Some(d) = self.history.get_mut(domain) {
+            d.messages = d.messages.saturating_add(1);
+            if d.last_hour != hour {
+                d.last_hour = hour;
+                d.hours = d.hours.saturating_add(1);
+            }
+            return;
+        }
+        if self.history.len() >= HISTORY_DOMAINS {
+            // Forget the stalest of a small sample: O(1) per insert, close to LRU.
+            if let Some(k) = self
+                .history
+                .iter()
+                .take(16)
+                .min_by_key(|(_, d)| d.last_hour)
+                .map(|(k, _)| k.clone())
+            {
+                self.history.remove(&k);
+            }
+        }
+        self.history.insert(
+            Box::from(domain),
+            DomainSeen {
+                first_ms: now_ms,
+                last_hour: hour,
+                hours: 1,
+                messages: 1,
+            },
+        );
+    }
+
+    /// Domains that look like the tenant's own traffic as of `now_ms`: seen before the incident
+    /// in more than one hour, or recurring.
+    fn familiar(&self, now_ms: i64) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .history
+            .iter()
+            .filter(|(_, d)| {
+                (d.first_ms <= now_ms - FAMILIAR_BEFORE_MS && d.hours >= FAMILIAR_HOURS)
+                    || d.messages >= RECURRING_MESSAGES
+            })
+            .map(|(k, _)| k.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
     fn new(cfg: &CountersConfig) -> Self {
         let period = cfg.top_k_period_secs.max(1) as i64 * SECOND_MS;
         Suspect {
@@ -772,6 +844,7 @@ impl Suspect {
             top_senders: RecentTopK::new(cfg.top_k, period),
             top_ips: RecentTopK::new(cfg.top_k, period),
             samples: Ring::new(cfg.samples),
+            history: HashMap::new(),
         }
     }
 
@@ -1053,6 +1126,7 @@ impl Counters for InProcessCounters {
                 let slot = (hd % 256) as usize;
                 s.clock_hour_domains[slot / 64] |= 1 << (slot % 64);
                 s.top_domains.add(now_ms, domain, 1, |k: &str| Box::from(k));
+                s.remember(now_ms, domain);
                 s.top_senders.add(now_ms, key, 1, |k: &str| Box::from(k));
             }
             if let Some(ip) = ev.client_ip {
@@ -1179,6 +1253,7 @@ impl Counters for InProcessCounters {
             obs.top_unregistered_senders = s.top_senders.report(now_ms);
             obs.top_source_ips = s.top_ips.report(now_ms);
             obs.samples = s.samples.to_vec();
+            obs.familiar_domains = Some(s.familiar(now_ms));
         }
         obs
     }

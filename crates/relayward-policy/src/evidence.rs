@@ -256,6 +256,11 @@ pub struct Observations {
     pub samples: Vec<Sample>,
     pub rejection_samples: Vec<RejectionSample>,
     pub connectors: Vec<ConnectorActivity>,
+    /// Unregistered domains that look like the tenant's own traffic: seen before the incident
+    /// in more than one hour, or recurring (several messages). The unblock checklist asks only about these (and about none when
+    /// `None`, evidence recorded before this was kept, which asks about every domain).
+    #[serde(default)]
+    pub familiar_domains: Option<Vec<String>>,
 }
 
 /// The record stored with a transition: the decision and what it was based on.

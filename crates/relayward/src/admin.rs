@@ -111,6 +111,19 @@ impl LiveControl {
             .ok_or_else(|| ControlError::NotFound(format!("tenant {id}")))
     }
 
+    /// The one-off (spam) domains of the tenant's latest block's evidence.
+    async fn one_off_domains(&self, tenant: &Tenant) -> ControlResult<Vec<String>> {
+        let evidence: Option<relayward_policy::evidence::Evidence> = self
+            .store
+            .list_transitions(tenant.id, 100)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|r| r.to == TenantState::BlockedUnregistered)
+            .and_then(|r| serde_json::from_str(&r.evidence).ok());
+        Ok(evidence.map_or(Vec::new(), |e| crate::abuse::report::split_domains(&e).1))
+    }
+
     /// The unblock checklist: the checks of [`way_back::unblock_checklist`] (the domains of the
     /// evidence) and the steps of the way back, each `[x]` (met) or `[ ]` (not yet).
     async fn checklist(&self, tenant: &Tenant, state: TenantState) -> ControlResult<Vec<String>> {
@@ -134,9 +147,19 @@ impl LiveControl {
                     Some(m) => item(false, m),
                     None => item(
                         true,
-                        "every unregistered sender domain of the evidence is a verified accepted domain or declared forwarded",
+                        "every unregistered sender domain of the evidence that looks like your own traffic is a verified accepted domain or declared forwarded",
                     ),
                 }];
+                let spam = self.one_off_domains(tenant).await?;
+                if !spam.is_empty() {
+                    out.push(item(
+                        true,
+                        &format!(
+                            "spam senders seen, nothing to do: {} (one-off domains of the incident, never seen before it)",
+                            spam.join(", ")
+                        ),
+                    ));
+                }
                 out.extend([
                     item(
                         requested,

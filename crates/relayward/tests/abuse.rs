@@ -718,6 +718,27 @@ async fn b_burst_through_certificate_connector_is_blocked_within_budget() {
     println!("(b) queued unregistered messages held: {held}");
     assert!(unheld.is_empty(), "not held: {unheld:?}");
     assert_eq!(held, leaked);
+
+    // The checklist asks only about what looks like the tenant's own traffic: the forwarded
+    // domain seen every hour for two days, not the burst's one-off spam domains.
+    let evidence: relayward_policy::evidence::Evidence =
+        serde_json::from_str(&block.evidence).unwrap();
+    let (own, spam) = relayward::abuse::report::split_domains(&evidence);
+    println!("(b) own-traffic domains {own:?}; one-off spam domains: {}", spam.len());
+    assert!(own.iter().all(|d| !d.starts_with("spam")), "{own:?}");
+    assert!(spam.len() >= 10 && spam.iter().all(|d| d.starts_with("spam")), "{spam:?}");
+    h.advance(HOUR);
+    h.ok(&[
+        "tenant",
+        "request-unblock",
+        "hybrid",
+        "--domains-registered",
+        "--connectors-reviewed",
+        "--servers-secured",
+        "--forwarded-domain",
+        "gmail.example",
+    ])
+    .await;
     h.wait_mail("registered message after the block", |m| {
         m.mail_from == "user1@hybrid.example" && m.data_text().contains("after-1")
     })

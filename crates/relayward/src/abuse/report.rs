@@ -101,6 +101,20 @@ pub fn unregistered_domains(e: &Evidence) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// The evidence's unregistered domains split in two: those that look like the tenant's own
+/// traffic (seen before the incident, recurring), which the tenant registers or declares
+/// forwarded, and one-off domains of the incident itself (spam senders: nothing to do). Evidence
+/// recorded without that distinction puts every domain in the first group.
+pub fn split_domains(e: &Evidence) -> (Vec<String>, Vec<String>) {
+    let all = unregistered_domains(e);
+    match &e.observations.familiar_domains {
+        None => (all, Vec::new()),
+        Some(familiar) => all
+            .into_iter()
+            .partition(|d| familiar.iter().any(|f| f.eq_ignore_ascii_case(d))),
+    }
+}
+
 /// The evidence summary: the rules that decided, the counts, top domains, senders and source
 /// addresses, the connectors, their recent changes, and sample messages.
 pub fn evidence_lines(e: &Evidence, connector_names: &HashMap<ConnectorId, String>) -> Vec<String> {

@@ -128,7 +128,8 @@ pub async fn unblock_checklist(
     forwarded.extend(a.forwarded_domains.iter().cloned());
     let mut missing = Vec::new();
     if let Some(e) = &evidence {
-        let unregistered: Vec<String> = report::unregistered_domains(e)
+        let (own, _spam) = report::split_domains(e);
+        let unregistered: Vec<String> = own
             .into_iter()
             .filter(|d| !verified.iter().any(|v| v.covers(d)) && !forwarded.contains(d))
             .collect();
