@@ -58,6 +58,10 @@ impl Address {
             let mut escaped = false;
             let mut end = None;
             for (i, c) in stripped.char_indices() {
+                if c.is_control() {
+                    // Escaped or not: RFC 5321 quoted-pairs take printable characters only.
+                    return Err(bad("control character in quoted local part"));
+                }
                 if escaped {
                     escaped = false;
                 } else if c == '\\' {
@@ -65,8 +69,6 @@ impl Address {
                 } else if c == '"' {
                     end = Some(i);
                     break;
-                } else if c.is_control() {
-                    return Err(bad("control character in quoted local part"));
                 }
             }
             let end = end.ok_or_else(|| bad("unterminated quoted local part"))?;
@@ -188,6 +190,19 @@ mod tests {
         let a = Address::parse("@relay.example,@b.example:user@c.example", false).unwrap();
         assert_eq!(a.to_string(), "user@c.example");
         assert!(Address::parse("@relay.example user@c.example", false).is_err());
+    }
+
+    #[test]
+    fn escaped_control_characters_are_refused() {
+        for bad in [
+            "\"ck\\\u{1c}hsl\"@x.example",
+            "\"a\\\u{0}\"@x.example",
+            "\"a\\\r\"@x.example",
+        ] {
+            assert!(Address::parse(bad, false).is_err(), "{bad:?}");
+            assert!(Address::parse(bad, true).is_err(), "{bad:?}");
+        }
+        assert!(Address::parse("\"a\\\\b\"@x.example", false).is_ok());
     }
 
     #[test]
