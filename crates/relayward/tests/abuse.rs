@@ -724,9 +724,15 @@ async fn b_burst_through_certificate_connector_is_blocked_within_budget() {
     let evidence: relayward_policy::evidence::Evidence =
         serde_json::from_str(&block.evidence).unwrap();
     let (own, spam) = relayward::abuse::report::split_domains(&evidence);
-    println!("(b) own-traffic domains {own:?}; one-off spam domains: {}", spam.len());
+    println!(
+        "(b) own-traffic domains {own:?}; one-off spam domains: {}",
+        spam.len()
+    );
     assert!(own.iter().all(|d| !d.starts_with("spam")), "{own:?}");
-    assert!(spam.len() >= 10 && spam.iter().all(|d| d.starts_with("spam")), "{spam:?}");
+    assert!(
+        spam.len() >= 10 && spam.iter().all(|d| d.starts_with("spam")),
+        "{spam:?}"
+    );
     h.advance(HOUR);
     h.ok(&[
         "tenant",

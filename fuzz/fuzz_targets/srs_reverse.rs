@@ -1,0 +1,3 @@
+#![no_main]
+// The body and its invariants: relayward_fuzz::srs_reverse (crates/relayward-fuzz).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| relayward_fuzz::srs_reverse(data));
