@@ -372,12 +372,20 @@ pub fn explain(dir: &Directory, facts: &ClientFacts, refusal: &Refusal) -> Strin
     if let Some(class) = refusal.class {
         out.push_str(&format!(" sender_class={}", class.as_str()));
     }
-    let considered = considered(dir, facts);
+    let mut considered = considered(dir, facts);
+    if considered.len() > MAX_CONSIDERED {
+        let more = considered.len() - MAX_CONSIDERED;
+        considered.truncate(MAX_CONSIDERED);
+        considered.push(format!("and {more} more"));
+    }
     if !considered.is_empty() {
         out.push_str(&format!(" considered=[{}]", considered.join("; ")));
     }
     out
 }
+
+/// Connectors named in one explanation at most (a shared range can cover hundreds).
+const MAX_CONSIDERED: usize = 12;
 
 /// Whose refusal this is, for the trace: the attributed tenant and connector; else the one
 /// tenant whose connectors have a certificate name the client presented (verified or not) or
@@ -874,6 +882,53 @@ mod tests {
             check_mail(&d, &f, &a, Some(&addr("a@alpha.example"))),
             Err(reply::RELAY_DENIED)
         );
+    }
+
+    #[test]
+    fn explanations_name_the_facts_and_stay_bounded() {
+        let tenants: Vec<Tenant> = (1..=30).map(|i| tenant(i, TenantState::Active)).collect();
+        let connectors: Vec<Connector> = (1..=30)
+            .map(|i| connector(i, i, &["192.0.2.0/24"]))
+            .collect();
+        let d = Directory::new(DirectoryData {
+            version: 1,
+            tenants,
+            domains: vec![domain(1, 1, "alpha.example", true, false)],
+            connectors,
+            header_from_allowed: Vec::new(),
+        });
+        let mut f = facts("192.0.2.9");
+        f.cert_unverified = Some((vec!["mx.alpha.example".into()], "expired".into()));
+        f.auth_user_tried = Some("printer".into());
+        let a = attribute(&d, &f);
+        let out = super::check_rcpt(
+            &d,
+            &f,
+            match &a {
+                Attribution::Candidates(c) => c,
+                other => panic!("{other:?}"),
+            },
+            Some(&addr("x@outside.example")),
+            &addr("r@dest.example"),
+        );
+        let refusal = out.unwrap_err();
+        assert_eq!(refusal.reason, RefusalReason::AmbiguousAttribution);
+        let text = explain(&d, &f, &refusal);
+        assert!(
+            text.starts_with("reason=ambiguous_attribution ip=192.0.2.9 tls=no"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cert=[mx.alpha.example not verified: expired]"),
+            "{text}"
+        );
+        assert!(text.contains("auth=[printer failed]"), "{text}");
+        assert!(
+            text.contains("no connector has AUTH user printer"),
+            "{text}"
+        );
+        assert!(text.contains("and 19 more"), "{text}");
+        assert!(text.len() < 2000, "{}", text.len());
     }
 
     #[test]
