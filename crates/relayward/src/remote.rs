@@ -577,6 +577,70 @@ impl Remote {
                 .await?;
                 println!("{} removed", domain.to_lowercase());
             }
+            DomainCmd::AllowHeaderFrom {
+                tenant,
+                domain,
+                connector,
+            } => {
+                let t = self.tenant_id(&tenant).await?;
+                let connector_id = match connector {
+                    Some(name) => Some(self.connector_id(t, &name).await?),
+                    None => None,
+                };
+                let id = t.to_string();
+                self.post(
+                    &["v1", "tenants", &id, "header-from-domains"],
+                    json!({"domain": domain, "connector_id": connector_id}),
+                )
+                .await?;
+                println!("header From {} allowed", domain.to_lowercase());
+            }
+            DomainCmd::DisallowHeaderFrom {
+                tenant,
+                domain,
+                connector,
+            } => {
+                let t = self.tenant_id(&tenant).await?;
+                let mut query = Vec::new();
+                if let Some(name) = connector {
+                    query.push((
+                        "connector_id",
+                        self.connector_id(t, &name).await?.to_string(),
+                    ));
+                }
+                let id = t.to_string();
+                self.call(
+                    Method::DELETE,
+                    &["v1", "tenants", &id, "header-from-domains", &domain],
+                    &query,
+                    None,
+                )
+                .await?;
+                println!("header From {} no longer allowed", domain.to_lowercase());
+            }
+            DomainCmd::HeaderFrom { tenant, json } => {
+                let id = self.tenant_id(&tenant).await?.to_string();
+                let declared = self
+                    .get(&["v1", "tenants", &id, "header-from-domains"], &[])
+                    .await?;
+                if json {
+                    return print_json(&declared);
+                }
+                let rows = list(&declared)
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            text(&a["domain"]),
+                            match a["connector_id"].as_i64() {
+                                Some(c) => c.to_string(),
+                                None => "any".into(),
+                            },
+                            text(&a["declared_by"]),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                table::print(&["HEADER FROM", "CONNECTOR ID", "BY"], &rows);
+            }
             other => bail!(
                 "{} works on the local store only: run it on the relay's host without --server",
                 command_name("domain", &other)

@@ -691,4 +691,28 @@ fn declared_header_from_domain_is_aligned_while_others_are_refused_when_blocked(
         assert!(Instant::now() < deadline, "still accepted: {r}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The same through the admin API, with the CLI speaking to the running relay.
+    let out = relay.ok(&["token", "create", "--operator", "--label", "ops"]);
+    let token = out.lines().last().unwrap().trim().to_string();
+    let url = format!("http://{}", relay.admin_addr);
+    let api = |args: &[&str]| {
+        let mut all = vec!["--server", url.as_str(), "--token", token.as_str()];
+        all.extend_from_slice(args);
+        relay.ok(&all)
+    };
+    api(&[
+        "domain",
+        "allow-header-from",
+        "acme",
+        "other-partner.example",
+    ]);
+    let listed = api(&["domain", "header-from", "acme", "--json"]);
+    assert!(listed.contains("other-partner.example"), "{listed}");
+    api(&[
+        "domain",
+        "disallow-header-from",
+        "acme",
+        "other-partner.example",
+    ]);
+    assert!(!api(&["domain", "header-from", "acme"]).contains("other-partner"));
 }

@@ -5,6 +5,7 @@ pub(crate) mod audit;
 pub(crate) mod connectors;
 pub mod diagnose;
 pub(crate) mod domains;
+pub(crate) mod header_from;
 pub(crate) mod me;
 pub(crate) mod queue;
 pub(crate) mod status;
@@ -53,6 +54,21 @@ pub(crate) fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             M::POST,
             "/v1/tenants/{tenant_id}/domains/{domain}/verify",
             post(domains::verify),
+        ),
+        (
+            M::GET,
+            "/v1/tenants/{tenant_id}/header-from-domains",
+            get(header_from::list),
+        ),
+        (
+            M::POST,
+            "/v1/tenants/{tenant_id}/header-from-domains",
+            post(header_from::declare),
+        ),
+        (
+            M::DELETE,
+            "/v1/tenants/{tenant_id}/header-from-domains/{domain}",
+            delete(header_from::withdraw),
         ),
         (
             M::GET,

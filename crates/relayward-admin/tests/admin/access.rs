@@ -75,6 +75,19 @@ async fn fixture() -> Fixture {
     api.control.add_message("B0001", Some(api.b.id));
     api.control.restrict(a, "spammer@a-main.example");
     api.control.set_state(a, TenantState::BlockedUnregistered);
+    api.store
+        .allow_header_from(
+            &relayward_core::HeaderFromAllowed {
+                tenant_id: a,
+                domain: "partner.example".into(),
+                connector_id: None,
+                declared_at: 0,
+                declared_by: "test".into(),
+            },
+            "test",
+        )
+        .await
+        .unwrap();
 
     let mut values = HashMap::new();
     values.insert("tenant_id", a.to_string());
@@ -87,6 +100,7 @@ async fn fixture() -> Fixture {
     values.insert("queue_id", "A0001".to_string());
     values.insert("queue_del", "A0002".to_string());
     values.insert("sender", "spammer@a-main.example".to_string());
+    values.insert("header_from", "partner.example".to_string());
     Fixture { api, values }
 }
 
@@ -129,6 +143,23 @@ fn cases() -> Vec<Case> {
             [204, 204, 404, 401],
         )
         .objects(&[("domain", "domain_del")]),
+        case(
+            M::GET,
+            "/v1/tenants/{tenant_id}/header-from-domains",
+            [200, 200, 404, 401],
+        ),
+        case(
+            M::POST,
+            "/v1/tenants/{tenant_id}/header-from-domains",
+            [201, 201, 404, 401],
+        )
+        .body(json!({"domain": "another-partner.example"})),
+        case(
+            M::DELETE,
+            "/v1/tenants/{tenant_id}/header-from-domains/{domain}",
+            [204, 204, 404, 401],
+        )
+        .objects(&[("domain", "header_from")]),
         case(
             M::GET,
             "/v1/tenants/{tenant_id}/connectors",
