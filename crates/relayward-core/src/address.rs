@@ -19,7 +19,9 @@ impl fmt::Display for Address {
 }
 
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+    c.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
 }
 
 impl Address {
@@ -156,10 +158,12 @@ pub fn normalize_domain(input: &str) -> Result<String, Error> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err(bad("label starts or ends with '-'"));
         }
-        if !label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
-        {
+        // Non-ASCII (a U-label) passes, but never a control (C1 included) or space character.
+        if !label.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || c == '-'
+                || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+        }) {
             return Err(bad(
                 "label has a character other than letters, digits and '-'",
             ));
@@ -190,6 +194,15 @@ mod tests {
         let a = Address::parse("@relay.example,@b.example:user@c.example", false).unwrap();
         assert_eq!(a.to_string(), "user@c.example");
         assert!(Address::parse("@relay.example user@c.example", false).is_err());
+    }
+
+    #[test]
+    fn control_characters_in_utf8_domains_are_refused() {
+        assert!(Address::parse("a@pxea\u{8f}\u{473}e.example", true).is_err());
+        assert!(Address::parse("a@b\u{a0}c.example", true).is_err());
+        assert!(normalize_domain("b\u{85}.example").is_err());
+        assert!(Address::parse("a\u{85}b@example.org", true).is_err());
+        assert!(Address::parse("a@b\u{e9}b\u{e9}.example", true).is_ok());
     }
 
     #[test]
