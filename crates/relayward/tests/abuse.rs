@@ -1350,24 +1350,31 @@ async fn f_header_from_spoofing_is_blocked_and_refused_at_data() {
     .await;
     assert!(accepted(&r), "{r}");
     c.quit().await.ok();
-    // The refusal says why, and the evidence names the spoofed domains.
-    let refused = h
-        .store()
-        .search_trace(&relayward_core::TraceQuery {
-            tenant_id: Some(tenant),
-            sender: Some(from.into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert!(
-        refused.iter().any(|e| e
-            .detail
-            .as_deref()
-            .is_some_and(|d| d.contains("reason=blocked_unregistered_header_from")
-                && d.contains("header_from=bank99.example"))),
-        "{refused:?}"
-    );
+    // The refusal says why (the trace is written in batches: wait for it), and the evidence
+    // names the spoofed domains.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = h
+            .store()
+            .search_trace(&relayward_core::TraceQuery {
+                tenant_id: Some(tenant),
+                sender: Some(from.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let explained = refused.iter().any(|e| {
+            e.detail.as_deref().is_some_and(|d| {
+                d.contains("reason=blocked_unregistered_header_from")
+                    && d.contains("header_from=bank99.example")
+            })
+        });
+        if explained {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{refused:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let evidence = serde_json::to_string(&block.evidence).unwrap();
     assert!(evidence.contains("bank"), "{evidence}");
     // What was accepted of the burst is held.

@@ -467,8 +467,15 @@ fn disk_full_answers_452_keeps_nothing_and_recovers() {
             .all(|p| !p.to_string_lossy().contains("/tmp/")),
         "left in the spool's tmp: {leftovers:?}"
     );
-    let trace = relay.ok(&["trace", "--tenant", "acme", "--json"]);
-    assert!(trace.contains("reason=storage_full"), "{trace}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let trace = relay.ok(&["trace", "--tenant", "acme", "--json"]);
+        if trace.contains("reason=storage_full") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{trace}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
