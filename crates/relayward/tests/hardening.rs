@@ -275,15 +275,20 @@ for spec in sys.argv[2:]:
     s.quit()
 "#;
 
-#[test]
-fn password_guessing_is_locked_out_audited_and_alerted() {
-    let pki = relayward_testkit::TestPki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let server = pki.issue_server(&["relay.test"]);
-    let cert = dir.path().join("server.pem");
-    let key = dir.path().join("server.key");
+/// A server certificate for `relay.test` and its key, written under `dir`.
+fn server_cert_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let server = relayward_testkit::TestPki::new().issue_server(&["relay.test"]);
+    let cert = dir.join("server.pem");
+    let key = dir.join("server.key");
     std::fs::write(&cert, &server.chain_pem).unwrap();
     std::fs::write(&key, &server.key_pem).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn password_guessing_is_locked_out_audited_and_alerted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = server_cert_files(dir.path());
     let tls_port = common::free_port();
     let (hook, posts) = webhook_receiver();
     let mut relay = Relay::new(&format!(
@@ -585,13 +590,8 @@ print(json.dumps(seen))
 
 #[test]
 fn secrets_never_reach_logs_traces_replies_or_alerts() {
-    let pki = relayward_testkit::TestPki::new();
     let dir = tempfile::tempdir().unwrap();
-    let server = pki.issue_server(&["relay.test"]);
-    let cert = dir.path().join("server.pem");
-    let key = dir.path().join("server.key");
-    std::fs::write(&cert, &server.chain_pem).unwrap();
-    std::fs::write(&key, &server.key_pem).unwrap();
+    let (cert, key) = server_cert_files(dir.path());
     let tls_port = common::free_port();
     let (hook, posts) = webhook_receiver();
     const SRS_SECRET: &str = "srs-secret-Qx7pLm2Vw9";
