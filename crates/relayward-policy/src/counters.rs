@@ -10,37 +10,39 @@
 //! # Layout and memory
 //!
 //! Counted per window: messages, recipients, external recipients, unregistered-sender messages
-//! and recipients, null-sender messages, header/envelope mismatches, and remote replies by
-//! [`RemoteClass`] (delivered, spam/policy block, bad mailbox, other) — 11 `u32` fields.
+//! and recipients, null-sender messages, header/envelope mismatches, remote replies by
+//! [`RemoteClass`] (delivered, spam/policy block, bad mailbox, other), unregistered messages
+//! from familiar domains, DKIM results of unregistered mail (checked, pass) and messages
+//! refused by the tenant's state — 15 `u32` fields.
 //!
 //! * **Tenant** (the detector's input, exact to the bucket): three rings of time buckets,
-//!   1 minute = 6 × 10 s, 1 hour = 12 × 5 min, 24 hours = 24 × 1 h; 42 buckets × 48 bytes
-//!   (11 `u32` counters + epoch) = 2,016 bytes. Distinct counts (recipient domains, and once
+//!   1 minute = 6 × 10 s, 1 hour = 12 × 5 min, 24 hours = 24 × 1 h; 42 buckets × 64 bytes
+//!   (15 `u32` counters + epoch) = 2,688 bytes. Distinct counts (recipient domains, and once
 //!   the tenant sends unregistered mail, unregistered sender domains and addresses) are
 //!   *timestamped linear-counting bitmaps*: 256 slots holding the `u16` tick (10 s) at which
 //!   each was last set (512 bytes), so one array answers any window up to 24 h as a plain
 //!   bitmap of that window would; the estimate `-m ln(zeros/m)` has a standard error of ~5 % at
 //!   100 and ~7 % at 500 distinct values, and saturates at ~1,400 (reported as 1,420). With the
-//!   baseline and bookkeeping: **2,672 bytes** (`size_of::<TenantEntry>()`, checked by the test
+//!   baseline and bookkeeping: **3,344 bytes** (`size_of::<TenantEntry>()`, checked by the test
 //!   `memory_layout`).
 //! * **Suspect traffic** (allocated on a tenant's first unregistered, null-sender or
-//!   mismatched message): two more bitmaps, three space-saving top-k tables (unregistered
+//!   mismatched message): three more bitmaps (domains, addresses, recipients), three space-saving top-k tables (unregistered
 //!   domains, unregistered addresses, source IPs; k = 20, two 12-hour generations: 120 rows of
 //!   32 or 40 bytes) and a ring of 16 sample messages (112 bytes + queue id and Message-ID cut
-//!   at 128 bytes): 1,344 + 4,160 + 1,792 bytes + keys ≈ **10.6 KB** typical (keys of ~24
+//!   at 128 bytes): 1,904 + 4,160 + 1,792 bytes + keys ≈ **11.2 KB** typical (keys of ~24
 //!   bytes), at most ≈ 36 KB with 256-byte keys. Remote spam blocks keep another ring of 16
 //!   (80 bytes + texts): ≈ 3 KB typical, 11.5 KB at most.
 //! * **Connector and sender** entries (many per tenant, so kept compact): each of the three
 //!   windows is the classic two-bucket sliding estimate (current and previous period, the
-//!   previous weighted by how much of it still falls in the window) of the same 11 counters,
-//!   plus 64-bit linear-counting bitmaps for the three distinct counts: **448 bytes**; a sender
-//!   costs ≈ 0.56 KB with its key and hash-map slot.
+//!   previous weighted by how much of it still falls in the window) of the same 15 counters,
+//!   plus 64-bit linear-counting bitmaps for three distinct counts: **544 bytes**; a sender
+//!   costs ≈ 0.66 KB with its key and hash-map slot.
 //!
 //! So a tenant sending only registered mail through one connector from 20 active addresses
-//! holds 2.7 + 0.5 + 20 × 0.56 ≈ 14 KB; unregistered traffic and spam blocks add ≈ 14 KB.
+//! holds 3.3 + 0.5 + 20 × 0.66 ≈ 17 KB; unregistered traffic and spam blocks add ≈ 14 KB.
 //! Bounded per tenant by `max_connectors_per_tenant` (32) and `max_senders_per_tenant`
 //! (1,000; a new sender evicts the least recently seen, whose restriction — kept apart — stays):
-//! at most 2.7 + 36 + 11.5 + 32 × 0.46 + 1,000 × 0.8 ≈ 870 KB with 256-byte keys everywhere.
+//! at most 3.3 + 37 + 11.5 + 32 × 0.56 + 1,000 × 0.9 ≈ 970 KB with 256-byte keys everywhere.
 //! Entries idle for `idle_expiry_secs` (48 h) are dropped by [`Counters::expire`], which the
 //! caller runs every minute or so.
 
@@ -208,8 +210,20 @@ pub struct RemoteReplyEvent<'a> {
     pub reply: Option<&'a str>,
 }
 
+/// The DKIM verdict on one accepted unregistered or null-sender message.
+#[derive(Debug, Clone, Copy)]
+pub struct DkimEvent<'a> {
+    pub tenant: TenantId,
+    pub connector: Option<ConnectorId>,
+    /// A signature verified whose `d=` is the header From domain or a parent of it.
+    pub pass: bool,
+    /// The domain the message was counted under (P2 of a mismatch, else P1), lowercase.
+    pub domain: Option<&'a str>,
+}
+
 /// Totals over one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WindowStats {
     pub messages: u64,
     pub recipients: u64,
@@ -222,10 +236,28 @@ pub struct WindowStats {
     pub remote_spam: u64,
     pub remote_bad_mailbox: u64,
     pub remote_other: u64,
+    /// Unregistered messages whose domain (P1, or P2 of a mismatch) the tenant had already
+    /// sent from before: first seen two hours earlier or more, in more than one clock hour.
+    pub unregistered_familiar: u64,
+    /// DKIM results of unregistered and null-sender messages, verified after acceptance.
+    pub dkim_checked: u64,
+    /// ...of which a signature verified for the header From domain (or a parent of it).
+    pub dkim_pass: u64,
+    /// Messages refused because of the tenant's restriction state (5.7.750, 5.7.705).
+    pub refused: u64,
+    /// Unregistered messages with a recipient that already got unregistered mail of the tenant
+    /// in an earlier clock hour (within two weeks): forwarding reaches the same people again,
+    /// spray reaches new ones.
+    pub unregistered_known_recipient: u64,
     /// Approximate distinct counts (linear counting).
     pub unregistered_domains: u32,
     pub unregistered_senders: u32,
     pub recipient_domains: u32,
+    /// Distinct recipient addresses of unregistered mail (tenant windows only).
+    pub unregistered_recipient_addrs: u32,
+    /// Distinct domains of unregistered mail whose DKIM signature verified for them (tenant
+    /// windows only): real senders' domains, as forwarded originals carry.
+    pub dkim_pass_domains: u32,
 }
 
 impl WindowStats {
@@ -289,6 +321,10 @@ pub struct Snapshot {
     pub connector: Option<ConnectorWindows>,
     /// The sender of the event, when there was one.
     pub sender: Option<Windows>,
+    /// When the event's connector was created or last changed (unix ms). The counters do not
+    /// know it: the caller sets it from the directory before evaluating.
+    #[serde(default)]
+    pub connector_changed_ms: Option<i64>,
 }
 
 /// One bucket of a tenant's series, for the evidence.
@@ -321,6 +357,11 @@ pub trait Counters: Send + Sync {
     fn record(&self, now_ms: i64, event: &MessageEvent<'_>) -> Snapshot;
     /// Count one remote reply to a delivery attempt.
     fn record_remote_reply(&self, now_ms: i64, event: &RemoteReplyEvent<'_>) -> Snapshot;
+    /// Count the DKIM result of an unregistered or null-sender message, verified after it was
+    /// accepted.
+    fn record_dkim(&self, now_ms: i64, event: &DkimEvent<'_>) -> Snapshot;
+    /// Count a message refused because of the tenant's restriction state.
+    fn record_refused(&self, now_ms: i64, tenant: TenantId, connector: Option<ConnectorId>);
     /// The tenant's windows without counting anything (periodic re-evaluation).
     fn snapshot(&self, now_ms: i64, tenant: TenantId) -> Snapshot;
     /// Windows, series, top talkers and samples for the evidence of a transition.
@@ -413,7 +454,7 @@ impl Default for CountersConfig {
 // ---------------------------------------------------------------------------------------------
 // Building blocks
 
-const N: usize = 11;
+const N: usize = 16;
 const MESSAGES: usize = 0;
 const RECIPIENTS: usize = 1;
 const EXTERNAL: usize = 2;
@@ -425,6 +466,11 @@ const R_DELIVERED: usize = 7;
 const R_SPAM: usize = 8;
 const R_BAD_MAILBOX: usize = 9;
 const R_OTHER: usize = 10;
+const UNREG_FAMILIAR: usize = 11;
+const DKIM_CHECKED: usize = 12;
+const DKIM_PASS: usize = 13;
+const REFUSED: usize = 14;
+const UNREG_KNOWN_RCPT: usize = 15;
 
 type Counts = [u32; N];
 
@@ -432,8 +478,12 @@ type Counts = [u32; N];
 const D_UNREG_DOMAINS: usize = 0;
 const D_UNREG_SENDERS: usize = 1;
 const D_RCPT_DOMAINS: usize = 2;
+/// Tenant windows only (not kept per connector or sender).
+const D_UNREG_RCPTS: usize = 3;
+/// Tenant windows only: domains of unregistered mail with a DKIM signature that verified.
+const D_DKIM_DOMAINS: usize = 4;
 
-fn stats(c: &[u64; N], distinct: [u32; 3]) -> WindowStats {
+fn stats(c: &[u64; N], distinct: [u32; 5]) -> WindowStats {
     WindowStats {
         messages: c[MESSAGES],
         recipients: c[RECIPIENTS],
@@ -446,9 +496,16 @@ fn stats(c: &[u64; N], distinct: [u32; 3]) -> WindowStats {
         remote_spam: c[R_SPAM],
         remote_bad_mailbox: c[R_BAD_MAILBOX],
         remote_other: c[R_OTHER],
+        unregistered_familiar: c[UNREG_FAMILIAR],
+        dkim_checked: c[DKIM_CHECKED],
+        dkim_pass: c[DKIM_PASS],
+        refused: c[REFUSED],
+        unregistered_known_recipient: c[UNREG_KNOWN_RCPT],
         unregistered_domains: distinct[D_UNREG_DOMAINS],
         unregistered_senders: distinct[D_UNREG_SENDERS],
         recipient_domains: distinct[D_RCPT_DOMAINS],
+        unregistered_recipient_addrs: distinct[D_UNREG_RCPTS],
+        dkim_pass_domains: distinct[D_DKIM_DOMAINS],
     }
 }
 
@@ -606,6 +663,43 @@ impl Stamps {
     }
 }
 
+/// Recipients of a tenant's unregistered mail by the clock hour they were last seen: a
+/// direct-mapped table of 1,024 slots, each a 16-bit fingerprint and a 16-bit hour (4 KB).
+/// A slot is overwritten by whichever recipient hashes to it last, so a spray pushes out
+/// some of the people forwarding reaches; a false match needs the same 16-bit fingerprint.
+#[derive(Debug, Clone)]
+struct KnownRecipients {
+    slots: Box<[u32; KNOWN_SLOTS]>,
+}
+
+const KNOWN_SLOTS: usize = 1024;
+/// A recipient last seen longer ago than this is not known any more.
+const KNOWN_FOR_HOURS: i64 = 14 * 24;
+
+impl KnownRecipients {
+    fn new() -> Self {
+        KnownRecipients {
+            slots: Box::new([0; KNOWN_SLOTS]),
+        }
+    }
+
+    /// Whether `hash` was seen in an earlier clock hour than `hour` (and not too long ago);
+    /// records it as seen in `hour`.
+    fn seen(&mut self, hour: i64, hash: u64) -> bool {
+        let slot = &mut self.slots[(hash % KNOWN_SLOTS as u64) as usize];
+        let fingerprint = ((hash >> 48) as u32) << 16;
+        // Hours are kept modulo 2^16 - 1, plus one (0 = empty).
+        let stamp = (hour.rem_euclid(0xFFFF) + 1) as u32;
+        let known = *slot != 0 && (*slot & 0xFFFF_0000) == fingerprint && {
+            let then = (*slot & 0xFFFF) as i64;
+            let age = (stamp as i64 - then).rem_euclid(0xFFFF);
+            (1..=KNOWN_FOR_HOURS).contains(&age)
+        };
+        *slot = fingerprint | stamp;
+        known
+    }
+}
+
 /// Two-bucket sliding estimate over windows of `W` ms.
 #[derive(Debug, Clone, Copy)]
 struct Pair<const W: i64> {
@@ -663,7 +757,7 @@ impl<const W: i64> Pair<W> {
         for i in 0..N {
             c[i] = (prev[i] as f64 * prev_weight + cur[i] as f64).round() as u64;
         }
-        let mut distinct = [0u32; 3];
+        let mut distinct = [0u32; 5];
         for j in 0..3 {
             let now_only = lc64(cb[j]);
             let both = lc64(cb[j] | pb[j]);
@@ -751,6 +845,12 @@ impl BaselineState {
 struct Suspect {
     domains: Stamps,
     senders: Stamps,
+    /// Recipient addresses of unregistered mail: forwarding reaches a few, spray many.
+    recipients: Stamps,
+    /// Domains of unregistered mail that passed DKIM.
+    dkim_domains: Stamps,
+    /// Which recipients of unregistered mail were seen in which clock hour.
+    known_recipients: KnownRecipients,
     /// Distinct unregistered domains of the current clock hour, for the baseline.
     clock_hour: i64,
     clock_hour_domains: [u64; 4],
@@ -817,6 +917,15 @@ impl Suspect {
         );
     }
 
+    /// Whether `domain` was part of the tenant's traffic before now: first seen
+    /// [`FAMILIAR_BEFORE_MS`] ago or more, in [`FAMILIAR_HOURS`] clock hours. Recurrence within
+    /// the incident does not count here: a spammer rotating a few domains makes them recur.
+    fn seen_before(&self, now_ms: i64, domain: &str) -> bool {
+        self.history
+            .get(domain)
+            .is_some_and(|d| d.first_ms <= now_ms - FAMILIAR_BEFORE_MS && d.hours >= FAMILIAR_HOURS)
+    }
+
     /// Domains that look like the tenant's own traffic as of `now_ms`: seen before the incident
     /// in more than one hour, or recurring.
     fn familiar(&self, now_ms: i64) -> Vec<String> {
@@ -838,6 +947,9 @@ impl Suspect {
         Suspect {
             domains: Stamps::new(),
             senders: Stamps::new(),
+            recipients: Stamps::new(),
+            dkim_domains: Stamps::new(),
+            known_recipients: KnownRecipients::new(),
             clock_hour: i64::MIN,
             clock_hour_domains: [0; 4],
             top_domains: RecentTopK::new(cfg.top_k, period),
@@ -902,6 +1014,8 @@ impl TenantEntry {
             if let Some(s) = &mut self.suspect {
                 s.domains.shift(shift);
                 s.senders.shift(shift);
+                s.recipients.shift(shift);
+                s.dkim_domains.shift(shift);
             }
             self.base_tick = new_base;
         }
@@ -942,11 +1056,16 @@ impl TenantEntry {
 
     fn windows(&self, now_ms: i64, rel: u16) -> Windows {
         let rcpt = self.recipient_domains.counts(rel);
-        let (dom, snd) = match &self.suspect {
-            Some(s) => (s.domains.counts(rel), s.senders.counts(rel)),
-            None => ([0; 3], [0; 3]),
+        let (dom, snd, urc, dkd) = match &self.suspect {
+            Some(s) => (
+                s.domains.counts(rel),
+                s.senders.counts(rel),
+                s.recipients.counts(rel),
+                s.dkim_domains.counts(rel),
+            ),
+            None => ([0; 3], [0; 3], [0; 3], [0; 3]),
         };
-        let d = |i: usize| [dom[i], snd[i], rcpt[i]];
+        let d = |i: usize| [dom[i], snd[i], rcpt[i], urc[i], dkd[i]];
         Windows {
             minute: stats(&self.minute.sum(now_ms), d(0)),
             hour: stats(&self.hour.sum(now_ms), d(1)),
@@ -1027,6 +1146,33 @@ impl InProcessCounters {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Adds `d` to the windows of a tenant and its connector, and lets `more` change the
+    /// tenant's entry in the same step.
+    fn count_with(
+        &self,
+        now_ms: i64,
+        tenant: TenantId,
+        connector: Option<ConnectorId>,
+        d: &Counts,
+        more: impl FnOnce(&mut TenantEntry, u16, &CountersConfig),
+    ) -> Snapshot {
+        let cfg = &self.cfg;
+        let mut shard = self.shard(tenant);
+        let entry = shard
+            .tenants
+            .entry(tenant)
+            .or_insert_with(|| TenantEntry::new(now_ms));
+        let rel = entry.touch(now_ms, cfg);
+        entry.add(now_ms, d);
+        more(entry, rel, cfg);
+        if let Some(c) = connector {
+            entry
+                .connector(now_ms, c, cfg.max_connectors_per_tenant)
+                .add(now_ms, d, &[0; 3]);
+        }
+        snapshot_of(entry, tenant, now_ms, rel, connector, None)
+    }
+
     /// Tenants currently held.
     pub fn tenant_count(&self) -> usize {
         self.shards
@@ -1060,6 +1206,7 @@ fn snapshot_of(
                 })
         }),
         sender: sender.and_then(|k| entry.senders.get(k).map(|s| s.windows(now_ms))),
+        connector_changed_ms: None,
     }
 }
 
@@ -1090,7 +1237,6 @@ impl Counters for InProcessCounters {
             SenderClass::Registered => {}
         }
         d[MISMATCHES] = ev.mismatch as u32;
-        entry.add(now_ms, &d);
 
         let mut bits = [0u64; 3];
         for r in ev.recipients {
@@ -1104,6 +1250,15 @@ impl Counters for InProcessCounters {
         if suspicious {
             let hour = now_ms.div_euclid(HOUR_MS);
             let s = entry.suspect(cfg);
+            if effective == SenderClass::Unregistered {
+                let mut known = false;
+                for r in ev.recipients {
+                    let h = hash_str(&sender_key(r));
+                    s.recipients.mark(rel, h);
+                    known |= s.known_recipients.seen(hour, h);
+                }
+                d[UNREG_KNOWN_RCPT] = known as u32;
+            }
             // The domain the recipients see: P2 for a mismatch, else P1.
             let seen_domain = match (ev.mismatch, ev.header_from_domain, ev.sender) {
                 (true, Some(d), _) => Some(d),
@@ -1126,6 +1281,9 @@ impl Counters for InProcessCounters {
                 let slot = (hd % 256) as usize;
                 s.clock_hour_domains[slot / 64] |= 1 << (slot % 64);
                 s.top_domains.add(now_ms, domain, 1, |k: &str| Box::from(k));
+                if s.seen_before(now_ms, domain) {
+                    d[UNREG_FAMILIAR] = 1;
+                }
                 s.remember(now_ms, domain);
                 s.top_senders.add(now_ms, key, 1, |k: &str| Box::from(k));
             }
@@ -1144,6 +1302,7 @@ impl Counters for InProcessCounters {
             });
         }
 
+        entry.add(now_ms, &d);
         entry
             .connector(now_ms, ev.connector, cfg.max_connectors_per_tenant)
             .add(now_ms, &d, &bits);
@@ -1160,6 +1319,24 @@ impl Counters for InProcessCounters {
             Some(ev.connector),
             key.as_deref(),
         )
+    }
+
+    fn record_dkim(&self, now_ms: i64, ev: &DkimEvent<'_>) -> Snapshot {
+        let mut d: Counts = [0; N];
+        d[DKIM_CHECKED] = 1;
+        d[DKIM_PASS] = ev.pass as u32;
+        let domain = ev.domain.filter(|_| ev.pass);
+        self.count_with(now_ms, ev.tenant, ev.connector, &d, |entry, rel, cfg| {
+            if let Some(domain) = domain {
+                entry.suspect(cfg).dkim_domains.mark(rel, hash_str(domain));
+            }
+        })
+    }
+
+    fn record_refused(&self, now_ms: i64, tenant: TenantId, connector: Option<ConnectorId>) {
+        let mut d: Counts = [0; N];
+        d[REFUSED] = 1;
+        self.count_with(now_ms, tenant, connector, &d, |_, _, _| {});
     }
 
     fn record_remote_reply(&self, now_ms: i64, ev: &RemoteReplyEvent<'_>) -> Snapshot {
@@ -1665,7 +1842,7 @@ mod tests {
             size_of::<(IpAddr, u64, u64)>(),
         );
         // The doc comment of this module quotes these figures.
-        assert!(tenant <= 2_800, "{tenant}");
-        assert!(compact <= 480, "{compact}");
+        assert!(tenant <= 3_600, "{tenant}");
+        assert!(compact <= 580, "{compact}");
     }
 }

@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | `unregistered_volume` | running hour | unregistered + null-sender messages | max(floor, k × baseline) |
 //! | `unregistered_burst` | last minute | same | baseline per minute + ¼ of the burst budget |
-//! | `unregistered_domains` | running hour | distinct unregistered sender domains | max(domain floor, k × baseline) |
+//! | `unregistered_domains` | running hour | distinct unregistered sender domains, less those that passed DKIM | max(domain floor, k × baseline) |
 //! | `unregistered_share` | running hour | share of unregistered mail minus its baseline share | 0.3 |
 //! | `spam_rejections` | running hour | remote spam/policy blocks ÷ remote replies | 5 % |
 //! | `header_mismatch` | running hour | mismatches ÷ registered messages | 50 % |
@@ -29,7 +29,7 @@
 use relayward_core::{TenantId, TenantState};
 use serde::{Deserialize, Serialize};
 
-use crate::counters::{CountersConfig, Snapshot, SECOND_MS};
+use crate::counters::{CountersConfig, Snapshot, WindowStats, SECOND_MS};
 use crate::limits::SenderLimits;
 
 // ---------------------------------------------------------------------------------------------
@@ -160,6 +160,149 @@ rate_rule!(
     50
 );
 
+/// `[detector.forwarding]`: how much more unregistered mail a tenant gets in the running hour
+/// when that mail looks forwarded rather than sprayed.
+///
+/// Three traits of the hour's unregistered mail are scored from 0 (spray-shaped) to 1
+/// (forwarding-shaped):
+/// * **recipients**: the share of messages with a recipient that already got unregistered
+///   mail of the tenant in an earlier clock hour (forwarding reaches the same people again,
+///   spray new ones), 1 at or above `known_recipients_full`; 0 when messages average more
+///   than `max_recipients_per_message` recipients;
+/// * **dkim**: messages carrying a signature that verifies for their header From domain ÷
+///   unregistered and null-sender messages (a message not yet verified counts as failing);
+/// * **familiar**: messages whose domain the tenant sent from before (first seen two hours or
+///   more earlier, in more than one clock hour) ÷ unregistered and null-sender messages.
+///
+/// The likeness is their mean when at least `min_traits` of them reach 0.5, else 0, halved
+/// (`new_connector_factor`) when the message's connector was created or changed within
+/// `new_connector_secs`. The floors and the burst budget of the unregistered rules are
+/// multiplied by `1 + (max_allowance - 1) × likeness`. Nothing is judged before
+/// `min_messages` unregistered messages in the hour (the floor covers them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingRule {
+    pub enabled: bool,
+    pub max_allowance: f64,
+    pub min_messages: u64,
+    pub known_recipients_full: f64,
+    pub max_recipients_per_message: f64,
+    pub min_traits: u32,
+    pub new_connector_secs: u64,
+    pub new_connector_factor: f64,
+}
+
+impl Default for ForwardingRule {
+    fn default() -> Self {
+        ForwardingRule {
+            enabled: true,
+            max_allowance: 8.0,
+            min_messages: 10,
+            known_recipients_full: 0.5,
+            max_recipients_per_message: 3.0,
+            min_traits: 2,
+            new_connector_secs: 7 * 24 * 3600,
+            new_connector_factor: 0.5,
+        }
+    }
+}
+
+/// What [`Detector::shape`] reads off one window.
+struct Traits {
+    window: Window,
+    messages: u64,
+    known: f64,
+    recipients: f64,
+    distinct: f64,
+    per_message: f64,
+    dkim: f64,
+    familiar: f64,
+    judged: bool,
+    likeness: f64,
+}
+
+/// One trait of [`Shape`]: what was observed and its score.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trait {
+    pub observed: f64,
+    /// 0 = spray-shaped, 1 = forwarding-shaped.
+    pub score: f64,
+}
+
+/// What the running hour's unregistered mail looks like, and the allowance it earns (see
+/// [`ForwardingRule`]). Kept in every transition's evidence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Shape {
+    /// The window the traits are computed over: the running hour, or the day when the hour
+    /// holds fewer than `min_messages`.
+    #[serde(default)]
+    pub window: Window,
+    /// Unregistered and null-sender messages of that window.
+    pub messages: u64,
+    /// Share of unregistered messages to a recipient seen in an earlier hour.
+    pub recipients: Trait,
+    /// Distinct recipient addresses ÷ recipients of unregistered mail.
+    #[serde(default)]
+    pub distinct_recipients: f64,
+    /// Average recipients per unregistered message.
+    pub recipients_per_message: f64,
+    /// Share of messages with a DKIM signature verifying for their header From domain.
+    pub dkim: Trait,
+    pub dkim_checked: u64,
+    /// Share of messages from domains the tenant sent from before.
+    pub familiar: Trait,
+    /// Age of the message's connector since it was created or changed, when known.
+    pub connector_age_secs: Option<u64>,
+    pub new_connector: bool,
+    /// Whether enough traffic was seen to judge.
+    pub judged: bool,
+    pub likeness: f64,
+    /// What the hourly floors are multiplied by.
+    pub allowance: f64,
+    /// What the burst budget is multiplied by: the lesser of the hour's allowance and the last
+    /// minute's own.
+    #[serde(default)]
+    pub burst_allowance: f64,
+}
+
+impl Shape {
+    pub fn describe(&self) -> String {
+        if !self.judged {
+            return format!(
+                "shape not judged ({} unregistered messages), allowance x1",
+                self.messages
+            );
+        }
+        let age = match self.connector_age_secs {
+            Some(s) => format!(
+                ", connector changed {:.1} days ago{}",
+                s as f64 / 86_400.0,
+                if self.new_connector { " (new)" } else { "" }
+            ),
+            None => String::new(),
+        };
+        format!(
+            "shape of {} messages ({:?}): known recipients {:.2} (distinct {:.2}, {:.1}/message) score {:.2}, \
+             dkim pass {:.2} of {} checked score {:.2}, familiar domains {:.2} score {:.2}{age}; \
+             likeness {:.2}, allowance x{:.1} (burst x{:.1})",
+            self.messages,
+            self.window,
+            self.recipients.observed,
+            self.distinct_recipients,
+            self.recipients_per_message,
+            self.recipients.score,
+            self.dkim.observed,
+            self.dkim_checked,
+            self.dkim.score,
+            self.familiar.observed,
+            self.familiar.score,
+            self.likeness,
+            self.allowance,
+            self.burst_allowance,
+        )
+    }
+}
+
 /// `[detector]`. Every key has a default; durations are in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -186,6 +329,7 @@ pub struct DetectorConfig {
     pub unregistered_share: ShareRule,
     pub spam_rejections: SpamRule,
     pub header_mismatch: MismatchRule,
+    pub forwarding: ForwardingRule,
     pub counters: CountersConfig,
     /// Default per-sender limits; tenants may have their own.
     pub sender_limits: SenderLimits,
@@ -207,6 +351,7 @@ impl Default for DetectorConfig {
             unregistered_share: ShareRule::default(),
             spam_rejections: SpamRule::default(),
             header_mismatch: MismatchRule::default(),
+            forwarding: ForwardingRule::default(),
             counters: CountersConfig::default(),
             sender_limits: SenderLimits::default(),
         }
@@ -287,6 +432,32 @@ impl DetectorConfig {
                 ));
             }
         }
+        let fw = &self.forwarding;
+        if fw.max_allowance < 1.0 {
+            return Err(format!(
+                "detector.forwarding.max_allowance must be >= 1, not {}",
+                fw.max_allowance
+            ));
+        }
+        in_unit(
+            "forwarding.known_recipients_full",
+            fw.known_recipients_full,
+            true,
+        )?;
+        if fw.max_recipients_per_message < 1.0 {
+            return Err("detector.forwarding.max_recipients_per_message must be >= 1".into());
+        }
+        if !(1..=3).contains(&fw.min_traits) {
+            return Err(format!(
+                "detector.forwarding.min_traits must be 1, 2 or 3, not {}",
+                fw.min_traits
+            ));
+        }
+        in_unit(
+            "forwarding.new_connector_factor",
+            fw.new_connector_factor,
+            false,
+        )?;
         if self.burst_budget <= self.floor_unregistered_per_hour {
             return Err(format!(
                 "detector.burst_budget ({}) must exceed floor_unregistered_per_hour ({}): \
@@ -325,11 +496,13 @@ impl Rule {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Window {
     Minute,
+    #[default]
     Hour,
+    Day,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -398,6 +571,9 @@ pub struct Transition {
     /// Set when entering probation.
     pub probation_until_ms: Option<i64>,
     pub summary: String,
+    /// The shape of the unregistered traffic when the detector decided.
+    #[serde(default)]
+    pub shape: Option<Shape>,
 }
 
 /// A tenant's restriction state as stored.
@@ -501,9 +677,129 @@ impl Detector {
         }
     }
 
+    /// The traits of one window's unregistered mail, before the connector's age counts.
+    fn traits(&self, w: &WindowStats, window: Window) -> Traits {
+        let r = &self.cfg.forwarding;
+        let messages = w.not_registered();
+        let unreg = w.unregistered_messages;
+        let rcpts = w.unregistered_recipients;
+        let per_message = if unreg > 0 {
+            rcpts as f64 / unreg as f64
+        } else {
+            0.0
+        };
+        let distinct = if rcpts > 0 {
+            (w.unregistered_recipient_addrs as f64 / rcpts as f64).min(1.0)
+        } else {
+            0.0
+        };
+        let known = if unreg > 0 {
+            (w.unregistered_known_recipient as f64 / unreg as f64).min(1.0)
+        } else {
+            0.0
+        };
+        let recipients = if per_message > r.max_recipients_per_message {
+            0.0
+        } else {
+            (known / r.known_recipients_full).min(1.0)
+        };
+        let share = |n: u64| {
+            if messages > 0 {
+                (n as f64 / messages as f64).min(1.0)
+            } else {
+                0.0
+            }
+        };
+        let dkim = share(w.dkim_pass);
+        let familiar = share(w.unregistered_familiar);
+        let judged = r.enabled && messages >= r.min_messages;
+        let scores = [recipients, dkim, familiar];
+        let holding = scores.iter().filter(|&&x| x >= 0.5).count() as u32;
+        let likeness = if judged && holding >= r.min_traits {
+            scores.iter().sum::<f64>() / 3.0
+        } else {
+            0.0
+        };
+        Traits {
+            window,
+            messages,
+            known,
+            recipients,
+            distinct,
+            per_message,
+            dkim,
+            familiar,
+            judged,
+            likeness,
+        }
+    }
+
+    /// The shape of the running hour's unregistered mail and the allowance it earns.
+    pub fn shape(&self, snapshot: &Snapshot) -> Shape {
+        let r = &self.cfg.forwarding;
+        let hour = &snapshot.windows.hour;
+        let connector_age_secs = snapshot
+            .connector_changed_ms
+            .map(|t| ((snapshot.at_ms - t).max(0) / SECOND_MS) as u64);
+        let new_connector = connector_age_secs.is_some_and(|a| a < r.new_connector_secs);
+        let age = if new_connector {
+            r.new_connector_factor
+        } else {
+            1.0
+        };
+        let allowance = |likeness: f64| 1.0 + (r.max_allowance - 1.0) * likeness * age;
+        // The running hour when it holds enough to judge; else the day, so that a quiet hour
+        // of a forwarding tenant keeps the allowance its traffic earned.
+        let mut h = self.traits(hour, Window::Hour);
+        if !h.judged {
+            let d = self.traits(&snapshot.windows.day, Window::Day);
+            if d.judged {
+                h = d;
+            }
+        }
+        let hour_allowance = allowance(h.likeness);
+        // A burst is judged by its own minute too, so that spray inside an hour of forwarding
+        // does not inherit the hour's allowance.
+        let m = self.traits(&snapshot.windows.minute, Window::Minute);
+        let burst_allowance = if m.judged {
+            hour_allowance.min(allowance(m.likeness))
+        } else {
+            hour_allowance
+        };
+        Shape {
+            messages: h.messages,
+            window: h.window,
+            recipients: Trait {
+                observed: h.known,
+                score: h.recipients,
+            },
+            distinct_recipients: h.distinct,
+            recipients_per_message: h.per_message,
+            dkim: Trait {
+                observed: h.dkim,
+                score: h.dkim,
+            },
+            dkim_checked: hour.dkim_checked,
+            familiar: Trait {
+                observed: h.familiar,
+                score: h.familiar,
+            },
+            connector_age_secs,
+            new_connector,
+            judged: h.judged,
+            likeness: h.likeness * age,
+            allowance: hour_allowance,
+            burst_allowance,
+        }
+    }
+
     /// Every enabled rule's verdict on `snapshot` for a tenant in `state` (probation tightens
     /// the thresholds). Cheap: a few dozen float operations.
     pub fn assess(&self, snapshot: &Snapshot, state: TenantState) -> Vec<Signal> {
+        self.assess_with(snapshot, state, &self.shape(snapshot))
+    }
+
+    fn assess_with(&self, snapshot: &Snapshot, state: TenantState, shape: &Shape) -> Vec<Signal> {
         let cfg = &self.cfg;
         let f = if state == TenantState::Probation {
             cfg.probation_factor
@@ -513,8 +809,11 @@ impl Detector {
         let hour = &snapshot.windows.hour;
         let minute = &snapshot.windows.minute;
         let base = &snapshot.baseline;
-        let floor = cfg.floor_unregistered_per_hour as f64 * f;
-        let floor_domains = cfg.floor_unregistered_domains_per_hour as f64 * f;
+        // Forwarding-shaped traffic earns a larger allowance on the floors and the budget; the
+        // baseline-relative parts are the tenant's own history and need none.
+        let a = shape.allowance;
+        let floor = cfg.floor_unregistered_per_hour as f64 * f * a;
+        let floor_domains = cfg.floor_unregistered_domains_per_hour as f64 * f * a;
         let hour_unreg = hour.not_registered();
         let past_floor = hour_unreg as f64 > floor;
         let mut out = Vec::with_capacity(6);
@@ -536,7 +835,7 @@ impl Detector {
         let r = &cfg.unregistered_burst;
         if r.enabled {
             let expected = base.unregistered_per_hour / 60.0;
-            let budget = cfg.burst_budget as f64;
+            let budget = cfg.burst_budget as f64 * shape.burst_allowance.max(1.0);
             let minute_unreg = minute.not_registered();
             out.push(self.signal(
                 Rule::UnregisteredBurst,
@@ -552,7 +851,11 @@ impl Detector {
         let r = &cfg.unregistered_domains;
         if r.enabled {
             let warn = floor_domains.max(r.warn_factor * base.unregistered_domains_per_hour * f);
-            let domains = hour.unregistered_domains as u64;
+            // A domain whose mail carried a DKIM signature that verified for it is a real
+            // sender's (a forwarded original); snowshoe spam's domains are not.
+            let domains = hour
+                .unregistered_domains
+                .saturating_sub(hour.dkim_pass_domains) as u64;
             out.push(self.signal(
                 Rule::UnregisteredDomains,
                 Window::Hour,
@@ -644,6 +947,7 @@ impl Detector {
             signals,
             probation_until_ms,
             summary,
+            shape: None,
         }
     }
 
@@ -663,7 +967,26 @@ impl Detector {
         if !matches!(from, Active | Warned | Probation) {
             return None;
         }
-        let signals = self.assess(snapshot, from);
+        let shape = self.shape(snapshot);
+        let mut t = self.decide(now_ms, tenant, status, snapshot, &shape)?;
+        if shape.judged {
+            t.summary = format!("{}; {}", t.summary, shape.describe());
+        }
+        t.shape = Some(shape);
+        Some(t)
+    }
+
+    fn decide(
+        &self,
+        now_ms: i64,
+        tenant: TenantId,
+        status: &TenantStatus,
+        snapshot: &Snapshot,
+        shape: &Shape,
+    ) -> Option<Transition> {
+        use TenantState::*;
+        let from = status.state;
+        let signals = self.assess_with(snapshot, from, shape);
         let firing: Vec<Signal> = signals
             .iter()
             .filter(|s| s.level >= Level::Warn)
@@ -1567,8 +1890,10 @@ mod tests {
         assert_eq!(w.signals[0].level, Level::Warn);
         assert_eq!((a.from, a.to), (TenantState::Warned, TenantState::Active));
         assert!(a.at_ms - w.at_ms >= dwell, "dwell respected");
-        // Not clear while the spike is still in the running hour.
-        assert!(a.at_ms >= spike + 29 * 60_000 + 55 * 60_000);
+        // Clear once the dwell is over and the hour has calmed: the forwarded spike (known
+        // recipients, familiar domains) earns an allowance, so that can be before the spike
+        // has left the running hour.
+        assert!(a.at_ms >= spike + 29 * 60_000 + dwell - 30 * 60_000);
         assert!(a.at_ms <= spike + 3 * HOUR_MS);
     }
 

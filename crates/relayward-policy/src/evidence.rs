@@ -15,7 +15,7 @@ use relayward_core::{ConnectorId, SenderClass, TenantId, TenantState};
 use serde::{Deserialize, Serialize};
 
 use crate::counters::{Baseline, SeriesPoint, Windows};
-use crate::detector::{Cause, Signal, Transition};
+use crate::detector::{Cause, Shape, Signal, Transition};
 
 /// One row of a top-k table. The true count lies in `count - error ..= count`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +273,9 @@ pub struct Evidence {
     pub cause: Cause,
     /// Rule, level, thresholds and observed value of each signal that decided.
     pub signals: Vec<Signal>,
+    /// The shape of the unregistered traffic (forwarding or spray) and the allowance it earned.
+    #[serde(default)]
+    pub shape: Option<Shape>,
     pub observations: Observations,
     /// Connector changes of the last 7 days; the caller adds them from the store.
     #[serde(default)]
@@ -288,6 +291,7 @@ impl Evidence {
             to: transition.to,
             cause: transition.cause.clone(),
             signals: transition.signals.clone(),
+            shape: transition.shape,
             observations,
             connector_changes: Vec::new(),
         }

@@ -23,6 +23,7 @@ fn rule_text(s: &Signal) -> String {
     let window = match s.window {
         Window::Minute => "in the last minute",
         Window::Hour => "in the last hour",
+        Window::Day => "in the last 24 hours",
     };
     let pct = |v: f64| format!("{:.1} %", v * 100.0);
     match s.rule {
@@ -131,6 +132,9 @@ pub fn evidence_lines(e: &Evidence, connector_names: &HashMap<ConnectorId, Strin
             s.level,
             rule_text(s)
         ));
+    }
+    if let Some(shape) = &e.shape {
+        out.push(format!("Traffic {}", shape.describe()));
     }
     let (m, h, d) = (&o.windows.minute, &o.windows.hour, &o.windows.day);
     out.push(format!(
@@ -277,6 +281,7 @@ mod tests {
             }],
             probation_until_ms: None,
             summary: "block-level signal".into(),
+            shape: None,
         };
         let obs = Observations {
             top_unregistered_domains: vec![TopEntry {
