@@ -664,9 +664,10 @@ impl Stamps {
 }
 
 /// Recipients of a tenant's unregistered mail by the clock hour they were last seen: a
-/// direct-mapped table of 1,024 slots, each a 16-bit fingerprint and a 16-bit hour (4 KB).
-/// A slot is overwritten by whichever recipient hashes to it last, so a spray pushes out
-/// some of the people forwarding reaches; a false match needs the same 16-bit fingerprint.
+/// direct-mapped table of 1,024 slots (4 KB), each a 16-bit fingerprint, a 15-bit hour and a
+/// flag saying the recipient had been seen in an hour before that one. A slot is overwritten by
+/// whichever recipient hashes to it last, so a spray pushes out some of the people forwarding
+/// reaches; a false match needs the same 16-bit fingerprint.
 #[derive(Debug, Clone)]
 struct KnownRecipients {
     slots: Box<[u32; KNOWN_SLOTS]>,
@@ -675,6 +676,7 @@ struct KnownRecipients {
 const KNOWN_SLOTS: usize = 1024;
 /// A recipient last seen longer ago than this is not known any more.
 const KNOWN_FOR_HOURS: i64 = 14 * 24;
+const HOUR_MOD: i64 = 0x7FFF;
 
 impl KnownRecipients {
     fn new() -> Self {
@@ -683,19 +685,23 @@ impl KnownRecipients {
         }
     }
 
-    /// Whether `hash` was seen in an earlier clock hour than `hour` (and not too long ago);
-    /// records it as seen in `hour`.
+    /// Whether `hash` was seen in a clock hour before `hour` (and not too long ago); records
+    /// it as seen in `hour`.
     fn seen(&mut self, hour: i64, hash: u64) -> bool {
         let slot = &mut self.slots[(hash % KNOWN_SLOTS as u64) as usize];
         let fingerprint = ((hash >> 48) as u32) << 16;
-        // Hours are kept modulo 2^16 - 1, plus one (0 = empty).
-        let stamp = (hour.rem_euclid(0xFFFF) + 1) as u32;
-        let known = *slot != 0 && (*slot & 0xFFFF_0000) == fingerprint && {
-            let then = (*slot & 0xFFFF) as i64;
-            let age = (stamp as i64 - then).rem_euclid(0xFFFF);
-            (1..=KNOWN_FOR_HOURS).contains(&age)
+        // Hours modulo 2^15 - 1, plus one (0 = empty), in bits 1..16; bit 0 the flag.
+        let stamp = (hour.rem_euclid(HOUR_MOD) + 1) as u32;
+        let ours = *slot != 0 && (*slot & 0xFFFF_0000) == fingerprint;
+        let then = ((*slot >> 1) & 0x7FFF) as i64;
+        let flag = *slot & 1 == 1;
+        let age = (stamp as i64 - then).rem_euclid(HOUR_MOD);
+        let known = match ours {
+            true if age == 0 => flag,
+            true => (1..=KNOWN_FOR_HOURS).contains(&age),
+            false => false,
         };
-        *slot = fingerprint | stamp;
+        *slot = fingerprint | (stamp << 1) | known as u32;
         known
     }
 }
@@ -1844,5 +1850,55 @@ mod tests {
         // The doc comment of this module quotes these figures.
         assert!(tenant <= 3_600, "{tenant}");
         assert!(compact <= 580, "{compact}");
+    }
+}
+
+#[cfg(test)]
+mod known_recipient_tests {
+    use super::*;
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s, false).unwrap()
+    }
+
+    #[test]
+    fn a_recipient_of_an_earlier_hour_is_known() {
+        let c = InProcessCounters::new(CountersConfig::default());
+        let t0 = 1_767_225_600_000 + 10 * HOUR_MS;
+        let rcpt = [addr("kid1@home.example")];
+        let sender = addr("p@corr.example");
+        let ev = |rcpts: &'static [Address]| MessageEvent {
+            tenant: 1,
+            connector: 1,
+            class: SenderClass::Unregistered,
+            sender: Some(&sender),
+            mismatch: false,
+            header_from_domain: None,
+            recipients: rcpts,
+            external_recipients: 1,
+            client_ip: None,
+            queue_id: None,
+            message_id: None,
+        };
+        let rcpt: &'static [Address] = Box::leak(Box::new(rcpt));
+        let s = c.record(t0, &ev(rcpt));
+        assert_eq!(s.windows.hour.unregistered_known_recipient, 0);
+        let s = c.record(t0 + 10 * MINUTE_MS, &ev(rcpt));
+        assert_eq!(s.windows.hour.unregistered_known_recipient, 0, "same hour");
+        let s = c.record(t0 + HOUR_MS, &ev(rcpt));
+        assert_eq!(s.windows.hour.unregistered_known_recipient, 1, "next hour");
+        let s = c.record(t0 + HOUR_MS + 5 * MINUTE_MS, &ev(rcpt));
+        assert_eq!(
+            s.windows.hour.unregistered_known_recipient, 2,
+            "still known that hour"
+        );
+        let s = c.record(t0 + 20 * DAY_MS, &ev(rcpt));
+        assert_eq!(
+            s.windows.hour.unregistered_known_recipient, 0,
+            "forgotten after 14 days"
+        );
+        let fresh: &'static [Address] = Box::leak(Box::new([addr("new@home.example")]));
+        let s = c.record(t0 + 20 * DAY_MS + 1, &ev(fresh));
+        assert_eq!(s.windows.hour.unregistered_known_recipient, 0);
     }
 }

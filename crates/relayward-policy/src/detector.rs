@@ -221,6 +221,34 @@ struct Traits {
     likeness: f64,
 }
 
+/// `[detector.dkim]`: verifying the DKIM signatures of accepted unregistered mail, after the
+/// 250 and off the SMTP path, for the forwarding signals.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkimVerifyConfig {
+    pub enabled: bool,
+    /// Messages waiting for verification at most; beyond, a message counts as not verified.
+    pub max_queued: usize,
+    /// Verifications at once.
+    pub concurrency: usize,
+    /// Per message, key lookups included.
+    pub timeout_ms: u64,
+    /// Key records cached (per selector and domain, for their TTL).
+    pub cache_entries: usize,
+}
+
+impl Default for DkimVerifyConfig {
+    fn default() -> Self {
+        DkimVerifyConfig {
+            enabled: true,
+            max_queued: 2048,
+            concurrency: 16,
+            timeout_ms: 5000,
+            cache_entries: 10_000,
+        }
+    }
+}
+
 /// One trait of [`Shape`]: what was observed and its score.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Trait {
@@ -330,6 +358,7 @@ pub struct DetectorConfig {
     pub spam_rejections: SpamRule,
     pub header_mismatch: MismatchRule,
     pub forwarding: ForwardingRule,
+    pub dkim: DkimVerifyConfig,
     pub counters: CountersConfig,
     /// Default per-sender limits; tenants may have their own.
     pub sender_limits: SenderLimits,
@@ -352,6 +381,7 @@ impl Default for DetectorConfig {
             spam_rejections: SpamRule::default(),
             header_mismatch: MismatchRule::default(),
             forwarding: ForwardingRule::default(),
+            dkim: DkimVerifyConfig::default(),
             counters: CountersConfig::default(),
             sender_limits: SenderLimits::default(),
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
-use relayward_core::{ConnectorId, TraceEvent};
+use relayward_core::{reply, ConnectorId, TraceEvent, TraceKind};
 use relayward_policy::{Directory, SharedDirectory};
 use relayward_queue::{
     Envelope, GroupCommitter, Recipient, RecipientStatus, Scheduler, Spool, TenantRoute,
@@ -439,6 +439,19 @@ struct SessionEvents {
 
 impl relayward_smtp::Events for SessionEvents {
     fn trace(&self, event: TraceEvent) {
+        // Mail the tenant's restriction state refused is counted for the evidence.
+        if let (TraceKind::Refused, Some(tenant), Some(text)) =
+            (event.kind, event.tenant_id, event.reply.as_deref())
+        {
+            let state_refusal = [reply::BLOCKED_UNREGISTERED, reply::TENANT_BLOCKED]
+                .iter()
+                .any(|r| text.starts_with(&r.to_string()));
+            if state_refusal {
+                if let Some(abuse) = self.abuse.upgrade() {
+                    abuse.refused(tenant, event.connector_id);
+                }
+            }
+        }
         relayward_smtp::Events::trace(&*self.events, event)
     }
 
@@ -580,7 +593,10 @@ impl MessageSink for SpoolSink {
 
     async fn enqueue(&self, msg: IncomingMessage) -> Result<(), relayward_smtp::EnqueueError> {
         use relayward_smtp::EnqueueError;
-        let accepted = self.abuse.as_ref().map(|_| AcceptedMessage::of(&msg));
+        let accepted = self
+            .abuse
+            .as_ref()
+            .map(|a| AcceptedMessage::of(&msg, a.verifies_dkim()));
         let now = relayward_core::now();
         let mut envelope = Envelope {
             queue_id: msg

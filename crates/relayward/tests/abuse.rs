@@ -18,7 +18,7 @@ use relayward::serve::{start_with, Running, StartOptions};
 use relayward_core::TenantState;
 use relayward_policy::counters::Counters;
 use relayward_store::Store;
-use relayward_testkit::{SmtpClient, SmtpSink, TestPki};
+use relayward_testkit::{DnsServer, SmtpClient, SmtpSink, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -178,6 +178,11 @@ impl Harness {
     /// A relay delivering to a sink, alerting a webhook that fails its first request; with
     /// `tls`, STARTTLS with client certificates from a test CA.
     async fn new(tls: bool, clock_ms: i64) -> Harness {
+        Harness::with_dns(tls, clock_ms, None).await
+    }
+
+    /// [`Harness::new`] with `dns` as the relay's resolver (DKIM keys, domain checks).
+    async fn with_dns(tls: bool, clock_ms: i64, dns: Option<SocketAddr>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let sink = SmtpSink::start("127.0.0.1:0").await;
         let hook = Hook::start(1).await;
@@ -187,6 +192,7 @@ impl Harness {
         config.server.directory_poll_ms = 100;
         config.server.detector_interval_ms = 100;
         config.delivery.smart_host = Some(sink.addr().to_string());
+        config.delivery.dns_resolver = dns;
         // A deferred message stays queued for the whole test.
         config.delivery.retry_schedule_secs = vec![3600];
         config.alerts.webhook_url = Some(hook.url());
@@ -1389,4 +1395,249 @@ async fn f_header_from_spoofing_is_blocked_and_refused_at_data() {
         .map(|e| e.queue_id.to_string())
         .collect();
     assert!(unheld.is_empty(), "not held: {unheld:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (g) Forwarding tells itself apart: originals signed by their senders' own DKIM (dkimpy, keys
+// in the test DNS), to the same few people, from correspondents seen before. It passes at
+// several times the volume at which a spray (fresh domains, no signature, new recipients) from
+// a tenant with the same history is blocked.
+
+/// Signs each `(file, domain)` message in `dir` with dkimpy (selector `s1`); returns the key's
+/// TXT value. `None`, after printing SKIPPED, when dkimpy is missing on a developer machine
+/// (`pip install dkimpy`); under CI that fails.
+fn dkimpy_sign(dir: &std::path::Path, jobs: &[(String, String)]) -> Option<String> {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import dkim"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "dkimpy is missing (pip install dkimpy)"
+        );
+        println!("SKIPPED: dkimpy not available (pip install dkimpy)");
+        return None;
+    }
+    let list: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|(f, d)| serde_json::json!({"file": f, "domain": d, "selector": "s1"}))
+        .collect();
+    std::fs::write(dir.join("jobs.json"), serde_json::to_vec(&list).unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/dkim_sign.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "dkimpy signing failed (pip install dkimpy): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(std::fs::read_to_string(dir.join("key.txt")).unwrap())
+}
+
+async fn send_file(
+    c: &mut SmtpClient,
+    dir: &std::path::Path,
+    file: &str,
+    from: &str,
+    to: &str,
+) -> String {
+    let data = std::fs::read(dir.join(file)).unwrap();
+    let (_, r) = c.send_message(from, &[to], &data).await.unwrap();
+    r
+}
+
+fn forwarded_original(from: &str, to: &str, subject: &str) -> String {
+    format!(
+        "From: Correspondent <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@orig.example>\r\n\r\nSee you on Thursday.\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_forwarding_with_dkim_passes_where_spray_is_blocked() {
+    let dns = DnsServer::start().await;
+    // The connectors are made now, on the system clock; the simulated clock runs 8 days later,
+    // so that neither counts as new.
+    let start = today_noon_ms() + 8 * DAY_MS;
+    let h = Harness::with_dns(false, start, Some(dns.addr())).await;
+    let school = h.tenant("school", "127.0.0.7").await;
+    let sprayed = h.tenant("sprayed", "127.0.0.8").await;
+
+    // Every message either tenant forwards, signed by its sender's domain.
+    const WARM_HOURS: usize = 12;
+    const WARM_PER_HOUR: usize = 8;
+    const FORWARD_HOURS: usize = 3;
+    const FORWARD_PER_HOUR: usize = 250;
+    let signed = tempfile::tempdir().unwrap();
+    let mut jobs = Vec::new();
+    let mut plan: Vec<(String, String, String, String)> = Vec::new(); // file, from, to, tenant
+    let mut add = |n: usize, tenant: &str, people: &str| {
+        let from = format!("person{}@corr{}.example", n % 7, n % 25);
+        let to = format!("{people}{}@home.example", n % 4);
+        let file = format!("{tenant}-{n}.eml");
+        let subject = format!("{tenant}-{n}");
+        std::fs::write(
+            signed.path().join(&file),
+            forwarded_original(&from, &to, &subject),
+        )
+        .unwrap();
+        jobs.push((file.clone(), from.split('@').nth(1).unwrap().to_string()));
+        plan.push((file, from, to, tenant.to_string()));
+    };
+    for n in 0..WARM_HOURS * WARM_PER_HOUR {
+        add(n, "school", "kid");
+        add(n, "sprayed", "member");
+    }
+    for n in 0..FORWARD_HOURS * FORWARD_PER_HOUR {
+        add(1000 + n, "school", "kid");
+    }
+    let Some(txt) = dkimpy_sign(signed.path(), &jobs) else {
+        return;
+    };
+    let chunks: Vec<String> = txt
+        .as_bytes()
+        .chunks(200)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+    for i in 0..25 {
+        dns.add_txt(&format!("s1._domainkey.corr{i}.example"), &chunks);
+    }
+    let dir = signed.path();
+
+    // Twelve quiet hours of forwarding for both: the history they share.
+    let mut school_c = h.session("127.0.0.7", false).await;
+    let mut sprayed_c = h.session("127.0.0.8", false).await;
+    let (warm, forward) = plan.split_at(2 * WARM_HOURS * WARM_PER_HOUR);
+    for hour in warm.chunks(2 * WARM_PER_HOUR) {
+        for (file, from, to, tenant) in hour {
+            h.advance(HOUR / (2 * WARM_PER_HOUR) as u32);
+            let c = if tenant == "school" {
+                &mut school_c
+            } else {
+                &mut sprayed_c
+            };
+            let r = send_file(c, dir, file, from, to).await;
+            assert!(accepted(&r), "warm-up {file}: {r}");
+        }
+        h.relay().abuse.idle().await;
+        h.relay().abuse.tick();
+    }
+
+    // The school forwards 250 an hour for three hours.
+    let forward_start = h.clock.now_ms();
+    let mut forwarded = 0;
+    for (file, from, to, _) in forward {
+        h.advance(HOUR / FORWARD_PER_HOUR as u32);
+        let r = send_file(&mut school_c, dir, file, from, to).await;
+        assert!(
+            accepted(&r),
+            "forwarded {file} refused after {forwarded}: {r}"
+        );
+        forwarded += 1;
+        // DKIM results arrive within milliseconds; let them, as they would between messages.
+        h.relay().abuse.idle().await;
+    }
+    let school_snap = h
+        .relay()
+        .abuse
+        .counters()
+        .snapshot(h.clock.now_ms(), school);
+    let shape = h.relay().abuse.detector().shape(&school_snap);
+    let hour = school_snap.windows.hour;
+    println!("(g) school hour: {hour:?}");
+    println!(
+        "(g) forwarding: {forwarded} DKIM-signed forwarded messages accepted in {:.1} simulated h \
+         ({} an hour); last hour: {} unregistered, {} of {} DKIM-verified, {} distinct domains \
+         verified; school state {:?}; {}",
+        (h.clock.now_ms() - forward_start) as f64 / 3_600_000.0,
+        FORWARD_PER_HOUR,
+        hour.unregistered_messages,
+        hour.dkim_pass,
+        hour.dkim_checked,
+        hour.dkim_pass_domains,
+        h.relay().abuse.status(school).state,
+        shape.describe()
+    );
+    assert!(
+        hour.dkim_pass * 10 >= hour.dkim_checked * 9 && hour.dkim_checked > 0,
+        "dkimpy's signatures verify: {hour:?}"
+    );
+    let school_blocks = h
+        .store()
+        .list_transitions(school, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.to.blocks_unregistered())
+        .count();
+    assert_eq!(school_blocks, 0, "forwarding was blocked");
+    assert_eq!(h.relay().abuse.status(school).state, TenantState::Active);
+
+    // The other tenant, same history, sprays: fresh domains, no signature, new recipients.
+    let spray_start = h.clock.now_ms();
+    let mut leaked = 0;
+    let mut refusal = None;
+    for i in 0..400 {
+        h.advance(Duration::from_millis(200));
+        let from = format!("offer{i}@deal{i}.example");
+        let to = format!("target{i}@victims{}.example", i % 9);
+        let r = send(&mut sprayed_c, &from, &[&to], &format!("spray-{i}")).await;
+        if accepted(&r) {
+            leaked += 1;
+        } else {
+            refusal = Some(r);
+            break;
+        }
+    }
+    assert_eq!(refusal.as_deref(), Some(BLOCKED_750));
+    h.relay().abuse.idle().await;
+    let block = h
+        .store()
+        .list_transitions(sprayed, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.to == TenantState::BlockedUnregistered)
+        .expect("spray blocked");
+    println!(
+        "(g) spray: blocked after {leaked} messages, {:.1} simulated s; {}",
+        (block.at_ms - spray_start) as f64 / 1000.0,
+        block.summary
+    );
+    let budget = h.config.detector.burst_budget as usize;
+    assert!(leaked < budget, "{leaked} leaked");
+    assert!(
+        forwarded >= 5 * leaked,
+        "forwarding passed {forwarded}, spray was stopped at {leaked}"
+    );
+    // Refused mail is counted for the evidence.
+    for i in 0..3 {
+        let r = send(
+            &mut sprayed_c,
+            &format!("again{i}@deal.example"),
+            &["x@victims.example"],
+            &format!("again-{i}"),
+        )
+        .await;
+        assert_eq!(r, BLOCKED_750);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let snap = h
+            .relay()
+            .abuse
+            .counters()
+            .snapshot(h.clock.now_ms(), sprayed);
+        if snap.windows.hour.refused >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusals not counted: {snap:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    school_c.quit().await.ok();
+    sprayed_c.quit().await.ok();
 }

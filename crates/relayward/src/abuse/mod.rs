@@ -16,6 +16,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod dkim_check;
 pub mod report;
 pub mod way_back;
 
@@ -31,8 +32,8 @@ use relayward_core::{
     TraceEvent, TraceKind,
 };
 use relayward_policy::counters::{
-    classify_remote_reply, sender_key, Counters, InProcessCounters, MessageEvent, RemoteReplyEvent,
-    Snapshot, DAY_MS,
+    classify_remote_reply, sender_key, Counters, DkimEvent, InProcessCounters, MessageEvent,
+    RemoteReplyEvent, Snapshot, DAY_MS,
 };
 use relayward_policy::detector::{Cause, Detector, TenantStatus, Transition};
 use relayward_policy::evidence::{ConnectorChange, Evidence};
@@ -62,11 +63,19 @@ pub struct AcceptedMessage {
     pub recipients: Vec<Address>,
     pub client_ip: IpAddr,
     pub message_id: Option<String>,
+    /// The message as received, for DKIM verification after the 250: kept only for
+    /// unregistered, null-sender and mismatched mail that carries a signature.
+    pub dkim_data: Option<Vec<u8>>,
 }
 
 impl AcceptedMessage {
-    pub fn of(msg: &IncomingMessage) -> AcceptedMessage {
+    /// With `verify_dkim`, a copy of a suspect message that carries a DKIM signature.
+    pub fn of(msg: &IncomingMessage, verify_dkim: bool) -> AcceptedMessage {
+        let suspect = msg.sender_class != SenderClass::Registered || msg.header_from_mismatch;
+        let dkim_data = (verify_dkim && suspect && dkim_check::has_signature(&msg.data))
+            .then(|| msg.data.clone());
         AcceptedMessage {
+            dkim_data,
             tenant: msg.tenant_id,
             connector: msg.connector_id,
             class: msg.sender_class,
@@ -134,6 +143,8 @@ pub struct Abuse {
     limited_tenants: Mutex<HashSet<TenantId>>,
     tasks: Tasks,
     last_expire_ms: AtomicI64,
+    /// DKIM verification of suspect mail (`[detector.dkim]`); `None` when off.
+    dkim: Option<Arc<dkim_check::DkimCheck>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -174,6 +185,17 @@ impl Abuse {
             spool.clone(),
         );
         let (tx, rx) = mpsc::unbounded_channel();
+        let dkim = if config.detector.dkim.enabled {
+            match dkim_check::DkimCheck::new(&config.detector.dkim, config.delivery.dns_resolver) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DKIM verification for the detector is off");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let abuse = Arc::new_cyclic(|me| Abuse {
             me: me.clone(),
             clock,
@@ -192,6 +214,7 @@ impl Abuse {
             limited_tenants: Mutex::new(HashSet::new()),
             tasks: Tasks::default(),
             last_expire_ms: AtomicI64::new(0),
+            dkim,
         });
         tokio::spawn(worker(Arc::downgrade(&abuse), rx));
         abuse
@@ -213,6 +236,11 @@ impl Abuse {
 
     pub fn detector(&self) -> &Detector {
         &self.detector
+    }
+
+    /// Whether accepted suspect mail is DKIM-verified (and so must be kept for it).
+    pub fn verifies_dkim(&self) -> bool {
+        self.dkim.is_some()
     }
 
     /// The per-sender limits in force for `tenant`.
@@ -298,9 +326,68 @@ impl Abuse {
             },
         );
         self.consider(now, m.tenant, &snap, Some(queue_id));
-        let state = self.status(m.tenant).state;
         let effective = relayward_policy::counters::effective_class(m.class, m.mismatch);
+        if effective != SenderClass::Registered {
+            self.check_dkim(m);
+        }
+        let state = self.status(m.tenant).state;
         state.blocks_all() || (effective != SenderClass::Registered && state.blocks_unregistered())
+    }
+
+    /// Verifies a suspect message's DKIM signatures off the SMTP path, or counts it as not
+    /// verified at once when it has none (or the queue is full).
+    fn check_dkim(&self, m: &AcceptedMessage) {
+        // The domain the message was counted under: P2 of a mismatch, else P1.
+        let counted = if m.mismatch {
+            m.header_from_domain.clone()
+        } else {
+            m.sender.as_ref().map(|a| a.domain.to_ascii_lowercase())
+        };
+        let (tenant, connector) = (m.tenant, m.connector);
+        match (&self.dkim, &m.dkim_data, &m.header_from_domain) {
+            (Some(check), Some(data), Some(from)) if check.reserve() => {
+                let check = check.clone();
+                let data = data.clone();
+                let from = from.clone();
+                let me = self.me.clone();
+                self.spawn(async move {
+                    let pass = check.verify(&data, &from).await;
+                    if let Some(abuse) = me.upgrade() {
+                        let domain = counted.filter(|c| dkim_check::aligned(&from, c));
+                        abuse.dkim_result(tenant, connector, pass, domain.as_deref());
+                    }
+                });
+            }
+            _ => self.dkim_result(tenant, connector, false, None),
+        }
+    }
+
+    /// The DKIM verdict on an accepted suspect message.
+    pub fn dkim_result(
+        &self,
+        tenant: TenantId,
+        connector: ConnectorId,
+        pass: bool,
+        domain: Option<&str>,
+    ) {
+        let now = self.now_ms();
+        let snap = self.counters.record_dkim(
+            now,
+            &DkimEvent {
+                tenant,
+                connector: Some(connector),
+                pass,
+                domain,
+            },
+        );
+        self.consider(now, tenant, &snap, None);
+    }
+
+    /// A message refused because of its tenant's restriction state, for the counts and the
+    /// evidence.
+    pub fn refused(&self, tenant: TenantId, connector: Option<ConnectorId>) {
+        self.counters
+            .record_refused(self.now_ms(), tenant, connector);
     }
 
     /// A delivery-side trace event: each attempt's remote reply feeds the tenant's counters.
@@ -368,7 +455,15 @@ impl Abuse {
 
     fn consider(&self, now: i64, tenant: TenantId, snap: &Snapshot, exclude: Option<&str>) {
         let seen = self.status(tenant);
-        if let Some(t) = self.detector.evaluate(now, tenant, &seen, snap) {
+        // The connector's age: when it was created or last changed (the directory has it).
+        let mut snap = *snap;
+        snap.connector_changed_ms = snap.connector.and_then(|c| {
+            self.directory
+                .current()
+                .connector(c.connector)
+                .map(|c| c.updated_at.max(c.created_at) * 1000)
+        });
+        if let Some(t) = self.detector.evaluate(now, tenant, &seen, &snap) {
             self.take(t, seen, exclude);
         }
     }

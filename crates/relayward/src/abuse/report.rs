@@ -150,6 +150,18 @@ pub fn evidence_lines(e: &Evidence, connector_names: &HashMap<ConnectorId, Strin
         d.messages,
         d.not_registered(),
     ));
+    if h.refused > 0 || d.refused > 0 {
+        out.push(format!(
+            "Refused by the tenant's restriction state: {} in the last hour, {} in the last 24 hours",
+            h.refused, d.refused
+        ));
+    }
+    if h.dkim_checked > 0 {
+        out.push(format!(
+            "DKIM of unregistered mail in the last hour: {} of {} checked verified for their header From domain ({} distinct domains)",
+            h.dkim_pass, h.dkim_checked, h.dkim_pass_domains
+        ));
+    }
     if h.remote_total() > 0 {
         out.push(format!(
             "Remote replies in the last hour: {} delivered, {} refused as spam or by policy, {} unknown mailbox, {} other",
