@@ -248,6 +248,20 @@ pub trait RelayControl: Send + Sync + 'static {
     async fn restricted_senders(&self) -> std::collections::HashSet<(TenantId, String)> {
         Default::default()
     }
+
+    /// The relay's metrics in the Prometheus text format; `None` without a relay.
+    fn metrics_text(&self) -> Option<String> {
+        None
+    }
+
+    /// The relay's own readiness checks (listeners, spool); the API adds the store's.
+    async fn readiness(&self) -> Vec<crate::health::Check> {
+        vec![crate::health::Check {
+            name: "relay".into(),
+            ok: false,
+            detail: Some("the relay is not running".into()),
+        }]
+    }
 }
 
 /// A [`RelayControl`] for an API running without the relay (tests, `relayward serve` with the

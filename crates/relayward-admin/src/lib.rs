@@ -14,6 +14,7 @@ mod auth;
 pub mod control;
 pub mod dns;
 mod extract;
+pub mod health;
 mod openapi;
 pub mod problem;
 mod schema;
@@ -51,6 +52,9 @@ pub struct AdminConfig {
     pub dns_attempts: usize,
     /// Largest request body accepted (bytes); larger ones answer 413.
     pub body_limit: usize,
+    /// `GET /metrics` without a token (a scraper on a trusted network); default: an operator
+    /// token is needed.
+    pub metrics_public: bool,
 }
 
 impl Default for AdminConfig {
@@ -60,6 +64,7 @@ impl Default for AdminConfig {
             dns_timeout: Duration::from_secs(3),
             dns_attempts: 2,
             body_limit: 64 * 1024,
+            metrics_public: false,
         }
     }
 }
@@ -128,6 +133,9 @@ pub fn router(
         router = router.route(path, method_router);
     }
     router
+        .route("/metrics", axum::routing::get(health::metrics))
+        .route("/healthz", axum::routing::get(health::healthz))
+        .route("/readyz", axum::routing::get(health::readyz))
         .fallback(|uri: Uri| async move { Error::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|| async { Error::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1179,6 +1179,22 @@ impl InProcessCounters {
         snapshot_of(entry, tenant, now_ms, rel, connector, None)
     }
 
+    /// Sender restrictions standing at `now_ms`, over all tenants.
+    pub fn restriction_count(&self, now_ms: i64) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .restrictions
+                    .values()
+                    .flat_map(|m| m.values())
+                    .filter(|r| r.until_ms.is_none_or(|u| u > now_ms))
+                    .count()
+            })
+            .sum()
+    }
+
     /// Tenants currently held.
     pub fn tenant_count(&self) -> usize {
         self.shards

@@ -73,6 +73,21 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    /// Every reason, for reports and metrics labels.
+    pub const ALL: &'static [RefusalReason] = &[
+        RefusalReason::NotAttributed,
+        RefusalReason::AmbiguousAttribution,
+        RefusalReason::ConnectorDisabled,
+        RefusalReason::ConnectorBlocked,
+        RefusalReason::TlsRequired,
+        RefusalReason::TenantBlockedAll,
+        RefusalReason::BlockedUnregistered,
+        RefusalReason::UnregisteredNotAllowed,
+        RefusalReason::RegisteredOutsideConnectorIps,
+        RefusalReason::RegisteredNeedsCertificate,
+        RefusalReason::BlockedUnregisteredHeaderFrom,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             RefusalReason::NotAttributed => "not_attributed",

@@ -68,6 +68,7 @@ impl GroupCommitter {
         envelope: Envelope,
         body: Vec<u8>,
     ) -> Result<(), CommitError> {
+        let started = std::time::Instant::now();
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Request {
@@ -77,8 +78,12 @@ impl GroupCommitter {
                 done,
             })
             .map_err(|_| CommitError::Failed("spool writer stopped".to_string()))?;
-        wait.await
-            .unwrap_or_else(|_| Err(CommitError::Failed("spool writer stopped".to_string())))
+        let result = wait
+            .await
+            .unwrap_or_else(|_| Err(CommitError::Failed("spool writer stopped".to_string())));
+        // From the hand-off to the flush that made it durable: what a 250 waits for.
+        metrics::histogram!("relayward_spool_commit_seconds").record(started.elapsed());
+        result
     }
 }
 
@@ -97,6 +102,8 @@ fn run(spool: &Spool, rx: &Mutex<mpsc::Receiver<Request>>) {
                 }
             }
         }
+        let started = std::time::Instant::now();
+        metrics::histogram!("relayward_spool_commit_batch_messages").record(batch.len() as f64);
         let result: Result<(), SpoolError> = if batch.len() == 1 {
             let r = &batch[0];
             spool.store(&r.id, &r.envelope, &r.body)
@@ -107,7 +114,12 @@ fn run(spool: &Spool, rx: &Mutex<mpsc::Receiver<Request>>) {
                     .map(|r| (&r.id, &r.envelope, r.body.as_slice())),
             )
         };
+        // Writing the batch and flushing it (files and directory).
+        metrics::histogram!("relayward_spool_write_fsync_seconds").record(started.elapsed());
         let result = result.map_err(|e| CommitError::from(&e));
+        if result.is_err() {
+            metrics::counter!("relayward_spool_commit_failures_total").increment(1);
+        }
         for r in batch.drain(..) {
             let _ = r.done.send(result.clone());
         }

@@ -458,6 +458,29 @@ impl Spool {
         &self.inner.root
     }
 
+    /// Whether a message could be written now: creates, flushes and removes a probe file in
+    /// the spool's temporary directory (readiness checks).
+    pub fn probe_writable(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.inner.read_only {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the spool is open read-only",
+            ));
+        }
+        let path = self
+            .inner
+            .tmp
+            .join(format!(".ready-probe-{}", std::process::id()));
+        let written = (|| {
+            let mut f = fs::File::create(&path)?;
+            f.write_all(b"probe\n")?;
+            f.sync_all()
+        })();
+        let _ = fs::remove_file(&path);
+        written
+    }
+
     pub fn new_queue_id(&self) -> QueueId {
         QueueId::generate()
     }

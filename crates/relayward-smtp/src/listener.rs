@@ -89,6 +89,7 @@ struct InFlightGuard(Arc<InFlight>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        metrics::gauge!("relayward_smtp_sessions_active").decrement(1.0);
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -173,6 +174,11 @@ impl Server {
             let _ = tcp.set_nodelay(true);
             let ip = peer.ip().to_canonical();
             let guard = acquire(&self, ip);
+            let role = if ctx.srs.is_some() { "srs" } else { "relay" };
+            let outcome = if guard.is_some() { "served" } else { "refused" };
+            metrics::counter!("relayward_smtp_connections_total", "role" => role, "outcome" => outcome)
+                .increment(1);
+            metrics::gauge!("relayward_smtp_sessions_active").increment(1.0);
             in_flight.count.fetch_add(1, Ordering::AcqRel);
             let in_flight_guard = InFlightGuard(in_flight.clone());
             let server = self.clone();

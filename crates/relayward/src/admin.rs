@@ -7,6 +7,7 @@
 //! brought up to the store's before the answer goes out (the same reload the store poll does).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 use crate::abuse::way_back::{self, Attestation, WayBackError};
 use crate::abuse::Abuse;
 use crate::config::Config;
-use crate::serve::DirectoryReload;
+use crate::serve::{DirectoryReload, EventWriter};
 
 /// Binds `[admin] address` and serves the API until `shutdown`; returns the bound address
 /// (`None` when the API is disabled).
@@ -46,6 +47,7 @@ pub(crate) async fn start(
     }
     let settings = relayward_admin::AdminConfig {
         dns_resolver: config.delivery.dns_resolver,
+        metrics_public: config.admin.metrics_public,
         ..Default::default()
     };
     let store = control.store.clone();
@@ -86,6 +88,9 @@ pub struct LiveControl {
     spool: Arc<Spool>,
     scheduler: Arc<Scheduler>,
     abuse: Arc<Abuse>,
+    /// SMTP listeners and whether each still accepts.
+    listeners: Vec<(SocketAddr, Arc<AtomicBool>)>,
+    events: Option<Arc<EventWriter>>,
 }
 
 impl LiveControl {
@@ -100,7 +105,20 @@ impl LiveControl {
             spool,
             scheduler,
             abuse,
+            listeners: Vec::new(),
+            events: None,
         }
+    }
+
+    /// What `/readyz` and `/metrics` read: the listeners and the trace writer.
+    pub fn with_ops(
+        mut self,
+        listeners: Vec<(SocketAddr, Arc<AtomicBool>)>,
+        events: Arc<EventWriter>,
+    ) -> LiveControl {
+        self.listeners = listeners;
+        self.events = Some(events);
+        self
     }
 
     async fn tenant(&self, id: TenantId) -> ControlResult<Tenant> {
@@ -535,6 +553,44 @@ impl RelayControl for LiveControl {
 
     fn directory(&self) -> Option<Arc<relayward_policy::Directory>> {
         Some(self.abuse.directory())
+    }
+
+    fn metrics_text(&self) -> Option<String> {
+        let directory = self.abuse.directory();
+        let queued = self.scheduler.queued();
+        let delivering = self.scheduler.in_flight();
+        Some(crate::metrics::render(&crate::metrics::Live {
+            directory: &directory,
+            queue_waiting: queued.saturating_sub(delivering),
+            queue_delivering: delivering,
+            sender_restrictions: self.abuse.restriction_count(),
+            trace_backlog: self.events.as_ref().map_or(0, |e| e.backlog()),
+        }))
+    }
+
+    async fn readiness(&self) -> Vec<relayward_admin::health::Check> {
+        use relayward_admin::health::Check;
+        let down: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(_, up)| !up.load(Ordering::SeqCst))
+            .map(|(a, _)| a.to_string())
+            .collect();
+        let listeners = Check {
+            name: "listeners".into(),
+            ok: down.is_empty() && !self.listeners.is_empty(),
+            detail: (!down.is_empty()).then(|| format!("not accepting: {}", down.join(", "))),
+        };
+        let spool = self.spool.clone();
+        let probe = tokio::task::spawn_blocking(move || spool.probe_writable())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let spool = Check {
+            name: "spool".into(),
+            ok: probe.is_ok(),
+            detail: probe.err().map(|e| format!("not writable: {e}")),
+        };
+        vec![listeners, spool]
     }
 
     fn sender_limit_verdict(

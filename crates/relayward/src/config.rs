@@ -30,6 +30,16 @@ pub struct Config {
     pub srs: Option<crate::forwarding::SrsSection>,
     /// DKIM signing (crate::dkim).
     pub dkim: crate::dkim::DkimSection,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: what `GET /metrics` on the admin listener shows (crate::metrics).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Count accepted messages per tenant too (`relayward_tenant_messages_accepted_total`,
+    /// at most 1,000 tenants labelled, the rest as `other`). Default false.
+    pub per_tenant: bool,
 }
 
 impl Default for Config {
@@ -46,6 +56,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             srs: None,
             dkim: crate::dkim::DkimSection::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -60,6 +71,9 @@ pub struct AdminConfig {
     /// Default `127.0.0.1:8025`: loopback only; put a TLS proxy in front to reach it from
     /// elsewhere.
     pub address: SocketAddr,
+    /// `GET /metrics` without a token (for a scraper on a trusted network). Default false: an
+    /// operator token is needed.
+    pub metrics_public: bool,
 }
 
 impl Default for AdminConfig {
@@ -67,6 +81,7 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             address: "127.0.0.1:8025".parse().expect("literal address"),
+            metrics_public: false,
         }
     }
 }

@@ -8,5 +8,6 @@ pub mod clock;
 pub mod config;
 pub mod dkim;
 pub mod forwarding;
+pub mod metrics;
 pub mod serve;
 mod table;

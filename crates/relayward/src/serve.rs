@@ -3,7 +3,9 @@
 //! connector last-use) running.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -145,6 +147,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         Duration::from_millis(config.server.detector_interval_ms.max(100)),
         shutdown_rx.clone(),
     ));
+    // The metrics recorder, before anything counts.
+    crate::metrics::handle();
     let events = Arc::new(EventWriter::start(store.clone()));
 
     let mut delivery = config.delivery();
@@ -185,6 +189,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         scheduler: scheduler.clone(),
         abuse: Some(abuse.clone()),
         forwarding: Some(forwarding.clone()),
+        per_tenant_metrics: config.metrics.per_tenant,
     });
 
     let limits = &config.limits;
@@ -217,6 +222,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
 
     let mut tasks = Vec::new();
     let mut smtp_addrs = Vec::new();
+    let mut listeners_up = Vec::new();
     let mut tls_all = Vec::new();
     for l in &config.listeners {
         let tls = match (&l.tls_cert, &l.tls_key) {
@@ -238,17 +244,29 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             implicit_tls: l.implicit_tls,
             auth_without_tls: l.auth_without_tls,
         };
-        tasks.push(match l.role {
-            crate::forwarding::ListenerRole::Relay => {
-                tokio::spawn(server.clone().serve(listener, cfg, shutdown_rx.clone()))
+        // Up while its accept loop runs; `/readyz` reads it.
+        let up = Arc::new(AtomicBool::new(true));
+        listeners_up.push((local, up.clone()));
+        let serving: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match l.role {
+                crate::forwarding::ListenerRole::Relay => {
+                    Box::pin(server.clone().serve(listener, cfg, shutdown_rx.clone()))
+                }
+                crate::forwarding::ListenerRole::Srs => Box::pin(server.clone().serve_srs(
+                    listener,
+                    cfg,
+                    forwarding.srs_role(spool.clone(), scheduler.clone())?,
+                    shutdown_rx.clone(),
+                )),
+            };
+        tasks.push(tokio::spawn(async move {
+            let r = serving.await;
+            up.store(false, Ordering::SeqCst);
+            if let Err(e) = &r {
+                tracing::error!(address = %local, error = %e, "SMTP listener stopped");
             }
-            crate::forwarding::ListenerRole::Srs => tokio::spawn(server.clone().serve_srs(
-                listener,
-                cfg,
-                forwarding.srs_role(spool.clone(), scheduler.clone())?,
-                shutdown_rx.clone(),
-            )),
-        });
+            r
+        }));
     }
 
     if !tls_all.is_empty() {
@@ -262,7 +280,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             spool.clone(),
             scheduler.clone(),
             abuse.clone(),
-        ),
+        )
+        .with_ops(listeners_up, events.clone()),
         reload,
         shutdown_rx.clone(),
         &mut tasks,
@@ -528,7 +547,11 @@ impl EventWriter {
                     }
                 }
                 if !buf.is_empty() {
-                    if let Err(e) = store.record_trace(&buf).await {
+                    let started = std::time::Instant::now();
+                    let written = store.record_trace(&buf).await;
+                    metrics::histogram!("relayward_store_trace_write_seconds")
+                        .record(started.elapsed());
+                    if let Err(e) = written {
                         tracing::error!(error = %e, events = buf.len(), "trace write failed");
                     }
                     buf.clear();
@@ -543,6 +566,11 @@ impl EventWriter {
             touch_used(&*store, &used_bg).await;
         });
         EventWriter { tx, used }
+    }
+
+    /// Events waiting to be written.
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     pub async fn flush(&self) {
@@ -561,6 +589,7 @@ impl relayward_queue::DeliveryEvents for EventWriter {
 
 impl relayward_smtp::Events for EventWriter {
     fn trace(&self, event: TraceEvent) {
+        crate::metrics::count_trace(&event);
         if self.tx.try_send(Batch::Event(Box::new(event))).is_err() {
             tracing::warn!("trace queue full: event dropped");
         }
@@ -583,6 +612,8 @@ struct SpoolSink {
     abuse: Option<Arc<Abuse>>,
     /// SRS rewriting and DKIM signing before the message is spooled.
     forwarding: Option<Arc<crate::forwarding::Forwarding>>,
+    /// `[metrics] per_tenant`.
+    per_tenant_metrics: bool,
 }
 
 #[async_trait]
@@ -641,6 +672,7 @@ impl MessageSink for SpoolSink {
             None => None,
         };
         let id = envelope.queue_id;
+        let tenant = msg.tenant_id;
         self.commit
             .store(id, envelope, data)
             .await
@@ -650,6 +682,9 @@ impl MessageSink for SpoolSink {
             })?;
         if let Some((f, ev)) = forwarded {
             f.trace(ev);
+        }
+        if self.per_tenant_metrics {
+            crate::metrics::count_tenant_message(tenant);
         }
         // The abuse detector counts the durable message; mail its tenant may no longer send
         // (it raced the block, or caused it) is held instead of delivered.

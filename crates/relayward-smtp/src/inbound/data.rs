@@ -402,6 +402,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(Ok(())) => {
                 let ok = reply::queued(&queue_id);
                 st.write_reply(&ok);
+                metrics::counter!(
+                    "relayward_smtp_messages_accepted_total",
+                    "sender_class" => class.as_str(),
+                    "method" => attributed.method.as_str()
+                )
+                .increment(1);
+                metrics::counter!("relayward_smtp_accepted_bytes_total").increment(size as u64);
+                metrics::counter!("relayward_smtp_accepted_recipients_total")
+                    .increment(recipients.len() as u64);
                 let ok = ok.to_string();
                 let mut detail = format!(
                     "method={} size={} header_from_mismatch={}",

@@ -238,6 +238,11 @@ impl Abuse {
         &self.detector
     }
 
+    /// Sender restrictions standing now.
+    pub fn restriction_count(&self) -> usize {
+        self.counters.restriction_count(self.now_ms())
+    }
+
     /// Whether accepted suspect mail is DKIM-verified (and so must be kept for it).
     pub fn verifies_dkim(&self) -> bool {
         self.dkim.is_some()
@@ -463,7 +468,15 @@ impl Abuse {
                 .connector(c.connector)
                 .map(|c| c.updated_at.max(c.created_at) * 1000)
         });
+        metrics::counter!("relayward_detector_evaluations_total").increment(1);
         if let Some(t) = self.detector.evaluate(now, tenant, &seen, &snap) {
+            let rule = t.signals.first().map_or("none", |s| s.rule.as_str());
+            metrics::counter!(
+                "relayward_detector_transitions_total",
+                "to" => t.to.as_str(),
+                "rule" => rule
+            )
+            .increment(1);
             self.take(t, seen, exclude);
         }
     }
