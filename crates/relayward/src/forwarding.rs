@@ -50,6 +50,8 @@ pub enum ListenerRole {
     Relay,
     /// The MX of the SRS domain: bounces to valid SRS addresses only.
     Srs,
+    /// Postfix's policy delegation protocol (`check_policy_service`), crate::policy_service.
+    Policy,
 }
 
 /// `[srs]` in the configuration file. Absent: no rewriting.

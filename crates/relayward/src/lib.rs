@@ -9,5 +9,6 @@ pub mod config;
 pub mod dkim;
 pub mod forwarding;
 pub mod metrics;
+pub mod policy_service;
 pub mod serve;
 mod table;

@@ -50,6 +50,8 @@ pub async fn run(config: Config) -> Result<()> {
 /// A running relay: its listeners' addresses and what tests and the admin side need to reach.
 pub struct Running {
     pub smtp_addrs: Vec<SocketAddr>,
+    /// Listeners in role `policy` (Postfix's `check_policy_service`).
+    pub policy_addrs: Vec<SocketAddr>,
     /// The admin API's listener (`None`: `[admin] enabled = false`).
     pub admin_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
@@ -217,14 +219,38 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         events: events.clone(),
         abuse: Arc::downgrade(&abuse),
     });
-    let server = Server::new(smtp_config, directory.clone(), sink, session_events)
+    let server = Server::new(smtp_config, directory.clone(), sink, session_events.clone())
         .with_sender_guard(abuse.clone());
 
     let mut tasks = Vec::new();
     let mut smtp_addrs = Vec::new();
     let mut listeners_up = Vec::new();
     let mut tls_all = Vec::new();
+    let mut policy_addrs = Vec::new();
     for l in &config.listeners {
+        if l.role == crate::forwarding::ListenerRole::Policy {
+            let listener = tokio::net::TcpListener::bind(l.address)
+                .await
+                .with_context(|| format!("cannot listen on {} (policy service)", l.address))?;
+            let local = listener.local_addr()?;
+            tracing::info!(address = %local, "Postfix policy service ready ({})",
+                crate::policy_service::describe(local));
+            policy_addrs.push(local);
+            let up = Arc::new(AtomicBool::new(true));
+            listeners_up.push((local, up.clone()));
+            let service = crate::policy_service::PolicyService::new(
+                directory.clone(),
+                abuse.clone(),
+                session_events.clone(),
+            );
+            let stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = service.serve(listener, stop).await;
+                up.store(false, Ordering::SeqCst);
+                r
+            }));
+            continue;
+        }
         let tls = match (&l.tls_cert, &l.tls_key) {
             (Some(cert), Some(key)) => Some(
                 relayward_smtp::load_tls(cert, key, l.tls_client_ca.as_deref())
@@ -252,6 +278,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
                 crate::forwarding::ListenerRole::Relay => {
                     Box::pin(server.clone().serve(listener, cfg, shutdown_rx.clone()))
                 }
+                crate::forwarding::ListenerRole::Policy => unreachable!("served above"),
                 crate::forwarding::ListenerRole::Srs => Box::pin(server.clone().serve_srs(
                     listener,
                     cfg,
@@ -290,6 +317,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
 
     Ok(Running {
         smtp_addrs,
+        policy_addrs,
         admin_addr,
         store,
         directory,

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Relay;
+use common::{postfix_commands, Relay};
 use relayward_testkit::{IssuedCert, Received, SmtpClient, SmtpSink, TestPki};
 
 /// The Postfix server's host name, and the name on its certificate and the connector.
@@ -32,26 +32,6 @@ const BLOCKED: &str =
     "550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains";
 /// How long one step may take (Postfix queue runs, relayward's delivery).
 const STEP: Duration = Duration::from_secs(60);
-
-/// Postfix's command directory (`postfix`, `sendmail`, `postqueue`), if Postfix is installed.
-fn postfix_commands() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let postconf = ["/usr/sbin", "/usr/local/sbin", "/sbin"]
-        .into_iter()
-        .map(PathBuf::from)
-        .chain(std::env::split_paths(&path))
-        .map(|d| d.join("postconf"))
-        .find(|p| p.is_file())?;
-    let out = Command::new(postconf)
-        .args(["-d", "-h", "command_directory"])
-        .output()
-        .ok()?;
-    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    ["postfix", "sendmail", "postqueue"]
-        .iter()
-        .all(|c| dir.join(c).is_file())
-        .then_some(dir)
-}
 
 /// One Postfix instance with its own configuration and queue directories; stopped on drop.
 struct Postfix {

@@ -273,3 +273,23 @@ pub fn python(script: &str, args: &[&str]) -> Option<String> {
     );
     Some(String::from_utf8(out.stdout).unwrap())
 }
+
+/// Postfix's command directory (`postfix`, `sendmail`, `postqueue`), if Postfix is installed.
+pub fn postfix_commands() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let postconf = ["/usr/sbin", "/usr/local/sbin", "/sbin"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join("postconf"))
+        .find(|p| p.is_file())?;
+    let out = Command::new(postconf)
+        .args(["-d", "-h", "command_directory"])
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    ["postfix", "sendmail", "postqueue"]
+        .iter()
+        .all(|c| dir.join(c).is_file())
+        .then_some(dir)
+}
