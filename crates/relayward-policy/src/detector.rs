@@ -13,6 +13,7 @@
 //! | `unregistered_share` | running hour | share of unregistered mail minus its baseline share | 0.3 |
 //! | `spam_rejections` | running hour | remote spam/policy blocks ÷ remote replies | 5 % |
 //! | `header_mismatch` | running hour | mismatches ÷ registered messages | 50 % |
+//! | `spam_verdicts` | running hour | content scanner spam verdicts ÷ scanned messages | 10 % |
 //!
 //! The floor is absolute: while the running hour holds no more than
 //! `floor_unregistered_per_hour` unregistered messages from no more than
@@ -149,6 +150,14 @@ rate_rule!(
     SpamRule,
     0.05,
     0.15,
+    10
+);
+rate_rule!(
+    /// Spam verdicts of the content scanner (rspamd) ÷ scanned messages in the running hour.
+    /// Defaults: warn above 10 %, block above 30 %, at least 10 spam verdicts.
+    SpamVerdictRule,
+    0.1,
+    0.3,
     10
 );
 rate_rule!(
@@ -357,6 +366,7 @@ pub struct DetectorConfig {
     pub unregistered_share: ShareRule,
     pub spam_rejections: SpamRule,
     pub header_mismatch: MismatchRule,
+    pub spam_verdicts: SpamVerdictRule,
     pub forwarding: ForwardingRule,
     pub dkim: DkimVerifyConfig,
     pub counters: CountersConfig,
@@ -380,6 +390,7 @@ impl Default for DetectorConfig {
             unregistered_share: ShareRule::default(),
             spam_rejections: SpamRule::default(),
             header_mismatch: MismatchRule::default(),
+            spam_verdicts: SpamVerdictRule::default(),
             forwarding: ForwardingRule::default(),
             dkim: DkimVerifyConfig::default(),
             counters: CountersConfig::default(),
@@ -454,6 +465,11 @@ impl DetectorConfig {
                 self.header_mismatch.warn_rate,
                 self.header_mismatch.block_rate,
             ),
+            (
+                "spam_verdicts",
+                self.spam_verdicts.warn_rate,
+                self.spam_verdicts.block_rate,
+            ),
         ];
         for (name, warn, block) in pairs {
             if !(warn > 0.0 && warn <= block) {
@@ -511,6 +527,7 @@ pub enum Rule {
     UnregisteredShare,
     SpamRejections,
     HeaderMismatch,
+    SpamVerdicts,
 }
 
 impl Rule {
@@ -522,6 +539,7 @@ impl Rule {
             Rule::UnregisteredShare => "unregistered_share",
             Rule::SpamRejections => "spam_rejections",
             Rule::HeaderMismatch => "header_mismatch",
+            Rule::SpamVerdicts => "spam_verdicts",
         }
     }
 }
@@ -950,6 +968,23 @@ impl Detector {
                 r.block_rate * f,
                 hour.mismatches,
                 hour.mismatches >= r.min_events,
+            ));
+        }
+        let r = &cfg.spam_verdicts;
+        if r.enabled {
+            let rate = if hour.scanned > 0 {
+                hour.scan_spam as f64 / hour.scanned as f64
+            } else {
+                0.0
+            };
+            out.push(self.signal(
+                Rule::SpamVerdicts,
+                Window::Hour,
+                rate,
+                r.warn_rate * f,
+                r.block_rate * f,
+                hour.scan_spam,
+                hour.scan_spam >= r.min_events,
             ));
         }
         out

@@ -189,6 +189,10 @@ pub enum EnqueueError {
     /// Anything else: `451 4.3.0`. Nothing was kept.
     #[error("{0}")]
     Unavailable(String),
+    /// Refused by a content check (the scanner) with its own reply, permanent or temporary;
+    /// `detail` (the verdict) goes to the trace. Nothing was kept.
+    #[error("refused by the content scan: {detail}")]
+    Refused { reply: Reply, detail: String },
 }
 
 impl EnqueueError {
@@ -196,6 +200,7 @@ impl EnqueueError {
         match self {
             EnqueueError::StorageFull(_) => relayward_core::reply::STORAGE_FULL,
             EnqueueError::Unavailable(_) => relayward_core::reply::LOCAL_PROBLEM,
+            EnqueueError::Refused { reply, .. } => reply.clone(),
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Config {
     /// DKIM signing (crate::dkim).
     pub dkim: crate::dkim::DkimSection,
     pub metrics: MetricsConfig,
+    /// Content scanning with rspamd (crate::scan); none without `rspamd_url`.
+    pub scan: crate::scan::ScanConfig,
 }
 
 /// `[metrics]`: what `GET /metrics` on the admin listener shows (crate::metrics).
@@ -57,6 +59,7 @@ impl Default for Config {
             srs: None,
             dkim: crate::dkim::DkimSection::default(),
             metrics: MetricsConfig::default(),
+            scan: crate::scan::ScanConfig::default(),
         }
     }
 }
@@ -314,6 +317,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         self.detector.validate().map_err(anyhow::Error::msg)?;
+        self.scan.validate().map_err(anyhow::Error::msg)?;
         if self.sender_limits.is_some() && self.detector.sender_limits != SenderLimits::default() {
             anyhow::bail!("give the sender limits in [sender_limits] or in [detector.sender_limits], not both");
         }

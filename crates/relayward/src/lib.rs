@@ -10,5 +10,6 @@ pub mod dkim;
 pub mod forwarding;
 pub mod metrics;
 pub mod policy_service;
+pub mod scan;
 pub mod serve;
 mod table;

@@ -192,6 +192,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         abuse: Some(abuse.clone()),
         forwarding: Some(forwarding.clone()),
         per_tenant_metrics: config.metrics.per_tenant,
+        scanner: crate::scan::Scanner::new(&config.scan).map(Arc::new),
+        events: events.clone(),
     });
 
     let limits = &config.limits;
@@ -642,6 +644,9 @@ struct SpoolSink {
     forwarding: Option<Arc<crate::forwarding::Forwarding>>,
     /// `[metrics] per_tenant`.
     per_tenant_metrics: bool,
+    /// `[scan]`: rspamd before the 250.
+    scanner: Option<Arc<crate::scan::Scanner>>,
+    events: Arc<EventWriter>,
 }
 
 #[async_trait]
@@ -650,8 +655,28 @@ impl MessageSink for SpoolSink {
         self.spool.new_queue_id().to_string()
     }
 
-    async fn enqueue(&self, msg: IncomingMessage) -> Result<(), relayward_smtp::EnqueueError> {
+    async fn enqueue(&self, mut msg: IncomingMessage) -> Result<(), relayward_smtp::EnqueueError> {
         use relayward_smtp::EnqueueError;
+        // The content scan first: a refusal keeps nothing; a mark changes the message.
+        let mut scanned = None;
+        if let Some(scanner) = &self.scanner {
+            let verdict = scanner.scan(&mut msg).await;
+            let spam = match &verdict {
+                crate::scan::Verdict::Accept { spam, .. }
+                | crate::scan::Verdict::Refuse { spam, .. } => *spam,
+            };
+            if let Some(abuse) = &self.abuse {
+                abuse.scan_verdict(msg.tenant_id, msg.connector_id, spam);
+            }
+            match verdict {
+                crate::scan::Verdict::Refuse { reply, detail, .. } => {
+                    return Err(EnqueueError::Refused { reply, detail });
+                }
+                crate::scan::Verdict::Accept { detail, .. } => scanned = Some(detail),
+            }
+        }
+        let scan_sender = msg.sender.as_ref().map(|a| a.to_string());
+        let (scan_tenant, scan_connector) = (msg.tenant_id, msg.connector_id);
         let accepted = self
             .abuse
             .as_ref()
@@ -713,6 +738,15 @@ impl MessageSink for SpoolSink {
         }
         if self.per_tenant_metrics {
             crate::metrics::count_tenant_message(tenant);
+        }
+        if let Some(detail) = scanned {
+            let mut ev = TraceEvent::new(TraceKind::Queued);
+            ev.queue_id = Some(id.to_string());
+            ev.tenant_id = Some(scan_tenant);
+            ev.connector_id = Some(scan_connector);
+            ev.sender = scan_sender;
+            ev.detail = Some(detail);
+            relayward_smtp::Events::trace(&*self.events, ev);
         }
         // The abuse detector counts the durable message; mail its tenant may no longer send
         // (it raced the block, or caused it) is held instead of delivered.

@@ -438,14 +438,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 server.events.connector_used(attributed.connector_id);
             }
             Ok(Err(e)) => {
-                tracing::warn!(queue_id = %queue_id, error = %e, "enqueue failed");
                 let detail = match &e {
-                    crate::EnqueueError::StorageFull(_) => "reason=storage_full enqueue failed",
+                    crate::EnqueueError::StorageFull(_) => {
+                        "reason=storage_full enqueue failed".to_string()
+                    }
                     crate::EnqueueError::Unavailable(_) => {
-                        "reason=spool_unavailable enqueue failed"
+                        "reason=spool_unavailable enqueue failed".to_string()
+                    }
+                    crate::EnqueueError::Refused { detail, .. } => {
+                        format!("reason=content_scan {detail}")
                     }
                 };
-                refuse(st, &e.reply(), detail);
+                if matches!(e, crate::EnqueueError::Refused { .. }) {
+                    tracing::info!(queue_id = %queue_id, %detail, "refused by the content scan");
+                } else {
+                    tracing::warn!(queue_id = %queue_id, error = %e, "enqueue failed");
+                }
+                refuse(st, &e.reply(), &detail);
             }
             Err(_) => {
                 tracing::warn!(queue_id = %queue_id, "enqueue timed out");

@@ -388,6 +388,16 @@ impl Abuse {
         self.consider(now, tenant, &snap, None);
     }
 
+    /// The content scanner's verdict on a message of `tenant` (spam: it was refused, or
+    /// marked).
+    pub fn scan_verdict(&self, tenant: TenantId, connector: ConnectorId, spam: bool) {
+        let now = self.now_ms();
+        let snap = self
+            .counters
+            .record_scan(now, tenant, Some(connector), spam);
+        self.consider(now, tenant, &snap, None);
+    }
+
     /// A message refused because of its tenant's restriction state, for the counts and the
     /// evidence.
     pub fn refused(&self, tenant: TenantId, connector: Option<ConnectorId>) {

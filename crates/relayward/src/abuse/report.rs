@@ -59,6 +59,13 @@ fn rule_text(s: &Signal) -> String {
             pct(s.warn_threshold),
             pct(s.block_threshold)
         ),
+        Rule::SpamVerdicts => format!(
+            "{} of scanned messages {window} were judged spam by the content scanner, {} verdicts (warn above {}, block above {})",
+            pct(s.observed),
+            s.events,
+            pct(s.warn_threshold),
+            pct(s.block_threshold)
+        ),
     }
 }
 
@@ -154,6 +161,12 @@ pub fn evidence_lines(e: &Evidence, connector_names: &HashMap<ConnectorId, Strin
         out.push(format!(
             "Refused by the tenant's restriction state: {} in the last hour, {} in the last 24 hours",
             h.refused, d.refused
+        ));
+    }
+    if h.scanned > 0 {
+        out.push(format!(
+            "Content scan in the last hour: {} of {} messages judged spam",
+            h.scan_spam, h.scanned
         ));
     }
     if h.dkim_checked > 0 {
