@@ -53,7 +53,7 @@ impl Default for Timeouts {
 /// What to do with a CR or LF in message data that is not part of a CRLF (RFC 5321 section
 /// 2.3.8 forbids them; lenient servers downstream read them as line ends, the root of SMTP
 /// smuggling). Either way the end of data is only CRLF "." CRLF after a CRLF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BareLineEnds {
     /// Make each a CRLF line end, count it (trace detail `bare_line_ends=N`) and accept.

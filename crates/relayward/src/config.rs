@@ -9,7 +9,7 @@ use relayward_policy::detector::DetectorConfig;
 use relayward_policy::limits::SenderLimits;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -36,7 +36,7 @@ pub struct Config {
 }
 
 /// `[metrics]`: what `GET /metrics` on the admin listener shows (crate::metrics).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Count accepted messages per tenant too (`relayward_tenant_messages_accepted_total`,
@@ -66,7 +66,7 @@ impl Default for Config {
 
 /// `[admin]`: the admin HTTP API (JSON under `/v1`, its OpenAPI document at `/openapi.json`)
 /// on its own listener. Domain verification asks `delivery.dns_resolver` when it is set.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Default true.
@@ -92,13 +92,14 @@ impl Default for AdminConfig {
 /// `[alerts]`: where the abuse detector's alerts go, besides the log. Each alert is sent once
 /// per transition (or per sender restriction): a webhook POST and an email to the tenant's
 /// admin contacts, queued through the relay itself.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// `http://host[:port]/path` receiving a JSON POST per alert. Unset: no webhook.
     pub webhook_url: Option<String>,
     /// When set, each POST carries `X-Relayward-Signature: sha256=<hex HMAC-SHA256 of the
     /// body>` keyed with this secret.
+    #[serde(serialize_with = "redacted_opt")]
     pub webhook_secret: Option<String>,
     /// Attempts per alert before giving up (a 2xx answer ends them). Default 6.
     pub webhook_max_attempts: u32,
@@ -126,7 +127,7 @@ impl Default for AlertsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// EHLO name, Received "by", Reporting-MTA of DSNs.
@@ -154,7 +155,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
     pub address: SocketAddr,
@@ -183,14 +184,14 @@ impl Default for ListenerConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Default: `sqlite://<data_dir>/relayward.db`.
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Send everything to this next hop (`host:port`) instead of looking up MX records.
@@ -217,7 +218,7 @@ pub struct DeliveryConfig {
     pub tenant_routes: Vec<TenantRouteConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantRouteConfig {
     /// Tenant name or id.
@@ -251,7 +252,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_message_size: u64,
@@ -313,6 +314,12 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration in force, every default written out, as TOML (`check-config`).
+    /// Secrets appear as `"<set>"`.
+    pub fn effective_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).context("cannot print the configuration")
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -399,6 +406,24 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("postmaster@{}", self.server.hostname))
     }
+}
+
+/// A secret in `relayward check-config`'s output: whether it is set, never its value.
+pub fn redacted_opt<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<set>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Secrets listed in `relayward check-config`'s output: how many, never their values.
+pub fn redacted_list<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for _ in v {
+        seq.serialize_element("<set>")?;
+    }
+    seq.end()
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use crate::config::Config;
 
 /// `[dkim]` in the configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DkimSection {
     /// Selector of new keys when `--selector` is not given.

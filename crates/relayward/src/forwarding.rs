@@ -42,7 +42,7 @@ use crate::dkim::{DkimKeys, DomainKey};
 const SIGN_INLINE_MAX: usize = 256 * 1024;
 
 /// `[[listener]] role`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerRole {
     /// Tenants' servers relay through it (attribution, relay rule).
@@ -55,13 +55,14 @@ pub enum ListenerRole {
 }
 
 /// `[srs]` in the configuration file. Absent: no rewriting.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SrsSection {
     /// Domain of the rewritten addresses; its MX must be a listener with `role = "srs"`.
     pub domain: String,
     /// HMAC secrets: the first signs, all verify (put a new one first, keep the old one for
     /// `max_age_days`). Prefer `secrets_file`, which keeps them out of this file.
+    #[serde(serialize_with = "crate::config::redacted_list")]
     pub secrets: Vec<String>,
     /// A file of secrets, one per line (blank lines and `#` comments skipped), readable by its
     /// owner only (mode 0600 or stricter). A postsrsd secrets file works as it is.

@@ -64,6 +64,9 @@ enum Command {
     /// SRS: the SRS domain's DKIM key, rewriting and reversing addresses by hand
     #[command(subcommand)]
     Srs(relayward::forwarding::SrsCmd),
+    /// Validate the configuration and print the effective one, defaults included (secrets
+    /// shown as "<set>")
+    CheckConfig,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if matches!(cli.command, Command::CheckConfig) {
+        return match config.effective_toml() {
+            Ok(text) => {
+                print!("{text}");
+                eprintln!(
+                    "relayward: configuration {} is valid",
+                    cli.config
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "(embedded defaults or ./relayward.toml)".into())
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relayward: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,6 +130,7 @@ fn main() -> ExitCode {
                 Command::Diagnose(a) => r.diagnose(a).await,
                 Command::Sender(c) => r.sender(c).await,
                 Command::Token(c) => r.token(c).await,
+                Command::CheckConfig => unreachable!("answered above"),
                 Command::Srs(_) => Err(anyhow::anyhow!(
                     "srs works with the local configuration and keys: drop --server"
                 )),
@@ -125,6 +148,7 @@ fn main() -> ExitCode {
             Command::Sender(c) => cli::sender(&config, c).await,
             Command::Token(c) => cli::remote::token(&config, c).await,
             Command::Srs(c) => relayward::forwarding::srs_command(&config, c).await,
+            Command::CheckConfig => unreachable!("answered above"),
         }
     });
     match result {

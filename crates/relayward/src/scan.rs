@@ -25,7 +25,7 @@ use relayward_smtp::IncomingMessage;
 use serde::Deserialize;
 
 /// What to do when rspamd cannot be asked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// `451 4.7.1 Content scan unavailable, try again later`.
@@ -35,7 +35,7 @@ pub enum OnFailure {
     Accept,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScanConfig {
     /// `http://host:port` of rspamd's normal worker. Unset: no scanning.
