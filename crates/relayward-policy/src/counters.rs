@@ -13,36 +13,38 @@
 //! and recipients, null-sender messages, header/envelope mismatches, remote replies by
 //! [`RemoteClass`] (delivered, spam/policy block, bad mailbox, other), unregistered messages
 //! from familiar domains, DKIM results of unregistered mail (checked, pass) and messages
-//! refused by the tenant's state — 15 `u32` fields.
+//! refused by the tenant's state, unregistered messages to a known recipient, and the content
+//! scanner's verdicts (scanned, spam) — 18 `u32` fields.
 //!
 //! * **Tenant** (the detector's input, exact to the bucket): three rings of time buckets,
-//!   1 minute = 6 × 10 s, 1 hour = 12 × 5 min, 24 hours = 24 × 1 h; 42 buckets × 64 bytes
-//!   (15 `u32` counters + epoch) = 2,688 bytes. Distinct counts (recipient domains, and once
+//!   1 minute = 6 × 10 s, 1 hour = 12 × 5 min, 24 hours = 24 × 1 h; 42 buckets × 76 bytes
+//!   (18 `u32` counters + epoch) = 3,192 bytes. Distinct counts (recipient domains, and once
 //!   the tenant sends unregistered mail, unregistered sender domains and addresses) are
 //!   *timestamped linear-counting bitmaps*: 256 slots holding the `u16` tick (10 s) at which
 //!   each was last set (512 bytes), so one array answers any window up to 24 h as a plain
 //!   bitmap of that window would; the estimate `-m ln(zeros/m)` has a standard error of ~5 % at
 //!   100 and ~7 % at 500 distinct values, and saturates at ~1,400 (reported as 1,420). With the
-//!   baseline and bookkeeping: **3,344 bytes** (`size_of::<TenantEntry>()`, checked by the test
+//!   baseline and bookkeeping: **3,848 bytes** (`size_of::<TenantEntry>()`, checked by the test
 //!   `memory_layout`).
 //! * **Suspect traffic** (allocated on a tenant's first unregistered, null-sender or
-//!   mismatched message): three more bitmaps (domains, addresses, recipients), three space-saving top-k tables (unregistered
-//!   domains, unregistered addresses, source IPs; k = 20, two 12-hour generations: 120 rows of
-//!   32 or 40 bytes) and a ring of 16 sample messages (112 bytes + queue id and Message-ID cut
-//!   at 128 bytes): 1,904 + 4,160 + 1,792 bytes + keys ≈ **11.2 KB** typical (keys of ~24
-//!   bytes), at most ≈ 36 KB with 256-byte keys. Remote spam blocks keep another ring of 16
-//!   (80 bytes + texts): ≈ 3 KB typical, 11.5 KB at most.
+//!   mismatched message): three more bitmaps (domains, addresses, recipients), three
+//!   space-saving top-k tables (unregistered domains, unregistered addresses, source IPs;
+//!   k = 20, two 12-hour generations: 120 rows of 32 or 40 bytes), a ring of 16 sample
+//!   messages (112 bytes + queue id and Message-ID cut at 128 bytes) and the 4 KB table of
+//!   known recipients: 2,424 + 4,160 + 1,792 + 4,096 bytes + keys ≈ **16 KB** typical (keys
+//!   of ~24 bytes), at most ≈ 41 KB with 256-byte keys. Remote spam blocks keep another ring
+//!   of 16 (80 bytes + texts): ≈ 3 KB typical, 11.5 KB at most.
 //! * **Connector and sender** entries (many per tenant, so kept compact): each of the three
 //!   windows is the classic two-bucket sliding estimate (current and previous period, the
-//!   previous weighted by how much of it still falls in the window) of the same 15 counters,
-//!   plus 64-bit linear-counting bitmaps for three distinct counts: **544 bytes**; a sender
-//!   costs ≈ 0.66 KB with its key and hash-map slot.
+//!   previous weighted by how much of it still falls in the window) of the same 18 counters,
+//!   plus 64-bit linear-counting bitmaps for three distinct counts: **616 bytes**; a sender
+//!   costs ≈ 0.73 KB with its key and hash-map slot.
 //!
 //! So a tenant sending only registered mail through one connector from 20 active addresses
-//! holds 3.3 + 0.5 + 20 × 0.66 ≈ 17 KB; unregistered traffic and spam blocks add ≈ 14 KB.
+//! holds 3.8 + 0.6 + 20 × 0.73 ≈ 19 KB; unregistered traffic and spam blocks add ≈ 19 KB.
 //! Bounded per tenant by `max_connectors_per_tenant` (32) and `max_senders_per_tenant`
 //! (1,000; a new sender evicts the least recently seen, whose restriction — kept apart — stays):
-//! at most 3.3 + 37 + 11.5 + 32 × 0.56 + 1,000 × 0.9 ≈ 970 KB with 256-byte keys everywhere.
+//! at most 3.8 + 42 + 11.5 + 32 × 0.62 + 1,000 × 0.97 ≈ 1,050 KB with 256-byte keys everywhere.
 //! Entries idle for `idle_expiry_secs` (48 h) are dropped by [`Counters::expire`], which the
 //! caller runs every minute or so.
 

@@ -387,57 +387,13 @@ fn password_guessing_is_locked_out_audited_and_alerted() {
 // ---------------------------------------------------------------------------------------------
 // Resource faults.
 
-/// A small tmpfs mounted over the relay's spool directory (needs root, as CI runs).
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(path: &std::path::Path, size: &str) -> Option<SmallFs> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(SmallFs(path.to_path_buf()));
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a tmpfs (CI runs as root)"
-        );
-        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
-        None
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Fills the file system holding `dir` to the last byte.
-fn fill(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0u8; 4096];
-    while f.write_all(&chunk).is_ok() {}
-    while f.write_all(&chunk[..1]).is_ok() {}
-    let _ = f.sync_all();
-    path
-}
-
 #[test]
 fn disk_full_answers_452_keeps_nothing_and_recovers() {
     let mut relay =
         Relay::new("[delivery]\nsmart_host = \"127.0.0.1:9\"\nretry_schedule_secs = [3600]\n");
     provision_acme(&relay);
     let spool = relay.data_dir().join("spool");
-    let Some(_fs) = SmallFs::mount(&spool, "4m") else {
+    let Some(_fs) = common::SmallFs::mount(&spool, "4m") else {
         return;
     };
     relay.start();
@@ -447,7 +403,7 @@ fn disk_full_answers_452_keeps_nothing_and_recovers() {
     );
     let mut c = common::Client::connect(relay.addr);
     c.cmd("EHLO client.test");
-    let filler = fill(&spool);
+    let filler = common::fill(&spool);
     let r = c.send("user@acme.example", &["rcpt@dest.example"], &body);
     assert_eq!(
         r,

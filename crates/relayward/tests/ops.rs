@@ -278,62 +278,18 @@ async fn metrics_public_needs_no_token() {
     r.relay.shutdown().await;
 }
 
-/// A small tmpfs over the data directory (needs root, as CI runs), filled to the last byte
-/// under the running relay.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &std::path::Path) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(Tmpfs(path.to_path_buf()));
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a tmpfs (CI runs as root)"
-        );
-        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
-        None
-    }
-
-    /// Fills the file system; returns the filler's path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        while f.write_all(&[0]).is_ok() {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_not_ready_when_the_spool_cannot_be_written() {
     let outer = tempfile::tempdir().unwrap();
     let data = outer.path().join("data");
-    let Some(fs) = Tmpfs::mount(&data) else {
+    let Some(fs) = common::SmallFs::mount(&data, "32m") else {
         return;
     };
     let r = start(Some(data.clone()), false).await;
     let (status, _, body) = r.get("/readyz", None).await;
     assert_eq!(status, 200, "{body}");
 
-    let filler = fs.fill();
+    let filler = common::fill(&fs.0);
     let (status, _, body) = r.get("/readyz", None).await;
     println!("full spool file system: /readyz {status} {body}");
     assert_eq!(status, 503, "{body}");

@@ -137,31 +137,16 @@ maximal_backoff_time = 2s
         // No smtpd (inet) service at all; nothing chrooted.
         write(
             "master.cf",
-            r#"# service type  private unpriv  chroot  wakeup  maxproc command
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
+            &format!(
+                r#"# service type  private unpriv  chroot  wakeup  maxproc command
+{services}smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
 mailboxes unix  -       -       n       -       -       smtp
   -o syslog_name=postfix/mailboxes
   -o smtp_tls_security_level=none
 "#,
+                services = common::POSTFIX_SERVICES
+            ),
             0o644,
         );
         for action in ["check", "start"] {

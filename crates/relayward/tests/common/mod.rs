@@ -293,3 +293,70 @@ pub fn postfix_commands() -> Option<PathBuf> {
         .all(|c| dir.join(c).is_file())
         .then_some(dir)
 }
+
+/// A small tmpfs mounted over a directory of the relay's (needs root, as CI runs); `None`,
+/// after SKIPPED, elsewhere than under CI.
+pub struct SmallFs(pub std::path::PathBuf);
+
+impl SmallFs {
+    pub fn mount(path: &std::path::Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallFs(path.to_path_buf()));
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount a tmpfs (CI runs as root)"
+        );
+        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        None
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `dir` to the last byte.
+pub fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&chunk[..1]).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+/// The master.cf services a test's Postfix instance needs besides its SMTP ones (nothing
+/// chrooted, nothing delivered locally).
+pub const POSTFIX_SERVICES: &str = r#"pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"#;
