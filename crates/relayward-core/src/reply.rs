@@ -196,6 +196,46 @@ pub fn queued(queue_id: &str) -> Reply {
     Reply::dynamic(250, "2.0.0", format!("Ok: queued as {queue_id}"))
 }
 
+/// A reply code as a metrics label: the codes an SMTP server sends, else "other" (the label
+/// set stays bounded whatever a bug might send).
+pub fn code_label(code: u16) -> &'static str {
+    match code {
+        211 => "211",
+        214 => "214",
+        220 => "220",
+        221 => "221",
+        235 => "235",
+        250 => "250",
+        251 => "251",
+        252 => "252",
+        334 => "334",
+        354 => "354",
+        421 => "421",
+        450 => "450",
+        451 => "451",
+        452 => "452",
+        454 => "454",
+        455 => "455",
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        521 => "521",
+        530 => "530",
+        534 => "534",
+        535 => "535",
+        538 => "538",
+        550 => "550",
+        551 => "551",
+        552 => "552",
+        553 => "553",
+        554 => "554",
+        555 => "555",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1032,6 +1032,12 @@ impl Detector {
         if !matches!(from, Active | Warned | Probation) {
             return None;
         }
+        if !matches!(
+            status.state,
+            TenantState::Active | TenantState::Warned | TenantState::Probation
+        ) {
+            return None;
+        }
         let shape = self.shape(snapshot);
         let mut t = self.decide(now_ms, tenant, status, snapshot, &shape)?;
         if shape.judged {

@@ -139,8 +139,8 @@ pub fn count_trace(event: &TraceEvent) {
                 .reply
                 .as_deref()
                 .and_then(|r| r.get(..3))
-                .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
-                .map_or("other", code_label);
+                .and_then(|c| c.parse().ok())
+                .map_or("other", relayward_core::reply::code_label);
             let reason = event
                 .detail
                 .as_deref()
@@ -188,18 +188,6 @@ fn reason_of(detail: &str) -> Option<&'static str> {
         .iter()
         .map(|r| r.as_str())
         .find(|r| *r == code)
-}
-
-fn code_label(code: &str) -> &'static str {
-    const CODES: &[&str] = &[
-        "421", "450", "451", "452", "454", "455", "500", "501", "502", "503", "504", "521", "530",
-        "534", "535", "538", "550", "551", "552", "553", "554", "555",
-    ];
-    CODES
-        .iter()
-        .find(|c| **c == code)
-        .copied()
-        .unwrap_or("other")
 }
 
 /// Tenants with a label of their own so far (`per_tenant`).

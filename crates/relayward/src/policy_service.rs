@@ -167,7 +167,7 @@ impl PolicyService {
             "" => None,
             s => match Address::parse(s, true) {
                 Ok(a) => Some(a),
-                Err(_) => return action(&reply::BAD_SENDER_SYNTAX),
+                Err(_) => return reply::BAD_SENDER_SYNTAX.to_string(),
             },
         };
         let dir = self.directory.current();
@@ -217,7 +217,7 @@ impl PolicyService {
                         so_far + 1,
                     ) {
                         self.trace_refusal(&facts, &r, attrs, Some(&attributed), "sender_limit");
-                        return action(&r);
+                        return r.to_string();
                     }
                 }
                 if let Some(rcpt) = recipient {
@@ -266,7 +266,7 @@ impl PolicyService {
             refusal.attributed.as_ref(),
             &detail,
         );
-        action(&refusal.reply)
+        refusal.reply.to_string()
     }
 
     fn trace_refusal(
@@ -312,11 +312,10 @@ impl PolicyService {
             }
         }
         // Recipients Postfix counted but this connection did not see (another policy
-        // connection, a restart): counted under a placeholder of the sender's domain.
-        while recipients.len() < stated {
-            match Address::parse("unknown@invalid", true) {
-                Ok(a) => recipients.push(a),
-                Err(_) => break,
+        // connection, a restart): counted under a placeholder address.
+        if recipients.len() < stated {
+            if let Ok(placeholder) = Address::parse("unknown@invalid", true) {
+                recipients.resize(stated, placeholder);
             }
         }
         let queue_id = attrs.get("queue_id").cloned().unwrap_or_default();
@@ -335,11 +334,6 @@ impl PolicyService {
         self.events.connector_used(att.connector_id);
         self.abuse.accepted(&m, &queue_id);
     }
-}
-
-/// A reply as a Postfix access(5) action.
-fn action(r: &Reply) -> String {
-    r.to_string()
 }
 
 /// The address a policy listener is reachable at, for the log.

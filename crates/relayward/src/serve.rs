@@ -672,11 +672,17 @@ impl MessageSink for SpoolSink {
                 crate::scan::Verdict::Refuse { reply, detail, .. } => {
                     return Err(EnqueueError::Refused { reply, detail });
                 }
-                crate::scan::Verdict::Accept { detail, .. } => scanned = Some(detail),
+                crate::scan::Verdict::Accept { detail, .. } => {
+                    let mut ev = TraceEvent::new(TraceKind::Queued);
+                    ev.queue_id = Some(msg.queue_id.clone());
+                    ev.tenant_id = Some(msg.tenant_id);
+                    ev.connector_id = Some(msg.connector_id);
+                    ev.sender = msg.sender.as_ref().map(|a| a.to_string());
+                    ev.detail = Some(detail);
+                    scanned = Some(ev);
+                }
             }
         }
-        let scan_sender = msg.sender.as_ref().map(|a| a.to_string());
-        let (scan_tenant, scan_connector) = (msg.tenant_id, msg.connector_id);
         let accepted = self
             .abuse
             .as_ref()
@@ -739,13 +745,7 @@ impl MessageSink for SpoolSink {
         if self.per_tenant_metrics {
             crate::metrics::count_tenant_message(tenant);
         }
-        if let Some(detail) = scanned {
-            let mut ev = TraceEvent::new(TraceKind::Queued);
-            ev.queue_id = Some(id.to_string());
-            ev.tenant_id = Some(scan_tenant);
-            ev.connector_id = Some(scan_connector);
-            ev.sender = scan_sender;
-            ev.detail = Some(detail);
+        if let Some(ev) = scanned {
             relayward_smtp::Events::trace(&*self.events, ev);
         }
         // The abuse detector counts the durable message; mail its tenant may no longer send

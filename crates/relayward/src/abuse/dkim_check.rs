@@ -94,12 +94,9 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
 /// Whether `d` (a signature's domain) covers `from` (the header From domain): equal, or a
 /// parent of it.
 pub fn aligned(d: &str, from: &str) -> bool {
-    let d = d.trim_end_matches('.');
-    let from = from.trim_end_matches('.');
-    from.eq_ignore_ascii_case(d)
-        || (from.len() > d.len() + 1
-            && from.as_bytes()[from.len() - d.len() - 1] == b'.'
-            && from[from.len() - d.len()..].eq_ignore_ascii_case(d))
+    let d = d.trim_end_matches('.').to_ascii_lowercase();
+    let from = from.trim_end_matches('.').to_ascii_lowercase();
+    relayward_policy::cert_name::is_under(&from, &d)
 }
 
 /// Whether the header section of `data` has a DKIM-Signature field (a cheap test before

@@ -385,7 +385,11 @@ impl Abuse {
                 domain,
             },
         );
-        self.consider(now, tenant, &snap, None);
+        // A failure changes no rule's input (the shares count unverified mail as failing
+        // already): only a pass is worth evaluating.
+        if pass {
+            self.consider(now, tenant, &snap, None);
+        }
     }
 
     /// The content scanner's verdict on a message of `tenant` (spam: it was refused, or

@@ -360,3 +360,25 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 "#;
+
+/// Postfix's command directory when a test can run Postfix here (installed, and root: its
+/// master runs as root); else `None` after printing SKIPPED, which fails under CI.
+pub fn postfix_or_skip() -> Option<PathBuf> {
+    let Some(commands) = postfix_commands() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "postfix is not installed, and CI must run this test (apt-get install postfix)"
+        );
+        println!("SKIPPED: postfix not installed (apt-get install postfix)");
+        return None;
+    };
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the Postfix tests need root (Postfix's master runs as root), and CI must run them"
+        );
+        println!("SKIPPED: the Postfix tests need root");
+        return None;
+    }
+    Some(commands)
+}
