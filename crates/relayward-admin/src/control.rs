@@ -52,6 +52,11 @@ pub struct TenantStatusReport {
     pub evidence: Option<serde_json::Value>,
     /// What the tenant admin should fix before asking for unblock.
     pub checklist: Vec<String>,
+    /// Rolling hard-bounce and complaint rates over 24 hours and 7 days, the level they
+    /// reach (`good`, `warn`, `act`: high-risk routing, `block`) and why.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub reputation: Option<relayward_policy::reputation::ReputationStatus>,
 }
 
 /// The tenant admin attests that the cause is fixed.

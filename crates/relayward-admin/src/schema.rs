@@ -1,7 +1,7 @@
 //! OpenAPI schemas of the domain model's string enums (`relayward-core` has no utoipa), listing
 //! the very values the API reads and writes.
 
-use relayward_core::{ConnectorKind, DomainKind, TenantState, TraceKind};
+use relayward_core::{ConnectorKind, DomainKind, SuppressionSource, TenantState, TraceKind};
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 
 fn string_enum(values: &[&'static str], description: &str) -> Object {
@@ -30,6 +30,11 @@ pub fn connector_kind() -> Object {
 pub fn trace_kind() -> Object {
     let values: Vec<&'static str> = TraceKind::ALL.iter().map(|s| s.as_str()).collect();
     string_enum(&values, "Kind of trace event")
+}
+
+pub fn suppression_source() -> Object {
+    let values: Vec<&'static str> = SuppressionSource::ALL.iter().map(|s| s.as_str()).collect();
+    string_enum(&values, "Why the recipient is suppressed")
 }
 
 pub fn token_scope() -> Object {

@@ -2,6 +2,7 @@
 
 pub mod address;
 pub mod model;
+pub mod received;
 pub mod reply;
 
 pub use address::{normalize_domain, Address};

@@ -279,3 +279,45 @@ pub struct HeaderFromAllowed {
     pub declared_at: Timestamp,
     pub declared_by: String,
 }
+
+string_enum!(
+    /// Why a recipient is on a suppression list.
+    SuppressionSource {
+        HardBounce => "hard_bounce",
+        Complaint => "complaint",
+        Manual => "manual",
+    }
+);
+
+/// A recipient address the relay refuses at RCPT (`550 5.1.10`) for one tenant's mail, or for
+/// everyone's on the operator's global list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// `None`: the operator's global list, which applies to every tenant.
+    pub tenant_id: Option<TenantId>,
+    /// Lowercase `local@domain`.
+    pub address: String,
+    pub source: SuppressionSource,
+    /// The remote's reply for a hard bounce, "complaint", or what the administrator wrote.
+    pub reason: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    /// `None`: until removed.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Suppression {
+    pub fn active(&self, now: Timestamp) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// What changed on the suppression lists since a version the relay holds: entries added or
+/// changed (active ones only), and the `(tenant, address)` of entries removed or expired since.
+/// From version 0, `changed` is every active entry and `removed` is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SuppressionUpdates {
+    pub version: i64,
+    pub changed: Vec<Suppression>,
+    pub removed: Vec<(Option<TenantId>, String)>,
+}

@@ -79,6 +79,15 @@ pub const AUTH_LOCKED: Reply = Reply::new(
     "4.7.0",
     "Too many authentication failures, try again later",
 );
+/// A recipient on the tenant's (or the operator's global) suppression list: an earlier message
+/// to it hard-bounced, was complained about, or an administrator listed it. The relay's own
+/// code and text, not the remote's (that one is kept in the suppression entry), so a tenant can
+/// tell the relay's refusal from the remote mailbox's.
+pub const RECIPIENT_SUPPRESSED: Reply = Reply::new(
+    550,
+    "5.1.10",
+    "Recipient address suppressed after a hard bounce",
+);
 /// `[limits] bare_line_ends = "reject"`: the data held a CR or LF that was not part of a CRLF.
 pub const BARE_LINE_END: Reply = Reply::new(550, "5.5.2", "Bare CR or LF not allowed");
 
@@ -249,6 +258,10 @@ mod tests {
         assert_eq!(
             RELAY_DENIED.to_string(),
             "550 5.7.64 TenantAttribution; Relay Access Denied"
+        );
+        assert_eq!(
+            RECIPIENT_SUPPRESSED.to_wire(),
+            "550 5.1.10 Recipient address suppressed after a hard bounce\r\n"
         );
         assert_eq!(
             START_DATA.to_string(),

@@ -83,88 +83,14 @@ pub enum RemoteClass {
     Other,
 }
 
-/// Words that mark a refusal as a spam or reputation block. Lowercase.
-const SPAM_WORDS: &[&str] = &[
-    "blocked",
-    "block list",
-    "blocklist",
-    "blacklist",
-    "listed",
-    "spam",
-    "reputation",
-    "rbl",
-    "dnsbl",
-    "spamhaus",
-    "spamcop",
-    "barracuda",
-    "junk",
-    "unsolicited",
-    "bulk mail",
-    "abuse",
-];
-
-/// Words of recipient-unknown replies that carry no enhanced code. Lowercase.
-const BAD_MAILBOX_WORDS: &[&str] = &[
-    "user unknown",
-    "unknown user",
-    "no such user",
-    "no such mailbox",
-    "does not exist",
-    "invalid recipient",
-    "recipient unknown",
-    "unknown recipient",
-    "address rejected: user",
-];
-
-/// `"5.7.1"` → `(5, 7, 1)`.
-fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
-    let mut it = s.split('.');
-    let class: u8 = it.next()?.parse().ok()?;
-    let subject: u16 = it.next()?.parse().ok()?;
-    let detail: u16 = it.next()?.parse().ok()?;
-    if it.next().is_some() || !(2..=5).contains(&class) {
-        return None;
-    }
-    Some((class, subject, detail))
-}
-
-/// Classify a remote server's reply to a delivery attempt. `enhanced` may be empty, in which
-/// case a leading `x.y.z` token of `text` is used (many servers put it there).
-///
-/// * 2xx: delivered.
-/// * 5.7.1, or any x.7.x whose text speaks of blocks, spam, listings or reputation: spam/policy
-///   block. A 4.7.x greylisting reply has none of those words and stays "other".
-/// * 5.1.x: bad mailbox.
-/// * No enhanced code: the text decides, recipient-unknown words first.
+/// Classify a remote server's reply to a delivery attempt for the detector. `enhanced` may be
+/// empty, in which case a leading `x.y.z` token of `text` is used (many servers put it there).
+/// The bounce classifier decides ([`crate::bounce::BounceClassifier::current`]), so the detector,
+/// the metrics, delivery and the suppression list agree on every reply.
 pub fn classify_remote_reply(code: u16, enhanced: &str, text: &str) -> RemoteClass {
-    if (200..300).contains(&code) {
-        return RemoteClass::Delivered;
-    }
-    let mut enhanced = enhanced.trim();
-    let mut text = text.trim();
-    if enhanced.is_empty() {
-        let first = text.split_whitespace().next().unwrap_or("");
-        if parse_enhanced(first).is_some() {
-            enhanced = first;
-            text = text[first.len()..].trim_start();
-        }
-    }
-    let lower = text.to_ascii_lowercase();
-    // Greylisting says "listed" too, and is no verdict on the mail.
-    let greylisting = lower.contains("greylist") || lower.contains("graylist");
-    let spammy = !greylisting && SPAM_WORDS.iter().any(|w| lower.contains(w));
-    match parse_enhanced(enhanced) {
-        Some((5, 7, 1)) => RemoteClass::SpamBlock,
-        Some((4 | 5, 7, _)) if spammy => RemoteClass::SpamBlock,
-        Some((5, 1, _)) => RemoteClass::BadMailbox,
-        Some((4 | 5, _, _)) if spammy && code >= 500 => RemoteClass::SpamBlock,
-        Some(_) => RemoteClass::Other,
-        None if code >= 500 && BAD_MAILBOX_WORDS.iter().any(|w| lower.contains(w)) => {
-            RemoteClass::BadMailbox
-        }
-        None if code >= 400 && spammy => RemoteClass::SpamBlock,
-        None => RemoteClass::Other,
-    }
+    crate::bounce::BounceClassifier::current()
+        .class_of(code, enhanced, text)
+        .remote_class()
 }
 
 // ---------------------------------------------------------------------------------------------

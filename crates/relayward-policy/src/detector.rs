@@ -528,6 +528,10 @@ pub enum Rule {
     SpamRejections,
     HeaderMismatch,
     SpamVerdicts,
+    /// Hard bounces per delivered or bounced recipient (the reputation module).
+    BounceRate,
+    /// Spam complaints per delivered or bounced recipient (the reputation module).
+    ComplaintRate,
 }
 
 impl Rule {
@@ -540,6 +544,8 @@ impl Rule {
             Rule::SpamRejections => "spam_rejections",
             Rule::HeaderMismatch => "header_mismatch",
             Rule::SpamVerdicts => "spam_verdicts",
+            Rule::BounceRate => "bounce_rate",
+            Rule::ComplaintRate => "complaint_rate",
         }
     }
 }
@@ -551,6 +557,7 @@ pub enum Window {
     #[default]
     Hour,
     Day,
+    Week,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! Pure decisions over an in-memory [`Directory`] snapshot: no sockets, no SQL.
 
 pub mod auth;
+pub mod bounce;
 pub mod cert_name;
 pub mod counters;
 pub mod detector;
@@ -10,6 +11,9 @@ pub mod directory;
 pub mod evidence;
 pub mod limits;
 pub mod relay;
+pub mod report;
+pub mod reputation;
+pub mod suppression;
 
 pub use directory::{Directory, SharedDirectory};
 pub use relay::{

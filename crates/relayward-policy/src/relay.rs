@@ -70,6 +70,8 @@ pub enum RefusalReason {
     /// The tenant is blocked from unregistered domains, the envelope sender is registered but
     /// the header From (what recipients see) is not an accepted domain of the tenant.
     BlockedUnregisteredHeaderFrom,
+    /// The recipient is on the tenant's suppression list or the operator's global one.
+    Suppressed,
 }
 
 impl RefusalReason {
@@ -86,6 +88,7 @@ impl RefusalReason {
         RefusalReason::RegisteredOutsideConnectorIps,
         RefusalReason::RegisteredNeedsCertificate,
         RefusalReason::BlockedUnregisteredHeaderFrom,
+        RefusalReason::Suppressed,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -103,6 +106,7 @@ impl RefusalReason {
             }
             RefusalReason::RegisteredNeedsCertificate => "registered_sender_needs_certificate",
             RefusalReason::BlockedUnregisteredHeaderFrom => "blocked_unregistered_header_from",
+            RefusalReason::Suppressed => "suppressed",
         }
     }
 
@@ -115,6 +119,7 @@ impl RefusalReason {
             RefusalReason::BlockedUnregistered | RefusalReason::BlockedUnregisteredHeaderFrom => {
                 reply::BLOCKED_UNREGISTERED
             }
+            RefusalReason::Suppressed => reply::RECIPIENT_SUPPRESSED,
             RefusalReason::NotAttributed
             | RefusalReason::AmbiguousAttribution
             | RefusalReason::ConnectorDisabled
@@ -136,7 +141,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(
+    pub(crate) fn new(
         reason: RefusalReason,
         attributed: Option<Attributed>,
         class: Option<SenderClass>,

@@ -2,7 +2,7 @@
 //! working production configuration (MX delivery on port 25, system resolvers).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,6 +45,13 @@ pub struct DeliveryConfig {
     pub max_messages_per_connection: u32,
     /// How often the control directory (`<spool>/control`) is checked for admin requests.
     pub control_poll_interval: Duration,
+    /// Source addresses outbound connections leave from, by kind of mail ([`crate::egress`]).
+    /// Empty: connections are not bound; the system picks the source address.
+    pub egress_pools: Vec<EgressPool>,
+    /// Tenant id -> the egress pool all of that tenant's mail leaves from (an operator's pin).
+    pub tenant_pools: HashMap<i64, String>,
+    /// Slowing down providers that answer with rate-limit or reputation replies.
+    pub throttle: crate::throttle::ThrottleConfig,
 }
 
 impl Default for DeliveryConfig {
@@ -75,6 +82,9 @@ impl Default for DeliveryConfig {
             idle_connection_timeout: Duration::from_secs(5),
             max_messages_per_connection: 1000,
             control_poll_interval: Duration::from_secs(1),
+            egress_pools: Vec::new(),
+            tenant_pools: HashMap::new(),
+            throttle: crate::throttle::ThrottleConfig::default(),
         }
     }
 }
@@ -104,4 +114,17 @@ pub struct TenantRoute {
     /// that is unset, the webpki root set, and the name in `host`.
     pub verify_tls: bool,
     pub tls_ca_file: Option<PathBuf>,
+}
+
+/// A named set of source addresses (`[[egress_pool]]`); see [`crate::egress`] for which mail
+/// uses which pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressPool {
+    pub name: String,
+    /// IPv4 and IPv6 addresses of this host, used in turn; a connection binds one of the
+    /// target's family.
+    pub source_addresses: Vec<IpAddr>,
+    /// EHLO name on this pool's connections (it should match the addresses' PTR records).
+    /// `None`: the server's hostname.
+    pub ehlo_hostname: Option<String>,
 }

@@ -263,6 +263,7 @@ pub fn envelope(id: QueueId, hostname: &str, to: &str, body: &[u8]) -> Envelope 
         original_sender: None,
         sender_class: "null".into(),
         header_from_mismatch: false,
+        spam_verdict: false,
         message_id: Some(format!("<{id}@{hostname}>")),
         size: body.len() as u64,
         body_8bit: body.iter().any(|&b| b >= 0x80),

@@ -30,10 +30,12 @@ use crate::control::{
     ControlOp, DeliveryError, NOTICES_DIR,
 };
 use crate::dsn::{self, DsnAction, DsnRecipient};
+use crate::egress::EgressRisk;
 use crate::outbound::delivery::{OutboundMessage, RcptResult};
 use crate::outbound::Outbound;
 use crate::routing::Destination;
 use crate::spool::{Envelope, QueueId, RecipientStatus, Spool, SpoolError};
+use crate::throttle::{Admit, Throttle, ThrottleState};
 
 /// Receives the delivery side of the message trace.
 pub trait DeliveryEvents: Send + Sync {
@@ -107,10 +109,14 @@ impl State {
         }
     }
 
-    fn saturated<'a>(&self, dests: &'a [String], limit: usize) -> Option<&'a String> {
+    fn saturated<'a>(
+        &self,
+        dests: &'a [String],
+        limit: &dyn Fn(&str) -> usize,
+    ) -> Option<&'a String> {
         dests
             .iter()
-            .find(|d| self.active.get(*d).copied().unwrap_or(0) >= limit)
+            .find(|d| self.active.get(*d).copied().unwrap_or(0) >= limit(d))
     }
 
     fn park(&mut self, id: QueueId, dest: String, due: i64) {
@@ -127,7 +133,7 @@ impl State {
     }
 
     /// Frees the destination slots of a finished worker and reschedules messages parked on them.
-    fn release(&mut self, dests: &[String], limit: usize) {
+    fn release(&mut self, dests: &[String], limit: &dyn Fn(&str) -> usize) {
         for d in dests {
             let remaining = match self.active.get_mut(d) {
                 Some(n) => {
@@ -139,7 +145,7 @@ impl State {
             if remaining == 0 {
                 self.active.remove(d);
             }
-            let mut free = limit.saturating_sub(remaining);
+            let mut free = limit(d).saturating_sub(remaining);
             while free > 0 {
                 let Some(q) = self.parked.get_mut(d) else {
                     break;
@@ -183,6 +189,10 @@ pub struct Scheduler {
     config: Arc<DeliveryConfig>,
     events: Arc<dyn DeliveryEvents>,
     outbound: Outbound,
+    /// Which tenants' mail leaves from the high-risk egress pool, asked at each attempt.
+    egress_risk: Option<Arc<dyn EgressRisk>>,
+    /// Per-provider slow-down after rate-limit and reputation replies.
+    throttle: Throttle,
     state: Mutex<State>,
     wake: Notify,
     shutdown: watch::Receiver<bool>,
@@ -194,20 +204,25 @@ pub struct Scheduler {
 impl Scheduler {
     /// Loads the spool's messages into the index, applies pending control requests and starts
     /// delivering. Runs until `shutdown` becomes true; [`Scheduler::stopped`] then resolves.
+    /// `egress_risk`: the relay's view of its tenants' standing ([`crate::egress`]).
     pub fn start(
         spool: Arc<Spool>,
         config: DeliveryConfig,
         events: Arc<dyn DeliveryEvents>,
+        egress_risk: Option<Arc<dyn EgressRisk>>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Scheduler> {
         let config = Arc::new(config);
         let outbound = Outbound::new(config.clone());
         let (stopped, _) = watch::channel(false);
+        let throttle = Throttle::new(config.throttle.clone(), config.max_per_destination);
         let scheduler = Arc::new(Scheduler {
             spool,
             config,
             events,
             outbound,
+            egress_risk,
+            throttle,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             shutdown,
@@ -363,8 +378,10 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn limit(&self) -> usize {
-        self.config.max_per_destination.max(1)
+    /// Concurrent deliveries allowed to a destination key: `max_per_destination`, less while
+    /// its provider is throttled.
+    fn limit_of(&self, dest: &str) -> usize {
+        self.throttle.concurrency(dest, now_ms())
     }
 
     /// Destination keys of the recipients still to be delivered.
@@ -495,7 +512,7 @@ impl Scheduler {
 
     /// Starts workers for due messages; returns when the next message is due.
     fn dispatch(self: &Arc<Self>) -> Option<i64> {
-        let limit = self.limit();
+        let limit = |d: &str| self.limit_of(d);
         let max_workers = self.config.max_workers.max(1);
         let mut spawn = Vec::new();
         let next = {
@@ -520,8 +537,12 @@ impl Scheduler {
                     None => continue,
                 };
                 if let Some(dests) = &dests {
-                    if let Some(full) = st.saturated(dests, limit).cloned() {
+                    if let Some(full) = st.saturated(dests, &limit).cloned() {
                         st.park(id, full, due);
+                        continue;
+                    }
+                    if let Admit::At(at, _) = self.throttle.admit(dests, now) {
+                        st.schedule(id, at);
                         continue;
                     }
                     st.reserve(dests);
@@ -564,7 +585,7 @@ impl Scheduler {
     /// Applies queued admin operations, then records how the worker left the message and frees
     /// its slots.
     async fn finish(&self, id: QueueId, reserved: Option<Vec<String>>, mut finish: Finish) {
-        let limit = self.limit();
+        let limit = |d: &str| self.limit_of(d);
         loop {
             let ops = {
                 let mut st = self.lock();
@@ -598,7 +619,7 @@ impl Scheduler {
             let mut st = self.lock();
             // `Some`: a dispatched worker (counted in `workers`), with the slots it holds.
             if let Some(dests) = &reserved {
-                st.release(dests, limit);
+                st.release(dests, &limit);
                 st.workers = st.workers.saturating_sub(1);
             }
             match finish {
@@ -625,7 +646,7 @@ impl Scheduler {
                         e.running = false;
                         e.dests = Some(dests.clone());
                     }
-                    match st.saturated(&dests, limit).cloned() {
+                    match st.saturated(&dests, &limit).cloned() {
                         Some(full) => st.park(id, full, now_ms()),
                         None => st.schedule(id, now_ms()),
                     }
@@ -664,9 +685,13 @@ impl Scheduler {
             Some(r) => r,
             None => {
                 let mut st = self.lock();
-                if st.saturated(&dests, self.limit()).is_some() {
+                if st.saturated(&dests, &|d| self.limit_of(d)).is_some() {
                     drop(st);
                     return (Finish::Park(dests), Some(Vec::new()));
+                }
+                if let Admit::At(at, _) = self.throttle.admit(&dests, now_ms()) {
+                    drop(st);
+                    return (Finish::Due(at, dests), Some(Vec::new()));
                 }
                 st.reserve(&dests);
                 dests.clone()
@@ -705,14 +730,24 @@ impl Scheduler {
             return Finish::Removed;
         }
 
+        // Chosen now, not at acceptance: the tenant's standing may have changed meanwhile.
+        let egress = crate::egress::choose(&self.config, env, self.egress_risk.as_deref());
         let mut results: Vec<(usize, RcptResult)> = Vec::new();
+        // Recipient index -> the throttle its attempt put on the destination, for the trace.
+        let mut throttled: HashMap<usize, ThrottleState> = HashMap::new();
         for (dest, idx) in &groups {
             let rcpts: Vec<&str> = idx
                 .iter()
                 .map(|&i| env.recipients[i].address.as_str())
                 .collect();
             let msg = OutboundMessage::new(&env.sender, &rcpts, body, env.smtputf8);
-            let outcome = self.outbound.deliver(dest, &msg, &rcpts).await;
+            let outcome = self
+                .outbound
+                .deliver(dest, egress.as_ref(), &msg, &rcpts)
+                .await;
+            if let Some(state) = self.observe(dest, &outcome) {
+                throttled.extend(idx.iter().map(|&i| (i, state.clone())));
+            }
             results.extend(idx.iter().copied().zip(outcome));
         }
 
@@ -787,7 +822,13 @@ impl Scheduler {
             let r = &env.recipients[*i];
             let mut ev = trace_event(TraceKind::Attempt, env, Some(&r.address));
             ev.reply = Some(result.reply().to_string());
-            ev.detail = result.remote().map(|h| format!("remote host {h}"));
+            ev.detail = result.attempt_detail();
+            if let Some(state) = throttled.get(i) {
+                ev.detail = Some(match ev.detail.take() {
+                    Some(d) => format!("{d}; {state}"),
+                    None => state.to_string(),
+                });
+            }
             events.push(ev);
             let (kind, detail) = match (result, r.status) {
                 (RcptResult::Delivered { remote, .. }, _) => {
@@ -881,6 +922,32 @@ impl Scheduler {
         } else {
             Finish::Due(next_ms, self.destinations(env))
         }
+    }
+
+    /// Learns which provider answered for `dest`, and slows it down when it asked for that
+    /// (a rate-limit or reputation reply). At most one halving per attempt.
+    fn observe(&self, dest: &Destination, outcome: &[RcptResult]) -> Option<ThrottleState> {
+        let key = dest.key();
+        let classifier = relayward_policy::bounce::BounceClassifier::current();
+        let mut host = None;
+        for r in outcome {
+            let Some(remote) = r.remote() else { continue };
+            host = Some(remote);
+            if matches!(r, RcptResult::Delivered { .. }) {
+                continue;
+            }
+            if classifier
+                .classify_reply(r.reply())
+                .class
+                .slows_destination()
+            {
+                return Some(self.throttle.slow_down(&key, remote, r.reply(), now_ms()));
+            }
+        }
+        if let Some(host) = host {
+            self.throttle.learn(&key, host);
+        }
+        None
     }
 
     /// Applies requests found in the control directory. Requests for one message run in order;

@@ -362,6 +362,10 @@ pub struct Envelope {
     pub sender_class: String,
     #[serde(default)]
     pub header_from_mismatch: bool,
+    /// The content scanner accepted the message with a spam verdict (a header added or the
+    /// subject rewritten): it leaves from the high-risk egress pool.
+    #[serde(default)]
+    pub spam_verdict: bool,
     #[serde(default)]
     pub message_id: Option<String>,
     pub size: u64,
@@ -1046,6 +1050,7 @@ mod tests {
             original_sender: None,
             sender_class: "registered".into(),
             header_from_mismatch: false,
+            spam_verdict: false,
             message_id: Some("<abc@example.com>".into()),
             size: 0,
             body_8bit: true,

@@ -930,6 +930,7 @@ async fn bench_smart_host_5k() {
             original_sender: None,
             sender_class: "registered".into(),
             header_from_mismatch: false,
+            spam_verdict: false,
             message_id: None,
             size: payload.len() as u64,
             body_8bit: false,
@@ -972,4 +973,43 @@ async fn bench_smart_host_5k() {
         workers,
         sink.connections()
     );
+}
+
+/// A server that answers 421 to a pipelined MAIL or RCPT closes the connection without
+/// answering the rest of the batch: the deferral keeps its 421 (what the trace, the DSN and
+/// the bounce classifier read), not the closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_421_in_a_pipelined_batch_is_the_reply_recorded() {
+    let s = sinks(&[2]).await;
+    let mx = &s[0];
+    let limited = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred due to unexpected volume or user complaints";
+    mx.reply_mail_times(limited, 1);
+    let dns = DnsServer::start().await;
+    dns.add_mx("example.com", 10, "mx.example.com");
+    dns.add_a("mx.example.com", [127, 0, 0, 2].into());
+    let mut cfg = config(&dns, mx.addr().port());
+    cfg.retry_schedule = vec![Duration::from_secs(3600)];
+    let relay = Relay::start(cfg);
+    let id = relay.send(
+        "alice@origin.test",
+        &["bob@example.com", "carol@example.com"],
+        &body("rate limited"),
+    );
+    assert!(
+        wait_until(T, || relay
+            .spool
+            .read_envelope(&id)
+            .map(|e| e
+                .recipients
+                .iter()
+                .all(|r| r.status == RecipientStatus::Deferred))
+            .unwrap_or(false))
+        .await,
+        "both recipients deferred"
+    );
+    let env = relay.spool.read_envelope(&id).unwrap();
+    for r in &env.recipients {
+        assert_eq!(r.last_reply.as_deref(), Some(limited), "{r:?}");
+    }
+    relay.stop().await;
 }

@@ -25,7 +25,9 @@ mod listener;
 mod tls;
 
 pub use auth_guard::AuthLockoutEvent;
-pub use inbound::srs_role::{ReturnRecipient, ReturnedMessage, SrsReturn, SrsRole};
+pub use inbound::srs_role::{
+    FeedbackError, FeedbackMessage, ReturnRecipient, ReturnedMessage, SrsReturn, SrsRole,
+};
 pub use tls::{load_tls, ServerTls};
 
 /// Server-side timeouts (RFC 5321 section 4.5.3.2).
@@ -273,6 +275,8 @@ pub struct Server {
     pub(crate) auth_guard: auth_guard::AuthGuard,
     /// Per-sender limits; none by default.
     pub(crate) sender_guard: OnceLock<Arc<dyn SenderGuard>>,
+    /// Suppressed recipients, refused at RCPT; none by default.
+    pub(crate) suppressions: OnceLock<Arc<relayward_policy::suppression::SuppressionList>>,
 }
 
 impl Server {
@@ -291,6 +295,7 @@ impl Server {
             limiter: listener::ConnLimiter::default(),
             header_parser: inbound::data::header_parser(),
             sender_guard: OnceLock::new(),
+            suppressions: OnceLock::new(),
         })
     }
 
@@ -305,6 +310,18 @@ impl Server {
 
     pub(crate) fn sender_guard(&self) -> Option<&dyn SenderGuard> {
         self.sender_guard.get().map(|g| &**g)
+    }
+
+    /// Refuse recipients on `list` (the session tenant's or the global one) at RCPT TO with
+    /// 5.1.10. Set once, before the listeners start.
+    pub fn with_suppressions(
+        self: Arc<Self>,
+        list: Arc<relayward_policy::suppression::SuppressionList>,
+    ) -> Arc<Server> {
+        if self.suppressions.set(list).is_err() {
+            tracing::warn!("suppression lists already set; the new ones are ignored");
+        }
+        self
     }
 
     pub fn config(&self) -> &SmtpConfig {

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use relayward_core::SenderClass;
 use relayward_core::{
     AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId,
-    DomainKind, HeaderFromAllowed, Tenant, TenantId, TenantState, Timestamp, TraceEvent,
-    TraceQuery,
+    DomainKind, HeaderFromAllowed, Suppression, SuppressionUpdates, Tenant, TenantId, TenantState,
+    Timestamp, TraceEvent, TraceQuery,
 };
 
 pub mod abuse;
@@ -242,6 +242,36 @@ pub trait Store: Send + Sync + 'static {
     async fn get_dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>>;
     /// Every domain's current key, by domain.
     async fn list_dkim_keys(&self) -> Result<Vec<DkimKeyRecord>>;
+
+    // Suppression lists (`tenant` `None`: the operator's global list)
+    /// Puts `s.address` (lowercased here) on `s.tenant_id`'s list until `s.expires_at`, from
+    /// `s.created_at`, by `actor` (stored as `created_by`). An entry standing already for the address stays when it lasts
+    /// at least as long; otherwise this one replaces it (a repeat hard bounce extends the
+    /// expiry). Returns the entry standing afterwards. Audited (`suppression.add`) when
+    /// `s.source` is manual, i.e. a person's change; hard bounces and complaints, which can come
+    /// by the thousand, are recorded by the entry itself (source, reason, created_by) and by the
+    /// message trace instead. Bumps the suppression version, never the directory's. NotFound
+    /// when the tenant does not exist; Invalid on an empty address.
+    async fn add_suppression(&self, s: &Suppression, actor: &str) -> Result<Suppression>;
+    /// Takes `address` off the list; audited (`suppression.remove`). `false` when it was not on
+    /// it at `now` (never listed, removed or expired).
+    async fn remove_suppression(
+        &self,
+        tenant: Option<TenantId>,
+        address: &str,
+        now: Timestamp,
+        actor: &str,
+    ) -> Result<bool>;
+    /// One list's entries in force at `now`, by address.
+    async fn list_suppressions(
+        &self,
+        tenant: Option<TenantId>,
+        now: Timestamp,
+    ) -> Result<Vec<Suppression>>;
+    async fn suppression_version(&self) -> Result<i64>;
+    /// Every list's changes after version `since`, for the relay's in-memory lists; from 0,
+    /// every entry in force at `now`.
+    async fn suppression_updates(&self, since: i64, now: Timestamp) -> Result<SuppressionUpdates>;
 }
 
 /// Open the store named by a URL: `sqlite://PATH` (created with its directory if missing).

@@ -1727,6 +1727,52 @@ impl Store for SqliteStore {
     async fn list_dkim_keys(&self) -> Result<Vec<crate::DkimKeyRecord>> {
         dkim_sql::list_dkim_keys(&self.pool).await
     }
+
+    // Suppression lists
+
+    async fn add_suppression(
+        &self,
+        s: &relayward_core::Suppression,
+        actor: &str,
+    ) -> Result<relayward_core::Suppression> {
+        let mut tx = self.write_tx().await?;
+        let added = suppression_sql::add(&mut tx, s, actor).await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn remove_suppression(
+        &self,
+        tenant: Option<TenantId>,
+        address: &str,
+        now: Timestamp,
+        actor: &str,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let removed = suppression_sql::remove(&mut tx, tenant, address, now, actor).await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn list_suppressions(
+        &self,
+        tenant: Option<TenantId>,
+        now: Timestamp,
+    ) -> Result<Vec<relayward_core::Suppression>> {
+        suppression_sql::list(&self.pool, tenant, now).await
+    }
+
+    async fn suppression_version(&self) -> Result<i64> {
+        suppression_sql::version(&self.pool).await
+    }
+
+    async fn suppression_updates(
+        &self,
+        since: i64,
+        now: Timestamp,
+    ) -> Result<relayward_core::SuppressionUpdates> {
+        suppression_sql::updates(&self.pool, since, now).await
+    }
 }
 
 #[path = "sqlite_abuse.rs"]
@@ -1734,6 +1780,9 @@ mod abuse_sql;
 
 #[path = "sqlite_dkim.rs"]
 mod dkim_sql;
+
+#[path = "sqlite_suppression.rs"]
+mod suppression_sql;
 
 #[cfg(test)]
 mod tests {

@@ -53,3 +53,12 @@ pub use sink::{Extensions, Rcpt, Received, Reply, SmtpSink, TlsInfo};
 pub use hickory_proto;
 pub use hickory_proto::rr::{RData, RecordType};
 pub use rustls;
+
+/// The bytes of `fixtures/<name>` in this crate: messages shaped like real ones (DSNs, feedback
+/// reports) kept as files, so a test reads what arrives on the wire. Panics when it is missing.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}

@@ -365,6 +365,7 @@ impl RelayControl for LiveControl {
             summary,
             evidence,
             checklist: self.checklist(&t, state).await?,
+            reputation: Some(self.abuse.reputation_status(t.id)),
         })
     }
 

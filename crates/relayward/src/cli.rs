@@ -1499,3 +1499,179 @@ pub async fn audit(config: &Config, a: AuditArgs) -> Result<()> {
     table::print(&["TIME", "ACTOR", "ACTION", "OBJECT", "DETAIL"], &rows);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Suppression lists
+
+/// `relayward suppression`: a tenant's list (TENANT) or the operator's global one (`--global`).
+#[derive(Subcommand, Debug)]
+pub enum SuppressionCmd {
+    /// Recipients suppressed for a tenant's mail, or for everyone's (--global)
+    #[command(group(clap::ArgGroup::new("list").required(true).args(["tenant", "global"])))]
+    List {
+        /// Tenant (name or id)
+        tenant: Option<String>,
+        /// The operator's global list, which applies to every tenant
+        #[arg(long)]
+        global: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suppress a recipient: the list's mail to it is refused at RCPT with 550 5.1.10
+    #[command(
+        allow_missing_positional = true,
+        group(clap::ArgGroup::new("list").required(true).args(["tenant", "global"]))
+    )]
+    Add {
+        /// Tenant (name or id)
+        tenant: Option<String>,
+        address: String,
+        /// The operator's global list, which applies to every tenant
+        #[arg(long)]
+        global: bool,
+        /// For this many days (default: until removed)
+        #[arg(long, value_name = "N")]
+        days: Option<u32>,
+        /// Why (default "manual")
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let the list's mail reach a suppressed recipient again
+    #[command(
+        allow_missing_positional = true,
+        group(clap::ArgGroup::new("list").required(true).args(["tenant", "global"]))
+    )]
+    Remove {
+        /// Tenant (name or id)
+        tenant: Option<String>,
+        address: String,
+        /// The operator's global list
+        #[arg(long)]
+        global: bool,
+    },
+}
+
+/// The list key of ADDRESS, or why it is none.
+fn suppression_address(address: &str) -> Result<String> {
+    relayward_policy::suppression::parse_address_key(address)
+        .ok_or_else(|| anyhow!("{address:?} is not an email address"))
+}
+
+/// The expiry of an entry added now for `days` (none: until removed).
+fn suppression_expiry(at: i64, days: Option<u32>) -> Result<Option<i64>> {
+    use relayward_policy::suppression::MAX_DAYS;
+    match days {
+        None => Ok(None),
+        Some(d) if (1..=MAX_DAYS).contains(&d) => Ok(Some(at + i64::from(d) * 86_400)),
+        Some(_) => bail!("--days must be between 1 and {MAX_DAYS}"),
+    }
+}
+
+/// A list as the API answers it (the local one serialized the same way): one table for both.
+fn print_suppressions(list: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let rows = list
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            vec![
+                text(&s["address"]),
+                text(&s["source"]),
+                s["created_at"]
+                    .as_i64()
+                    .map(table::time)
+                    .unwrap_or_default(),
+                match s["expires_at"].as_i64() {
+                    Some(at) => table::time(at),
+                    None => "until removed".into(),
+                },
+                text(&s["created_by"]),
+                text(&s["reason"]),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table::print(
+        &["ADDRESS", "SOURCE", "SINCE", "UNTIL", "BY", "REASON"],
+        &rows,
+    );
+}
+
+/// "tenant acme's list" or "the global list".
+fn suppression_list_name(tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) => format!("tenant {t}'s list"),
+        None => "the global list".into(),
+    }
+}
+
+pub async fn suppression(config: &Config, cmd: SuppressionCmd) -> Result<()> {
+    let store = open_store(config).await?;
+    let scope = |tenant: Option<String>| {
+        let store = store.clone();
+        async move {
+            match tenant {
+                Some(t) => {
+                    let t = tenant_of(&*store, &t).await?;
+                    Ok::<_, anyhow::Error>((Some(t.id), Some(t.name)))
+                }
+                None => Ok((None, None)),
+            }
+        }
+    };
+    let now = relayward_core::now();
+    match cmd {
+        SuppressionCmd::List { tenant, json, .. } => {
+            let (id, _) = scope(tenant).await?;
+            let list = serde_json::to_value(store.list_suppressions(id, now).await?)?;
+            if json {
+                return print_json(&list);
+            }
+            print_suppressions(&list);
+        }
+        SuppressionCmd::Add {
+            tenant,
+            address,
+            days,
+            reason,
+            ..
+        } => {
+            let (id, name) = scope(tenant).await?;
+            let entry = relayward_core::Suppression {
+                tenant_id: id,
+                address: suppression_address(&address)?,
+                source: relayward_core::SuppressionSource::Manual,
+                reason: reason
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| relayward_policy::suppression::MANUAL_REASON.into()),
+                created_at: now,
+                created_by: actor(),
+                expires_at: suppression_expiry(now, days)?,
+            };
+            let stored = store.add_suppression(&entry, &actor()).await?;
+            println!(
+                "{} suppressed on {} {}",
+                stored.address,
+                suppression_list_name(name.as_deref()),
+                match stored.expires_at {
+                    Some(at) => format!("until {}", table::time(at)),
+                    None => "until removed".into(),
+                }
+            );
+        }
+        SuppressionCmd::Remove {
+            tenant, address, ..
+        } => {
+            let (id, name) = scope(tenant).await?;
+            let key = suppression_address(&address)?;
+            let list = suppression_list_name(name.as_deref());
+            if !store.remove_suppression(id, &key, now, &actor()).await? {
+                bail!("{key} is not on {list}");
+            }
+            println!("{key} removed from {list}");
+        }
+    }
+    Ok(())
+}

@@ -17,6 +17,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
+    /// Source addresses of outbound mail by kind of mail (crate::egress); none: the system's.
+    #[serde(rename = "egress_pool")]
+    pub egress_pools: Vec<crate::egress::EgressPoolConfig>,
     pub limits: LimitsConfig,
     /// The abuse detector's rules (relayward_policy::detector::DetectorConfig documents every
     /// key and its default).
@@ -33,6 +36,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Content scanning with rspamd (crate::scan); none without `rspamd_url`.
     pub scan: crate::scan::ScanConfig,
+    /// Per-tenant bounce and complaint rates and what they call for, and how long hard-bounced
+    /// recipients stay suppressed (relayward_policy::reputation::ReputationConfig has every key
+    /// and its default).
+    pub reputation: relayward_policy::reputation::ReputationConfig,
 }
 
 /// `[metrics]`: what `GET /metrics` on the admin listener shows (crate::metrics).
@@ -51,12 +58,14 @@ impl Default for Config {
             listeners: vec![ListenerConfig::default()],
             store: StoreConfig::default(),
             delivery: DeliveryConfig::default(),
+            egress_pools: Vec::new(),
             limits: LimitsConfig::default(),
             detector: DetectorConfig::default(),
             sender_limits: None,
             alerts: AlertsConfig::default(),
             admin: AdminConfig::default(),
             srs: None,
+            reputation: Default::default(),
             dkim: crate::dkim::DkimSection::default(),
             metrics: MetricsConfig::default(),
             scan: crate::scan::ScanConfig::default(),
@@ -216,6 +225,11 @@ pub struct DeliveryConfig {
     /// One tenant's mail to its own next hop.
     #[serde(rename = "tenant_route")]
     pub tenant_routes: Vec<TenantRouteConfig>,
+    /// A provider that answers with rate-limit or reputation replies gets half the
+    /// concurrency and half this many attempts per minute, halved again on each such reply.
+    pub throttle_rate_per_minute: u32,
+    /// Each quiet period this long doubles a throttled provider's allowance back.
+    pub throttle_restore_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -248,6 +262,11 @@ impl Default for DeliveryConfig {
             max_per_destination: 16,
             postmaster: None,
             tenant_routes: Vec::new(),
+            throttle_rate_per_minute: relayward_queue::throttle::ThrottleConfig::default()
+                .rate_per_minute,
+            throttle_restore_secs: relayward_queue::throttle::ThrottleConfig::default()
+                .restore_after
+                .as_secs(),
         }
     }
 }
@@ -324,6 +343,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         self.detector.validate().map_err(anyhow::Error::msg)?;
+        self.reputation.validate().map_err(anyhow::Error::msg)?;
         self.scan.validate().map_err(anyhow::Error::msg)?;
         if self.sender_limits.is_some() && self.detector.sender_limits != SenderLimits::default() {
             anyhow::bail!("give the sender limits in [sender_limits] or in [detector.sender_limits], not both");
@@ -355,6 +375,7 @@ impl Config {
             }
         }
         crate::forwarding::validate(self)?;
+        crate::egress::validate(&self.egress_pools)?;
         Ok(())
     }
 
@@ -368,7 +389,8 @@ impl Config {
         }
     }
 
-    /// The scheduler's settings; tenant routes are resolved by the caller (names need the store).
+    /// The scheduler's settings; tenant routes and egress pool pins are resolved by the caller
+    /// (names need the store).
     pub fn delivery(&self) -> relayward_queue::DeliveryConfig {
         let d = &self.delivery;
         let secs = Duration::from_secs;
@@ -386,6 +408,12 @@ impl Config {
             max_workers: d.max_workers.max(1),
             max_per_destination: d.max_per_destination.max(1),
             postmaster: d.postmaster.clone(),
+            egress_pools: crate::egress::queue_pools(&self.egress_pools),
+            throttle: relayward_queue::throttle::ThrottleConfig {
+                rate_per_minute: d.throttle_rate_per_minute.max(1),
+                restore_after: secs(d.throttle_restore_secs.max(1)),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

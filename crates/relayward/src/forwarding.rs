@@ -25,7 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use clap::Subcommand;
 use mail_parser::{HeaderName, MessageParser};
-use relayward_core::{TraceEvent, TraceKind};
+use relayward_core::{normalize_domain, TraceEvent, TraceKind};
 use relayward_policy::SharedDirectory;
 use relayward_queue::srs::{Srs, SrsConfig, DEFAULT_HASH_LENGTH, DEFAULT_MAX_AGE_DAYS};
 use relayward_queue::{Envelope, Recipient, RecipientStatus, Scheduler, Spool};
@@ -76,6 +76,10 @@ pub struct SrsSection {
     /// The SRS listener takes at most this many messages per source address (IPv6: per /64) a
     /// minute; more get `451 4.7.500`. 0: no limit. Default 30.
     pub max_returns_per_ip_per_minute: u32,
+    /// Where receiving providers send spam complaints (ARF feedback reports, RFC 5965) on the
+    /// SRS listener, e.g. `fbl@<srs domain>`; each counts against the tenant whose message it
+    /// names and suppresses the complaining recipient. None: no feedback address.
+    pub feedback_address: Option<String>,
 }
 
 impl Default for SrsSection {
@@ -88,6 +92,7 @@ impl Default for SrsSection {
             max_age_days: DEFAULT_MAX_AGE_DAYS,
             exclude_domains: Vec::new(),
             max_returns_per_ip_per_minute: 30,
+            feedback_address: None,
         }
     }
 }
@@ -109,6 +114,7 @@ impl std::fmt::Debug for SrsSection {
                 "max_returns_per_ip_per_minute",
                 &self.max_returns_per_ip_per_minute,
             )
+            .field("feedback_address", &self.feedback_address)
             .finish()
     }
 }
@@ -156,6 +162,14 @@ fn read_secrets(path: &PathBuf) -> Result<Vec<String>> {
 pub fn validate(config: &Config) -> Result<()> {
     if let Some(srs) = &config.srs {
         srs.srs()?;
+        if let Some(a) = &srs.feedback_address {
+            let ok = a
+                .rsplit_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && normalize_domain(d).is_ok());
+            if !ok {
+                bail!("srs.feedback_address must be an address (local@domain), not {a:?}");
+            }
+        }
     }
     if config.srs.is_none() && config.listeners.iter().any(|l| l.role == ListenerRole::Srs) {
         bail!("a listener with role = \"srs\" needs an [srs] section");
@@ -325,6 +339,7 @@ impl Forwarding {
         self: &Arc<Self>,
         spool: Arc<Spool>,
         scheduler: Arc<Scheduler>,
+        feedback: Option<Arc<crate::feedback::FeedbackIntake>>,
     ) -> Result<SrsRole> {
         if self.srs.is_none() {
             bail!("a listener with role = \"srs\" needs an [srs] section");
@@ -334,6 +349,7 @@ impl Forwarding {
                 forwarding: self.clone(),
                 spool,
                 scheduler,
+                feedback,
             }),
             max_messages_per_ip_per_minute: self.max_returns_per_ip_per_minute,
         })
@@ -381,12 +397,16 @@ async fn reload_keys(
     }
 }
 
+/// How much of a returned DSN is read for the bounce rates and suppression.
+const RETURNED_REPORT_MAX: usize = 256 * 1024;
+
 /// Where the SRS listener's bounces go: the spool, addressed to the original senders, with the
 /// null sender (so that a return that cannot be delivered never bounces again).
 struct ReturnSink {
     forwarding: Arc<Forwarding>,
     spool: Arc<Spool>,
     scheduler: Arc<Scheduler>,
+    feedback: Option<Arc<crate::feedback::FeedbackIntake>>,
 }
 
 impl ReturnSink {
@@ -410,6 +430,20 @@ impl SrsReturn for ReturnSink {
             .map_err(|e| e.to_string())
     }
 
+    fn feedback_address(&self) -> Option<&str> {
+        self.feedback.as_deref().and_then(|f| f.address())
+    }
+
+    async fn feedback(
+        &self,
+        report: relayward_smtp::FeedbackMessage,
+    ) -> Result<String, relayward_smtp::FeedbackError> {
+        match &self.feedback {
+            Some(f) => f.take(report).await,
+            None => Err(relayward_smtp::FeedbackError::NotTaken),
+        }
+    }
+
     async fn enqueue(&self, msg: ReturnedMessage) -> Result<(), String> {
         let now = relayward_core::now();
         let envelope = Envelope {
@@ -428,6 +462,7 @@ impl SrsReturn for ReturnSink {
             original_sender: None,
             sender_class: "null".into(),
             header_from_mismatch: false,
+            spam_verdict: false,
             message_id: msg.message_id,
             size: msg.data.len() as u64,
             body_8bit: msg.body_8bit,
@@ -447,11 +482,20 @@ impl SrsReturn for ReturnSink {
             held: false,
         };
         let id = envelope.queue_id;
+        // What the DSN reports is read after the 250, from a copy of its first part (the
+        // report itself comes before any returned content).
+        let report = self.feedback.clone().map(|f| {
+            let head = msg.data[..msg.data.len().min(RETURNED_REPORT_MAX)].to_vec();
+            (f, head)
+        });
         self.spool
             .store_async(id, envelope, msg.data)
             .await
             .map_err(|e| e.to_string())?;
         self.scheduler.submit(id);
+        if let Some((intake, head)) = report {
+            tokio::spawn(async move { intake.returned(&head).await });
+        }
         Ok(())
     }
 }

@@ -58,6 +58,10 @@ enum Command {
     /// Senders restricted by the per-sender limits
     #[command(subcommand)]
     Sender(cli::SenderCmd),
+    /// Suppression lists: recipients refused after hard bounces and complaints, per tenant and
+    /// global
+    #[command(subcommand)]
+    Suppression(cli::SuppressionCmd),
     /// Admin API tokens
     #[command(subcommand)]
     Token(cli::remote::TokenCmd),
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
                 Command::Audit(a) => r.audit(a).await,
                 Command::Diagnose(a) => r.diagnose(a).await,
                 Command::Sender(c) => r.sender(c).await,
+                Command::Suppression(c) => r.suppression(c).await,
                 Command::Token(c) => r.token(c).await,
                 Command::CheckConfig => unreachable!("answered above"),
                 Command::Srs(_) => Err(anyhow::anyhow!(
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             Command::Audit(a) => cli::audit(&config, a).await,
             Command::Diagnose(a) => cli::diagnose(&config, a).await,
             Command::Sender(c) => cli::sender(&config, c).await,
+            Command::Suppression(c) => cli::suppression(&config, c).await,
             Command::Token(c) => cli::remote::token(&config, c).await,
             Command::Srs(c) => relayward::forwarding::srs_command(&config, c).await,
             Command::CheckConfig => unreachable!("answered above"),

@@ -17,7 +17,7 @@
 //!   to an AUTH connector's user) and `ccert_subject` (the CN of a client certificate Postfix
 //!   verified, matched as a certificate name); `encryption_protocol` says TLS;
 //! - at `protocol_state=RCPT`: the relay rule for `sender` (empty: the null sender) and the
-//!   recipient, the tenant's state, the sender's limits;
+//!   recipient, the tenant's state, the sender's limits, the suppression lists;
 //! - at `protocol_state=END-OF-MESSAGE` (`smtpd_end_of_data_restrictions`): the message is
 //!   counted for the detector and the limits, with `recipient_count` recipients (the recipient
 //!   addresses seen at RCPT for the same `instance`).
@@ -218,6 +218,22 @@ impl PolicyService {
                     ) {
                         self.trace_refusal(&facts, &r, attrs, Some(&attributed), "sender_limit");
                         return r.to_string();
+                    }
+                }
+                if let Some(rcpt) = &recipient {
+                    let list = self.abuse.suppressions().list();
+                    if let Some(hit) = list.check(attributed.tenant_id, rcpt, relayward_core::now())
+                    {
+                        let refusal = hit.refusal(attributed, Some(class));
+                        let detail = hit.explain(&explain(&dir, &facts, &refusal));
+                        self.trace_refusal(
+                            &facts,
+                            &refusal.reply,
+                            attrs,
+                            Some(&attributed),
+                            &detail,
+                        );
+                        return refusal.reply.to_string();
                     }
                 }
                 if let Some(rcpt) = recipient {

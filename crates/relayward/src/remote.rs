@@ -1145,6 +1145,18 @@ fn print_show(t: &Value, domains: &Value, connectors: &Value, status: &Value) {
             time_ms(&status["probation_until_ms"])
         );
     }
+    if let Some(rep) = status
+        .get("reputation")
+        .filter(|r| !r.is_null())
+        .and_then(|r| {
+            serde_json::from_value::<relayward_policy::reputation::ReputationStatus>(r.clone()).ok()
+        })
+    {
+        println!("{}", crate::abuse::report::reputation_line(&rep));
+        for reason in &rep.reasons {
+            println!("  - {reason}");
+        }
+    }
     println!(
         "admins: {}",
         list(&t["admin_emails"])
@@ -1179,5 +1191,80 @@ fn print_show(t: &Value, domains: &Value, connectors: &Value, status: &Value) {
         for item in checklist {
             println!("  {}", text(item));
         }
+    }
+}
+
+impl Remote {
+    /// `relayward suppression` through the API: a tenant's list, or the global one.
+    pub async fn suppression(&self, cmd: super::SuppressionCmd) -> Result<()> {
+        use super::SuppressionCmd;
+        // The path of the list, and how to name it.
+        let list = |tenant: Option<String>| async move {
+            match tenant {
+                Some(t) => {
+                    let id = self.tenant_id(&t).await?.to_string();
+                    let name = super::suppression_list_name(Some(&t));
+                    Ok::<_, anyhow::Error>((
+                        vec![
+                            "v1".to_string(),
+                            "tenants".into(),
+                            id,
+                            "suppressions".into(),
+                        ],
+                        name,
+                    ))
+                }
+                None => Ok((
+                    vec!["v1".to_string(), "suppressions".into()],
+                    super::suppression_list_name(None),
+                )),
+            }
+        };
+        match cmd {
+            SuppressionCmd::List { tenant, json, .. } => {
+                let (path, _) = list(tenant).await?;
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                let entries = self.get(&path, &[]).await?;
+                if json {
+                    return print_json(&entries);
+                }
+                super::print_suppressions(&entries);
+            }
+            SuppressionCmd::Add {
+                tenant,
+                address,
+                days,
+                reason,
+                ..
+            } => {
+                let (path, name) = list(tenant).await?;
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                let stored = self
+                    .post(
+                        &path,
+                        json!({"address": address, "days": days, "reason": reason}),
+                    )
+                    .await?;
+                println!(
+                    "{} suppressed on {name} {}",
+                    text(&stored["address"]),
+                    match stored["expires_at"].as_i64() {
+                        Some(at) => format!("until {}", table::time(at)),
+                        None => "until removed".into(),
+                    }
+                );
+            }
+            SuppressionCmd::Remove {
+                tenant, address, ..
+            } => {
+                let (mut path, name) = list(tenant).await?;
+                let key = super::suppression_address(&address)?;
+                path.push(key.clone());
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                self.call(Method::DELETE, &path, &[], None).await?;
+                println!("{key} removed from {name}");
+            }
+        }
+        Ok(())
     }
 }

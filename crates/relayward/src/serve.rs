@@ -81,6 +81,13 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Waits until every trace event recorded so far is in the store.
+    pub async fn flush_trace(&self) {
+        self.events.flush().await;
+    }
+}
+
 /// What [`start_with`] may be given besides the configuration.
 pub struct StartOptions {
     /// The abuse detector's clock (tests pass a simulated one).
@@ -102,6 +109,17 @@ pub async fn start(config: Config) -> Result<Running> {
 
 /// [`start`] with options.
 pub async fn start_with(config: Config, options: StartOptions) -> Result<Running> {
+    if let Some(path) = &config.reputation.bounce_rules {
+        let classifier = relayward_policy::bounce::BounceClassifier::with_extra_file(path)
+            .map_err(|e| anyhow!("reputation.bounce_rules: {e}"))?;
+        let rules = classifier.len();
+        // One classifier per process: a second relay started in the same process (tests)
+        // keeps the first one's rules.
+        match classifier.install() {
+            Ok(()) => tracing::info!(path = %path.display(), rules, "bounce rules loaded"),
+            Err(e) => tracing::warn!(error = %e, "bounce rules not replaced"),
+        }
+    }
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
         format!(
             "cannot create data_dir {}",
@@ -111,6 +129,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let store = relayward_store::open(&config.store_url())
         .await
         .map_err(|e| anyhow!("cannot open store: {e}"))?;
+    // Before anything starts: a pin to a tenant that does not exist stops the start.
+    let tenant_pools = crate::egress::tenant_pools(&config.egress_pools, &*store).await?;
     let spool = Arc::new(
         Spool::open(config.spool_dir())
             .map_err(|e| anyhow!("cannot open spool {}: {e}", config.spool_dir().display()))?,
@@ -134,6 +154,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .sync()
         .await
         .context("cannot load the abuse detector's state")?;
+    abuse.suppressions().refresh().await;
     let reload = Arc::new(DirectoryReload::new(
         store.clone(),
         directory.clone(),
@@ -171,11 +192,20 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             },
         );
     }
+    delivery.tenant_pools = tenant_pools;
+    crate::egress::log_pools(&config.egress_pools, &config.server.hostname);
     let tap = Arc::new(DeliveryTap {
         events: events.clone(),
         abuse: Arc::downgrade(&abuse),
     });
-    let scheduler = Scheduler::start(spool.clone(), delivery, tap, shutdown_rx.clone());
+    let risk = Arc::new(crate::egress::TenantRisk(Arc::downgrade(&abuse)));
+    let scheduler = Scheduler::start(
+        spool.clone(),
+        delivery,
+        tap,
+        Some(risk),
+        shutdown_rx.clone(),
+    );
     abuse.set_scheduler(scheduler.clone());
     let forwarding = crate::forwarding::Forwarding::start(
         &config,
@@ -222,7 +252,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         abuse: Arc::downgrade(&abuse),
     });
     let server = Server::new(smtp_config, directory.clone(), sink, session_events.clone())
-        .with_sender_guard(abuse.clone());
+        .with_sender_guard(abuse.clone())
+        .with_suppressions(abuse.suppressions().list());
 
     let mut tasks = Vec::new();
     let mut smtp_addrs = Vec::new();
@@ -281,12 +312,25 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
                     Box::pin(server.clone().serve(listener, cfg, shutdown_rx.clone()))
                 }
                 crate::forwarding::ListenerRole::Policy => unreachable!("served above"),
-                crate::forwarding::ListenerRole::Srs => Box::pin(server.clone().serve_srs(
-                    listener,
-                    cfg,
-                    forwarding.srs_role(spool.clone(), scheduler.clone())?,
-                    shutdown_rx.clone(),
-                )),
+                crate::forwarding::ListenerRole::Srs => Box::pin(
+                    server.clone().serve_srs(
+                        listener,
+                        cfg,
+                        forwarding.srs_role(
+                            spool.clone(),
+                            scheduler.clone(),
+                            Some(Arc::new(crate::feedback::FeedbackIntake::new(
+                                config
+                                    .srs
+                                    .as_ref()
+                                    .and_then(|s| s.feedback_address.as_deref()),
+                                store.clone(),
+                                Arc::downgrade(&abuse),
+                            ))),
+                        )?,
+                        shutdown_rx.clone(),
+                    ),
+                ),
             };
         tasks.push(tokio::spawn(async move {
             let r = serving.await;
@@ -400,10 +444,10 @@ async fn reload_directory(
     }
 }
 
-/// Brings the directory snapshot and the abuse detector's view up to the store's. The poll
-/// above runs it, and so does the admin API after each change, so that the next SMTP command
-/// sees the change. One at a time: a slower load of an older version never replaces a newer
-/// snapshot.
+/// Brings the directory snapshot, the abuse detector's view and the suppression lists up to the
+/// store's. The poll above runs it, and so does the admin API after each change, so that the
+/// next SMTP command sees the change. One at a time: a slower load of an older version never
+/// replaces a newer snapshot.
 pub(crate) struct DirectoryReload {
     store: Arc<dyn Store>,
     directory: Arc<SharedDirectory>,
@@ -448,6 +492,8 @@ impl DirectoryReload {
             },
             Err(e) => tracing::warn!(error = %e, "directory version check failed"),
         }
+        // The suppression lists have their own version: bounces do not reload the directory.
+        abuse.suppressions().refresh().await;
     }
 }
 
@@ -659,6 +705,7 @@ impl MessageSink for SpoolSink {
         use relayward_smtp::EnqueueError;
         // The content scan first: a refusal keeps nothing; a mark changes the message.
         let mut scanned = None;
+        let mut spam_verdict = false;
         if let Some(scanner) = &self.scanner {
             let verdict = scanner.scan(&mut msg).await;
             let spam = match &verdict {
@@ -673,6 +720,7 @@ impl MessageSink for SpoolSink {
                     return Err(EnqueueError::Refused { reply, detail });
                 }
                 crate::scan::Verdict::Accept { detail, .. } => {
+                    spam_verdict = spam;
                     let mut ev = TraceEvent::new(TraceKind::Queued);
                     ev.queue_id = Some(msg.queue_id.clone());
                     ev.tenant_id = Some(msg.tenant_id);
@@ -704,6 +752,7 @@ impl MessageSink for SpoolSink {
             original_sender: None,
             sender_class: msg.sender_class.to_string(),
             header_from_mismatch: msg.header_from_mismatch,
+            spam_verdict,
             message_id: msg.message_id,
             size: msg.data.len() as u64,
             body_8bit: msg.body_8bit,

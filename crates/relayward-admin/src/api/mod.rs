@@ -9,6 +9,7 @@ pub(crate) mod header_from;
 pub(crate) mod me;
 pub(crate) mod queue;
 pub(crate) mod status;
+pub(crate) mod suppressions;
 pub(crate) mod tenants;
 pub(crate) mod tokens;
 pub(crate) mod trace;
@@ -130,6 +131,28 @@ pub(crate) fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             M::DELETE,
             "/v1/tenants/{tenant_id}/sender-restrictions/{sender}",
             delete(status::remove_sender_restriction),
+        ),
+        (
+            M::GET,
+            "/v1/tenants/{tenant_id}/suppressions",
+            get(suppressions::list_tenant),
+        ),
+        (
+            M::POST,
+            "/v1/tenants/{tenant_id}/suppressions",
+            post(suppressions::add_tenant),
+        ),
+        (
+            M::DELETE,
+            "/v1/tenants/{tenant_id}/suppressions/{address}",
+            delete(suppressions::remove_tenant),
+        ),
+        (M::GET, "/v1/suppressions", get(suppressions::list_global)),
+        (M::POST, "/v1/suppressions", post(suppressions::add_global)),
+        (
+            M::DELETE,
+            "/v1/suppressions/{address}",
+            delete(suppressions::remove_global),
         ),
         (M::GET, "/v1/audit", get(audit::list)),
         (M::GET, "/v1/trace", get(trace::search)),

@@ -89,6 +89,24 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
 
+    for (tenant, address) in [(Some(a), "gone@dest.example"), (None, "trap@dest.example")] {
+        api.store
+            .add_suppression(
+                &relayward_core::Suppression {
+                    tenant_id: tenant,
+                    address: address.into(),
+                    source: relayward_core::SuppressionSource::Manual,
+                    reason: "test".into(),
+                    created_at: relayward_core::now(),
+                    created_by: "test".into(),
+                    expires_at: None,
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+    }
+
     let mut values = HashMap::new();
     values.insert("tenant_id", a.to_string());
     values.insert("domain", "a-main.example".to_string());
@@ -101,6 +119,8 @@ async fn fixture() -> Fixture {
     values.insert("queue_del", "A0002".to_string());
     values.insert("sender", "spammer@a-main.example".to_string());
     values.insert("header_from", "partner.example".to_string());
+    values.insert("suppressed", "gone@dest.example".to_string());
+    values.insert("suppressed_global", "trap@dest.example".to_string());
     Fixture { api, values }
 }
 
@@ -233,6 +253,32 @@ fn cases() -> Vec<Case> {
             "/v1/tenants/{tenant_id}/sender-restrictions/{sender}",
             [204, 204, 404, 401],
         ),
+        case(
+            M::GET,
+            "/v1/tenants/{tenant_id}/suppressions",
+            [200, 200, 404, 401],
+        ),
+        case(
+            M::POST,
+            "/v1/tenants/{tenant_id}/suppressions",
+            [201, 201, 404, 401],
+        )
+        .body(json!({"address": "new@dest.example", "days": 30})),
+        case(
+            M::DELETE,
+            "/v1/tenants/{tenant_id}/suppressions/{address}",
+            [204, 204, 404, 401],
+        )
+        .objects(&[("address", "suppressed")]),
+        case(M::GET, "/v1/suppressions", [200, 403, 403, 401]),
+        case(M::POST, "/v1/suppressions", [201, 403, 403, 401])
+            .body(json!({"address": "another-trap@dest.example"})),
+        case(
+            M::DELETE,
+            "/v1/suppressions/{address}",
+            [204, 403, 403, 401],
+        )
+        .objects(&[("address", "suppressed_global")]),
         case(M::GET, "/v1/audit", [200, 200, 200, 401]),
         case(M::GET, "/v1/audit", [200, 200, 404, 401]).query("tenant_id={tenant_id}"),
         case(M::GET, "/v1/trace", [200, 200, 200, 401]),
@@ -382,6 +428,15 @@ async fn every_route_for_every_caller() {
                 1,
                 "{role} lifted a restriction"
             );
+            let now = relayward_core::now();
+            for (tenant, listed) in [(Some(a), "gone@dest.example"), (None, "trap@dest.example")] {
+                let list = f.api.store.list_suppressions(tenant, now).await.unwrap();
+                assert_eq!(
+                    list.iter().map(|s| s.address.as_str()).collect::<Vec<_>>(),
+                    [listed],
+                    "{role} changed a suppression list"
+                );
+            }
         }
         f.api.stop().await;
     }

@@ -138,6 +138,7 @@ impl FakeControl {
             summary: Some("fake".into()),
             evidence: Some(serde_json::json!({"signals": []})),
             checklist: vec!["remove the open relay".into()],
+            reputation: None,
         }
     }
 

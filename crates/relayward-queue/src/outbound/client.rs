@@ -6,7 +6,7 @@
 //! smtp-proto parses the EHLO capabilities.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,7 +19,7 @@ use smtp_proto::{EXT_AUTH, EXT_START_TLS};
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -219,6 +219,10 @@ pub struct Connection {
     /// The host name this connection was opened for (MX name or smart host), for Remote-MTA.
     pub host: String,
     pub addr: SocketAddr,
+    /// The egress pool address the connection was bound to; `None`: the system chose.
+    pub source: Option<IpAddr>,
+    /// This end of the connection.
+    pub local: Option<SocketAddr>,
     pub caps: Capabilities,
     pub tls: bool,
     pub authenticated: bool,
@@ -269,13 +273,30 @@ pub enum TransactionResult {
 }
 
 impl Connection {
-    /// Opens the TCP connection and reads the greeting. A non-2xx greeting is an error.
+    /// Opens the TCP connection, from `source` when given, and reads the greeting. A non-2xx
+    /// greeting is an error; so is a `source` this host cannot bind (stage `bind`).
     pub async fn connect(
         addr: SocketAddr,
         host: &str,
+        source: Option<IpAddr>,
         timeouts: Timeouts,
     ) -> Result<Connection, SessionError> {
-        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        let socket = match source {
+            Some(ip) => Some(bound_socket(ip, addr).map_err(|e| SessionError::Io {
+                stage: "bind",
+                detail: format!(
+                    "cannot bind source address {ip} to connect to {host}[{addr}]: {e}"
+                ),
+            })?),
+            None => None,
+        };
+        let connecting = async {
+            match socket {
+                Some(socket) => socket.connect(addr).await,
+                None => TcpStream::connect(addr).await,
+            }
+        };
+        let tcp = match tokio::time::timeout(timeouts.connect, connecting).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
                 return Err(SessionError::Io {
@@ -291,10 +312,13 @@ impl Connection {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
         let mut conn = Connection {
             stream: BufReader::with_capacity(8192, Stream::Plain(tcp)),
             host: host.to_string(),
             addr,
+            source,
+            local,
             caps: Capabilities::default(),
             tls: false,
             authenticated: false,
@@ -389,6 +413,8 @@ impl Connection {
             stream: BufReader::with_capacity(8192, Stream::Tls(Box::new(tls))),
             host: self.host,
             addr: self.addr,
+            source: self.source,
+            local: self.local,
             caps: Capabilities::default(),
             tls: true,
             authenticated: false,
@@ -477,8 +503,30 @@ impl Connection {
             }
             self.write(&batch, "MAIL FROM").await?;
             let mail_reply = self.read_reply("MAIL FROM").await?;
+            // A server that answers 421 (to MAIL or to a RCPT) closes the connection without
+            // answering the rest of the batch: its 421 stands for them, and is what the trace,
+            // the DSN and the bounce classifier must see (a rate limit, say), not the close.
+            let mut closing = (mail_reply.code == 421).then(|| mail_reply.clone());
             for _ in &rcpts {
-                rcpt_replies.push(self.read_reply("RCPT TO").await?);
+                match self.read_reply("RCPT TO").await {
+                    Ok(reply) => {
+                        if reply.code == 421 && closing.is_none() {
+                            closing = Some(reply.clone());
+                        }
+                        rcpt_replies.push(reply);
+                    }
+                    Err(_) if closing.is_some() => {
+                        self.broken = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(last) = closing {
+                while rcpt_replies.len() < rcpts.len() {
+                    rcpt_replies.push(last.clone());
+                }
+                self.broken = true;
             }
             if !mail_reply.is_positive() {
                 self.note_reply(&mail_reply);
@@ -619,6 +667,41 @@ impl Connection {
         read_reply(&mut self.stream).await
     }
 }
+
+/// A socket bound to `source`, for a connection to `target`.
+fn bound_socket(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    bind_address_no_port(&socket);
+    socket.bind(SocketAddr::new(source, 0))?;
+    Ok(socket)
+}
+
+/// A plain bind reserves an ephemeral port of the source address before the destination is
+/// known, so all of a pool address's connections together could use each port only once; with
+/// this option the port is picked at connect, per destination. Best effort: without it (kernels
+/// before 4.2) connections still work, only fewer at once.
+#[cfg(target_os = "linux")]
+fn bind_address_no_port(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a descriptor owned by `socket`, and an int option value of the length given.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_address_no_port(_socket: &TcpSocket) {}
 
 /// Reads one reply (all its lines) from the next hop, as the client does after each command:
 /// lines end with LF (a CR before it is dropped), each starts with the same three digits,

@@ -2,7 +2,7 @@
 //! hops in order (next one when a host is unreachable or refuses the session), run the
 //! transaction, and classify each recipient's outcome.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -11,26 +11,31 @@ use super::client::{Connection, Reply, SessionError, Timeouts, Transaction, Tran
 use super::pool::{pool_key, ConnectionPool};
 use super::tls;
 use crate::config::DeliveryConfig;
+use crate::egress::{EgressUsed, PoolChoice, SourceAddresses};
 use crate::routing::{Destination, Hop, Route, RouteError, Router, TlsPolicy};
 
-/// What happened to one recipient in one attempt.
+/// What happened to one recipient in one attempt. `egress`: the pool and source address the
+/// attempt used, when egress pools are configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptResult {
     Delivered {
         reply: String,
         remote: String,
+        egress: Option<EgressUsed>,
     },
     /// Try again later.
     Deferred {
         status: String,
         reply: String,
         remote: Option<String>,
+        egress: Option<EgressUsed>,
     },
     /// Permanent failure: bounce.
     Failed {
         status: String,
         reply: String,
         remote: Option<String>,
+        egress: Option<EgressUsed>,
     },
 }
 
@@ -52,6 +57,35 @@ impl RcptResult {
         }
     }
 
+    pub fn egress(&self) -> Option<&EgressUsed> {
+        match self {
+            RcptResult::Delivered { egress, .. }
+            | RcptResult::Deferred { egress, .. }
+            | RcptResult::Failed { egress, .. } => egress.as_ref(),
+        }
+    }
+
+    fn set_egress(&mut self, used: EgressUsed) {
+        match self {
+            RcptResult::Delivered { egress, .. }
+            | RcptResult::Deferred { egress, .. }
+            | RcptResult::Failed { egress, .. } => *egress = Some(used),
+        }
+    }
+
+    /// The detail of the attempt's trace event: `remote host <name>` first when a remote host
+    /// answered (the abuse detector and the metrics count only those), then the egress pool
+    /// and source address, e.g. `remote host mx.example, pool high_risk (null sender) from
+    /// 127.0.0.3`.
+    pub fn attempt_detail(&self) -> Option<String> {
+        match (self.remote(), self.egress()) {
+            (Some(host), Some(egress)) => Some(format!("remote host {host}, {egress}")),
+            (Some(host), None) => Some(format!("remote host {host}")),
+            (None, Some(egress)) => Some(egress.to_string()),
+            (None, None) => None,
+        }
+    }
+
     fn from_reply(reply: &Reply, remote: &str) -> RcptResult {
         let remote = Some(remote.to_string());
         if reply.is_permanent() {
@@ -59,12 +93,14 @@ impl RcptResult {
                 status: reply.status(),
                 reply: reply.to_string(),
                 remote,
+                egress: None,
             }
         } else {
             RcptResult::Deferred {
                 status: transient(&reply.status()),
                 reply: reply.to_string(),
                 remote,
+                egress: None,
             }
         }
     }
@@ -107,12 +143,21 @@ impl<'a> OutboundMessage<'a> {
     }
 }
 
-/// Everything outbound delivery shares across workers: resolver, connection pool, TLS configs.
+/// Everything outbound delivery shares across workers: resolver, connection pool, TLS configs,
+/// the egress pools' source addresses.
 pub struct Outbound {
     pub router: Router,
     pub pool: ConnectionPool,
     pub config: Arc<DeliveryConfig>,
     opportunistic: Arc<rustls::ClientConfig>,
+    sources: SourceAddresses,
+}
+
+/// The source of the connection an attempt used last, for its trace.
+#[derive(Default)]
+struct Source {
+    ip: Option<IpAddr>,
+    unbound: Option<String>,
 }
 
 /// Why a hop could not be used, kept to explain the deferral when every hop fails.
@@ -126,7 +171,7 @@ impl HopFailure {
     fn from_session(e: &SessionError, host: &str) -> HopFailure {
         match e {
             SessionError::Io { stage, detail } => HopFailure {
-                status: if *stage == "connect" {
+                status: if *stage == "connect" || *stage == "bind" {
                     "4.4.1".into()
                 } else {
                     "4.4.2".into()
@@ -154,6 +199,7 @@ impl Outbound {
             router: Router::new(config.clone()),
             pool: ConnectionPool::default(),
             opportunistic: tls::opportunistic(),
+            sources: SourceAddresses::new(&config.egress_pools),
             config,
         }
     }
@@ -166,12 +212,37 @@ impl Outbound {
         }
     }
 
-    /// Delivers `msg` to `rcpts` (all routed to `dest`). Returns one result per recipient, in order.
+    /// Delivers `msg` to `rcpts` (all routed to `dest`), from the addresses of the `egress`
+    /// pool when one is given. Returns one result per recipient, in order.
     pub async fn deliver(
         &self,
         dest: &Destination,
+        egress: Option<&PoolChoice>,
         msg: &OutboundMessage<'_>,
         rcpts: &[&str],
+    ) -> Vec<RcptResult> {
+        let mut source = Source::default();
+        let mut results = self.attempt(dest, egress, msg, rcpts, &mut source).await;
+        if let Some(choice) = egress {
+            let used = EgressUsed {
+                choice: choice.clone(),
+                source: source.ip,
+                unbound: source.unbound,
+            };
+            for r in &mut results {
+                r.set_egress(used.clone());
+            }
+        }
+        results
+    }
+
+    async fn attempt(
+        &self,
+        dest: &Destination,
+        egress: Option<&PoolChoice>,
+        msg: &OutboundMessage<'_>,
+        rcpts: &[&str],
+        source: &mut Source,
     ) -> Vec<RcptResult> {
         let route = match self.router.route(dest).await {
             Ok(route) => route,
@@ -182,6 +253,7 @@ impl Outbound {
                         status: status.clone(),
                         reply: reply.clone(),
                         remote: None,
+                        egress: None,
                     })
                     .collect()
             }
@@ -192,17 +264,19 @@ impl Outbound {
                         status: status.clone(),
                         reply: reply.clone(),
                         remote: None,
+                        egress: None,
                     })
                     .collect()
             }
         };
         let route_key = dest.key();
+        let pool = egress.map(|c| c.pool.as_str());
         let mut last_failure: Option<HopFailure> = None;
         for hop in &route.hops {
-            let key = pool_key(&route_key, &hop.name);
+            let key = pool_key(pool.unwrap_or(""), &route_key, &hop.name);
             let mut conn = self.pooled(&key).await;
             if conn.is_none() {
-                match self.open(&route, hop).await {
+                match self.open(&route, hop, pool, source).await {
                     Ok(c) => conn = Some(c),
                     Err(failure) => {
                         tracing::debug!(host = %hop.name, reason = %failure.reply, "next hop unusable");
@@ -212,6 +286,15 @@ impl Outbound {
                 }
             }
             let Some(mut conn) = conn else { continue };
+            if let Some(pool) = pool {
+                *source = Source {
+                    ip: conn.source.or(conn.local.map(|l| l.ip())),
+                    unbound: match conn.source {
+                        Some(_) => None,
+                        None => self.sources.unbound_reason(pool, conn.addr.ip()),
+                    },
+                };
+            }
             let results = self.transact(&mut conn, msg, rcpts).await;
             if conn.broken || conn.transactions >= self.config.max_messages_per_connection {
                 tokio::spawn(conn.quit());
@@ -231,6 +314,7 @@ impl Outbound {
                 status: failure.status.clone(),
                 reply: failure.reply.clone(),
                 remote: failure.remote.clone(),
+                egress: None,
             })
             .collect()
     }
@@ -254,7 +338,13 @@ impl Outbound {
     }
 
     /// A new session with `hop`, ready for MAIL FROM: each address in turn.
-    async fn open(&self, route: &Route, hop: &Hop) -> Result<Connection, HopFailure> {
+    async fn open(
+        &self,
+        route: &Route,
+        hop: &Hop,
+        pool: Option<&str>,
+        source: &mut Source,
+    ) -> Result<Connection, HopFailure> {
         let addrs = self
             .router
             .hop_addresses(hop)
@@ -266,7 +356,7 @@ impl Outbound {
             })?;
         let mut last = None;
         for addr in addrs {
-            match self.open_addr(route, hop, addr).await {
+            match self.open_addr(route, hop, addr, pool, source).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => last = Some(HopFailure::from_session(&e, &hop.name)),
             }
@@ -282,11 +372,16 @@ impl Outbound {
         &self,
         route: &Route,
         hop: &Hop,
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
+        pool: Option<&str>,
+        source: &mut Source,
     ) -> Result<Connection, SessionError> {
         let timeouts = self.timeouts();
-        let helo = self.config.hostname.as_str();
-        let mut conn = Connection::connect(addr, &hop.name, timeouts).await?;
+        let helo = pool
+            .and_then(|p| self.sources.ehlo_hostname(p))
+            .unwrap_or(&self.config.hostname);
+        let mut conn = self.connect_from(addr, &hop.name, pool, source).await?;
+        let bound = conn.source;
         conn.ehlo(helo).await?;
         let server_name = server_name(&hop.name, addr.ip());
         match &route.tls {
@@ -300,7 +395,7 @@ impl Outbound {
                         Err(e) => {
                             // Opportunistic: a broken TLS stack must not stop mail. Plaintext it is.
                             tracing::info!(host = %hop.name, %addr, error = %e, "STARTTLS failed, retrying without TLS");
-                            conn = Connection::connect(addr, &hop.name, timeouts).await?;
+                            conn = Connection::connect(addr, &hop.name, bound, timeouts).await?;
                             conn.ehlo(helo).await?;
                         }
                     }
@@ -338,6 +433,50 @@ impl Outbound {
         Ok(conn)
     }
 
+    /// Connects to `addr` from an address of `pool` (the next in turn; the pool's others when
+    /// one cannot be bound), or unbound when there is no pool or it has no address of the
+    /// target's family.
+    async fn connect_from(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        pool: Option<&str>,
+        source: &mut Source,
+    ) -> Result<Connection, SessionError> {
+        let timeouts = self.timeouts();
+        let Some(pool) = pool else {
+            return Connection::connect(addr, host, None, timeouts).await;
+        };
+        let candidates = match self.sources.for_target(pool, addr.ip()) {
+            Ok(candidates) => candidates,
+            Err(why) => {
+                *source = Source {
+                    ip: None,
+                    unbound: Some(why),
+                };
+                return Connection::connect(addr, host, None, timeouts).await;
+            }
+        };
+        let mut last = None;
+        for ip in candidates {
+            *source = Source {
+                ip: Some(ip),
+                unbound: None,
+            };
+            match Connection::connect(addr, host, Some(ip), timeouts).await {
+                Err(e @ SessionError::Io { stage: "bind", .. }) => {
+                    tracing::warn!(pool, source = %ip, error = %e, "egress pool address unusable; trying the pool's next");
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| SessionError::Io {
+            stage: "bind",
+            detail: format!("pool {pool} has no address to connect to {host}[{addr}] from"),
+        }))
+    }
+
     async fn transact(
         &self,
         conn: &mut Connection,
@@ -355,6 +494,7 @@ impl Outbound {
                         msg.body.len()
                     ),
                     remote: Some(host.clone()),
+                    egress: None,
                 });
             }
         }
@@ -365,6 +505,7 @@ impl Outbound {
                     "553 5.6.7 Internationalized addresses or headers, but {host} does not support SMTPUTF8"
                 ),
                 remote: Some(host.clone()),
+                egress: None,
             });
         }
         if msg.needs_8bit && !conn.caps.eight_bit_mime {
@@ -374,6 +515,7 @@ impl Outbound {
                     "554 5.6.3 Conversion required but not supported: 8-bit message, and {host} does not support 8BITMIME"
                 ),
                 remote: Some(host.clone()),
+                egress: None,
             });
         }
         let tx = Transaction {
@@ -398,6 +540,7 @@ impl Outbound {
                     status: failure.status,
                     reply: failure.reply,
                     remote: Some(host.clone()),
+                    egress: None,
                 })
             }
             Ok(TransactionResult::MailRefused(reply)) => all(RcptResult::from_reply(&reply, &host)),
@@ -411,12 +554,14 @@ impl Outbound {
                         Some(d) if d.is_positive() => RcptResult::Delivered {
                             reply: d.to_string(),
                             remote: host.clone(),
+                            egress: None,
                         },
                         Some(d) => RcptResult::from_reply(d, &host),
                         None => RcptResult::Deferred {
                             status: "4.4.2".into(),
                             reply: "connection lost before DATA".into(),
                             remote: Some(host.clone()),
+                            egress: None,
                         },
                     }
                 })

@@ -7,15 +7,17 @@ use std::time::{Duration, Instant};
 
 use super::client::Connection;
 
-/// Keyed by route and host: a connection authenticated for one tenant route is never handed to
-/// another route that happens to use the same host.
+/// Keyed by egress pool, route and host: a connection authenticated for one tenant route is
+/// never handed to another route that happens to use the same host, and mail never leaves from
+/// another egress pool's address because a connection from there was idle.
 #[derive(Default)]
 pub struct ConnectionPool {
     idle: Mutex<HashMap<String, Vec<Connection>>>,
 }
 
-pub fn pool_key(route: &str, host: &str) -> String {
-    format!("{route}|{host}")
+/// `egress_pool` is "" when no egress pools are configured.
+pub fn pool_key(egress_pool: &str, route: &str, host: &str) -> String {
+    format!("{egress_pool}|{route}|{host}")
 }
 
 impl ConnectionPool {

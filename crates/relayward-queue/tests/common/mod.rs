@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 use relayward_core::{TraceEvent, TraceKind};
 use relayward_queue::{
-    DeliveryConfig, DeliveryEvents, Envelope, QueueId, Recipient, Scheduler, Spool,
+    DeliveryConfig, DeliveryEvents, EgressRisk, Envelope, QueueId, Recipient, Scheduler, Spool,
 };
 use relayward_testkit::DnsServer;
 use tokio::sync::watch;
@@ -92,9 +92,26 @@ impl Relay {
         spool: Arc<Spool>,
         config: DeliveryConfig,
     ) -> Relay {
+        Relay::launch(dir, spool, config, None)
+    }
+
+    /// [`Relay::start`] with `risk` telling which tenants' mail leaves from the high-risk
+    /// egress pool.
+    pub fn start_with_risk(config: DeliveryConfig, risk: Arc<dyn EgressRisk>) -> Relay {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        Relay::launch(dir, spool, config, Some(risk))
+    }
+
+    fn launch(
+        dir: Arc<tempfile::TempDir>,
+        spool: Arc<Spool>,
+        config: DeliveryConfig,
+        risk: Option<Arc<dyn EgressRisk>>,
+    ) -> Relay {
         let events = Arc::new(Recorder::default());
         let (shutdown, rx) = watch::channel(false);
-        let scheduler = Scheduler::start(spool.clone(), config, events.clone(), rx);
+        let scheduler = Scheduler::start(spool.clone(), config, events.clone(), risk, rx);
         Relay {
             dir,
             spool,
@@ -162,6 +179,7 @@ pub fn store(
         }
         .into(),
         header_from_mismatch: false,
+        spam_verdict: false,
         message_id: Some(format!("<{id}@client.test>")),
         size: body.len() as u64,
         body_8bit: false,

@@ -123,10 +123,12 @@ pub(super) fn write_received(
     if let Some(tls) = tls_info {
         let _ = write!(out, "\r\n\t(using {tls})");
     }
-    let _ = write!(
-        out,
-        "\r\n\tby {hostname} (relayward) with {protocol} id {queue_id}"
-    );
+    let by = relayward_core::received::ByClause {
+        hostname,
+        protocol,
+        queue_id,
+    };
+    let _ = write!(out, "\r\n\t{by}");
     let _ = match single_rcpt {
         Some(r) => write!(out, "\r\n\tfor <{r}>; {date}\r\n"),
         None => write!(out, ";\r\n\t{date}\r\n"),
@@ -520,5 +522,32 @@ mod tests {
         assert_eq!(f.message_id.as_deref(), Some("id1@alpha.example"));
         let f = header_facts(&p, b"\r\nbody only\r\n");
         assert_eq!((f.received, f.from_domain), (0, None));
+    }
+
+    /// Returned copies (DSNs, feedback reports) are matched to the message by this header.
+    #[test]
+    fn received_header_gives_back_its_queue_id() {
+        let rcpt = Address::parse("r@dest.example", false).unwrap();
+        for single in [Some(&rcpt), None] {
+            let mut out = Vec::new();
+            write_received(
+                &mut out,
+                "mx.alpha.example",
+                "192.0.2.7".parse().unwrap(),
+                Some("TLSv1.3 TLS13_AES_256_GCM_SHA384"),
+                "relay.test",
+                "ESMTPS",
+                "0PQ3ZK8M2V4X1RTA",
+                single,
+                "Mon, 12 May 2025 07:14:01 +0000",
+            );
+            let field = std::str::from_utf8(&out).unwrap();
+            let value = field.strip_prefix("Received:").unwrap();
+            assert_eq!(
+                relayward_core::received::queue_id(value),
+                Some("0PQ3ZK8M2V4X1RTA"),
+                "{field}"
+            );
+        }
     }
 }

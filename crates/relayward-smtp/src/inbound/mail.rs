@@ -21,6 +21,12 @@ const MAIL_FLAGS_ALLOWED: u64 = smtp_proto::MAIL_BODY_7BIT
 pub(crate) enum Refused {
     Reply(Reply, Option<String>),
     Policy(relayward_policy::Refusal, Option<String>),
+    /// A suppressed recipient, with the entry that matched.
+    Suppressed(
+        relayward_policy::Refusal,
+        Box<relayward_policy::suppression::Hit>,
+        Option<String>,
+    ),
 }
 
 impl From<(Reply, Option<String>)> for Refused {
@@ -35,6 +41,9 @@ impl State {
             Ok(()) => self.reply(&reply::SENDER_OK),
             Err(Refused::Reply(r, sender)) => self.refuse(&r, sender, None, Some("MAIL".into())),
             Err(Refused::Policy(r, sender)) => self.refuse_policy(&r, "MAIL", sender, None),
+            Err(Refused::Suppressed(r, hit, sender)) => {
+                self.refuse_policy_with(&r, "MAIL", sender, None, Some(&hit))
+            }
         }
     }
 

@@ -165,11 +165,24 @@ impl State {
         sender: Option<String>,
         recipient: Option<String>,
     ) {
+        self.refuse_policy_with(refusal, command, sender, recipient, None)
+    }
+
+    /// [`State::refuse_policy`]; a refusal for a suppressed recipient names the entry.
+    pub(crate) fn refuse_policy_with(
+        &mut self,
+        refusal: &relayward_policy::Refusal,
+        command: &str,
+        sender: Option<String>,
+        recipient: Option<String>,
+        suppressed: Option<&relayward_policy::suppression::Hit>,
+    ) {
         let dir = self.server.directory.current();
-        let detail = format!(
-            "{command} {}",
-            relayward_policy::explain(&dir, &self.facts, refusal)
-        );
+        let explained = relayward_policy::explain(&dir, &self.facts, refusal);
+        let detail = match suppressed {
+            Some(hit) => format!("{command} {}", hit.explain(&explained)),
+            None => format!("{command} {explained}"),
+        };
         let owner = relayward_policy::refusal_owner(&dir, &self.facts, refusal);
         drop(dir);
         tracing::info!(reply = %refusal.reply, sender = sender.as_deref().unwrap_or(""),

@@ -1,9 +1,9 @@
-//! RCPT TO: recipient syntax, DSN parameters, recipient limit, and attribution by recipient
-//! domain while MAIL FROM left it open.
+//! RCPT TO: recipient syntax, DSN parameters, recipient limit, attribution by recipient
+//! domain while MAIL FROM left it open, and the tenant's and the global suppression lists.
 
 use std::borrow::Cow;
 
-use relayward_core::{reply, Address};
+use relayward_core::{now, reply, Address};
 use relayward_policy::{check_rcpt, MailOutcome};
 use smtp_proto::RcptTo;
 
@@ -30,6 +30,10 @@ impl State {
             Err(Refused::Policy(r, rcpt)) => {
                 let sender = self.tx.as_ref().map(|t| sender_text(t.sender.as_ref()));
                 self.refuse_policy(&r, "RCPT", sender, rcpt);
+            }
+            Err(Refused::Suppressed(r, hit, rcpt)) => {
+                let sender = self.tx.as_ref().map(|t| sender_text(t.sender.as_ref()));
+                self.refuse_policy_with(&r, "RCPT", sender, rcpt, Some(&hit));
             }
         }
     }
@@ -78,6 +82,18 @@ impl State {
         }
         // A repeated recipient is accepted once: delivering it twice helps nobody.
         if !tx.recipients.iter().any(|r| r.address == address) {
+            // Before the sender's limits: a refused recipient is not one more for them.
+            if let (Some(list), Decision::Accepted { attributed, class }) =
+                (self.server.suppressions.get(), &tx.decision)
+            {
+                if let Some(hit) = list.check(attributed.tenant_id, &address, now()) {
+                    return Err(Refused::Suppressed(
+                        hit.refusal(*attributed, Some(*class)),
+                        Box::new(hit),
+                        shown(),
+                    ));
+                }
+            }
             if let (Some(guard), Some(s), Decision::Accepted { attributed, .. }) =
                 (self.server.sender_guard(), tx.sender.as_ref(), &tx.decision)
             {

@@ -53,6 +53,36 @@ pub trait SrsReturn: Send + Sync + 'static {
     fn reverse(&self, address: &str) -> Result<String, String>;
     /// Spools the returned message. Ok only once it is durably on disk.
     async fn enqueue(&self, msg: ReturnedMessage) -> Result<(), String>;
+    /// The feedback-loop address (lowercase `local@domain`) where receiving providers send
+    /// spam complaints as ARF reports (RFC 5965); `None`: none taken here.
+    fn feedback_address(&self) -> Option<&str> {
+        None
+    }
+    /// Takes one feedback report. `Ok(detail)` once what it reports is recorded (the detail
+    /// goes to the trace: which tenant, which message, or why it could not be attributed).
+    async fn feedback(&self, _report: FeedbackMessage) -> Result<String, FeedbackError> {
+        Err(FeedbackError::NotTaken)
+    }
+}
+
+/// A message to the feedback address, as received (our Received header first).
+#[derive(Debug, Clone)]
+pub struct FeedbackMessage {
+    pub queue_id: String,
+    pub client_ip: IpAddr,
+    /// MAIL FROM as received; `None` for the null sender.
+    pub sender: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// Why a feedback report was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("feedback reports are not taken here")]
+    NotTaken,
+    /// The store could not record it: the sender should try again.
+    #[error("cannot record the report: {0}")]
+    Unavailable(String),
 }
 
 /// A listener's role `srs`: see the module documentation.
@@ -193,7 +223,15 @@ impl State {
         smtputf8: bool,
     ) -> Result<(), (Reply, Option<String>)> {
         let shown = Some(sender_text(sender.as_ref()));
-        if !is_bounce_sender(sender.as_ref()) {
+        // Feedback reports come from the provider's own address, not the null sender: with a
+        // feedback address, a sender that is not a bounce's may name only that address (the
+        // check moves to RCPT).
+        let feedback = self
+            .ctx
+            .srs
+            .as_ref()
+            .is_some_and(|s| s.role.handler.feedback_address().is_some());
+        if !feedback && !is_bounce_sender(sender.as_ref()) {
             return Err((reply::SRS_NOT_A_BOUNCE, shown));
         }
         let admitted = self.ctx.srs.as_ref().is_some_and(|s| s.admit(self.ip));
@@ -258,6 +296,34 @@ impl State {
         let Some((local, domain)) = split_path(raw) else {
             return Err((reply::SRS_BAD_RECIPIENT, shown(), Some("malformed".into())));
         };
+        let is_feedback = |r: &IncomingRecipient| r.orcpt.is_none();
+        if let Some(fbl) = srs.role.handler.feedback_address() {
+            if format!("{}@{domain}", local.to_ascii_lowercase()) == fbl {
+                // A report is a transaction of its own: it is read, not forwarded.
+                if tx.recipients.iter().any(|r| !is_feedback(r)) {
+                    return Err((reply::TOO_MANY_RECIPIENTS, shown(), None));
+                }
+                if tx.recipients.is_empty() {
+                    let (l, d) = fbl.rsplit_once('@').unwrap_or((fbl, ""));
+                    tx.recipients.push(IncomingRecipient {
+                        address: Address {
+                            local: l.to_string(),
+                            domain: d.to_string(),
+                        },
+                        orcpt: None,
+                        notify: Vec::new(),
+                    });
+                }
+                return Ok(());
+            }
+        }
+        if !is_bounce_sender(tx.sender.as_ref()) {
+            let sender = Some(sender_text(tx.sender.as_ref()));
+            return Err((reply::SRS_NOT_A_BOUNCE, sender, Some("not a bounce".into())));
+        }
+        if tx.recipients.iter().any(is_feedback) {
+            return Err((reply::TOO_MANY_RECIPIENTS, shown(), None));
+        }
         if domain != srs.role.handler.domain() {
             return Err((
                 reply::RELAY_DENIED,
@@ -376,6 +442,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return None;
             }
         };
+        if tx.recipients.iter().all(|r| r.orcpt.is_none()) {
+            let report = FeedbackMessage {
+                queue_id: queue_id.clone(),
+                client_ip: st.ip,
+                sender: tx.sender.as_ref().map(|a| a.to_string()),
+                data,
+            };
+            let taken =
+                tokio::time::timeout(config.timeouts.data_termination, handler.feedback(report))
+                    .await;
+            let st = &mut self.st;
+            match taken {
+                Ok(Ok(detail)) => {
+                    let ok = reply::queued(&queue_id);
+                    st.write_reply(&ok);
+                    let mut ev = TraceEvent::new(TraceKind::Received);
+                    ev.queue_id = Some(queue_id.clone());
+                    ev.message_id = facts.message_id.clone();
+                    ev.client_ip = Some(st.ip_text.clone());
+                    ev.sender = Some(sender.clone());
+                    ev.recipient = handler.feedback_address().map(str::to_string);
+                    ev.reply = Some(ok.to_string());
+                    ev.detail = Some(format!("feedback report: {detail}"));
+                    server.events.trace(ev);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(queue_id = %queue_id, error = %e, "feedback report not taken");
+                    refuse(st, &reply::LOCAL_PROBLEM, "feedback report not recorded");
+                }
+                Err(_) => refuse(st, &reply::LOCAL_PROBLEM, "feedback report timed out"),
+            }
+            return None;
+        }
         let recipients: Vec<ReturnRecipient> = tx
             .recipients
             .drain(..)

@@ -25,6 +25,8 @@ pub const TENANT_WARNED: &str = "Tenant warned about unregistered-domain email";
 pub const SUSPICIOUS_AUTH_FAILURES: &str = "Suspicious authentication failures";
 /// A sender over its limits whose tenant's action is `alert`: the mail flows.
 pub const SENDING_LIMIT_EXCEEDED: &str = "Email sending limit exceeded";
+/// The tenant's bounce or complaint rate crossed a `[reputation]` level.
+pub const TENANT_REPUTATION: &str = "Tenant bounce or complaint rate too high";
 
 /// One alert, ready to go.
 #[derive(Debug, Clone)]
@@ -183,6 +185,7 @@ impl Alerts {
             original_sender: None,
             sender_class: "registered".into(),
             header_from_mismatch: false,
+            spam_verdict: false,
             message_id: Some(format!("<{id}@{}>", self.hostname)),
             size: body.len() as u64,
             body_8bit: body.iter().any(|&b| b >= 0x80),

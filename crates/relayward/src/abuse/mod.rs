@@ -18,6 +18,7 @@ pub mod alerts;
 pub mod auth;
 pub mod dkim_check;
 pub mod report;
+mod reputation;
 pub mod way_back;
 
 use std::collections::{HashMap, HashSet};
@@ -145,6 +146,10 @@ pub struct Abuse {
     last_expire_ms: AtomicI64,
     /// DKIM verification of suspect mail (`[detector.dkim]`); `None` when off.
     dkim: Option<Arc<dkim_check::DkimCheck>>,
+    /// Bounce and complaint rates (`[reputation]`).
+    reputation: relayward_policy::reputation::Reputation,
+    /// The suppression lists: hard bounces and complaints add to them.
+    suppressions: Arc<crate::suppression::Suppressions>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -196,6 +201,10 @@ impl Abuse {
         } else {
             None
         };
+        let suppressions = crate::suppression::Suppressions::new(
+            store.clone(),
+            config.reputation.suppression_days,
+        );
         let abuse = Arc::new_cyclic(|me| Abuse {
             me: me.clone(),
             clock,
@@ -215,6 +224,8 @@ impl Abuse {
             tasks: Tasks::default(),
             last_expire_ms: AtomicI64::new(0),
             dkim,
+            reputation: relayward_policy::reputation::Reputation::new(config.reputation.clone()),
+            suppressions,
         });
         tokio::spawn(worker(Arc::downgrade(&abuse), rx));
         abuse
@@ -274,6 +285,20 @@ impl Abuse {
             since_ms: 0,
             probation_until_ms: None,
         }
+    }
+
+    /// The tenant's mail leaves from the high-risk egress pool (relayward_queue::egress): it
+    /// is under watch (warned, or on its way back from a block) or blocked, whose registered
+    /// mail still flows.
+    pub fn high_risk_routing(&self, tenant: TenantId) -> bool {
+        matches!(
+            self.status(tenant).state,
+            TenantState::Warned
+                | TenantState::Probation
+                | TenantState::UnderReview
+                | TenantState::BlockedUnregistered
+                | TenantState::BlockedAll
+        ) || self.reputation_high_risk(tenant)
     }
 
     fn spawn<F>(&self, f: F)
@@ -411,6 +436,8 @@ impl Abuse {
 
     /// A delivery-side trace event: each attempt's remote reply feeds the tenant's counters.
     pub fn delivery_event(&self, ev: &TraceEvent) {
+        self.reputation_outcome(ev);
+        self.suppressions.delivery_event(ev);
         if ev.kind != TraceKind::Attempt {
             return;
         }
@@ -469,6 +496,7 @@ impl Abuse {
         if now - self.last_expire_ms.load(Ordering::Relaxed) >= 60_000 {
             self.last_expire_ms.store(now, Ordering::Relaxed);
             self.counters.expire(now);
+            self.reputation_tick();
         }
     }
 
@@ -883,6 +911,25 @@ impl Abuse {
             SenderDecision::Restrict { .. } => Err(reply::SENDER_RESTRICTED),
             SenderDecision::Alert { .. } => Ok(()),
         }
+    }
+
+    /// The suppression lists (checked at RCPT, kept up to the store's by the directory poll).
+    pub fn suppressions(&self) -> &Arc<crate::suppression::Suppressions> {
+        &self.suppressions
+    }
+
+    /// Puts `address` on `tenant`'s suppression list (`None`: the global list); see
+    /// [`crate::suppression::Suppressions::suppress`].
+    pub async fn suppress(
+        &self,
+        tenant: Option<TenantId>,
+        address: &str,
+        source: relayward_core::SuppressionSource,
+        reason: &str,
+    ) -> Result<relayward_core::Suppression> {
+        self.suppressions
+            .suppress(tenant, address, source, reason)
+            .await
     }
 
     /// The live directory snapshot.

@@ -24,6 +24,7 @@ fn rule_text(s: &Signal) -> String {
         Window::Minute => "in the last minute",
         Window::Hour => "in the last hour",
         Window::Day => "in the last 24 hours",
+        Window::Week => "in the last 7 days",
     };
     let pct = |v: f64| format!("{:.1} %", v * 100.0);
     match s.rule {
@@ -54,6 +55,20 @@ fn rule_text(s: &Signal) -> String {
         ),
         Rule::HeaderMismatch => format!(
             "{} of registered messages {window} had a header From outside the tenant's domains, {} messages (warn above {}, block above {})",
+            pct(s.observed),
+            s.events,
+            pct(s.warn_threshold),
+            pct(s.block_threshold)
+        ),
+        Rule::BounceRate => format!(
+            "{} of delivered or bounced recipients {window} were hard bounces, {} bounces (warn above {}, block above {})",
+            pct(s.observed),
+            s.events,
+            pct(s.warn_threshold),
+            pct(s.block_threshold)
+        ),
+        Rule::ComplaintRate => format!(
+            "{} of delivered or bounced recipients {window} complained of spam, {} complaints (warn above {}, block above {})",
             pct(s.observed),
             s.events,
             pct(s.warn_threshold),
@@ -278,6 +293,29 @@ pub fn steps(tenant: &str, to: TenantState) -> Vec<String> {
         ],
         _ => Vec::new(),
     }
+}
+
+/// One line on a tenant's reputation: its level and both windows' rates.
+pub fn reputation_line(r: &relayward_policy::reputation::ReputationStatus) -> String {
+    let window = |name: &str, w: &relayward_policy::reputation::Rates| {
+        format!(
+            "{name}: {} messages, bounces {:.2} %, complaints {:.3} %{}",
+            w.messages,
+            w.bounce_rate * 100.0,
+            w.complaint_rate * 100.0,
+            if w.representative {
+                ""
+            } else {
+                " (below the minimum volume)"
+            }
+        )
+    };
+    format!(
+        "reputation: {} ({}; {})",
+        r.level.as_str(),
+        window("24 h", &r.day),
+        window("7 days", &r.week)
+    )
 }
 
 #[cfg(test)]
