@@ -50,8 +50,18 @@ pub struct TenantStatusReport {
     /// domains, sources, samples), as the detector stores it.
     #[schema(value_type = Option<Object>)]
     pub evidence: Option<serde_json::Value>,
-    /// What the tenant admin should fix before asking for unblock.
+    /// The reply the tenant's servers get for the mail refused in this state, e.g. `550
+    /// 5.7.750 Service unavailable. Client blocked from sending from unregistered domains`.
+    #[serde(default)]
+    pub refusal_reply: Option<String>,
+    /// What the tenant admin should fix before asking for unblock, each item starting with
+    /// `[x] ` (met) or `[ ] ` (not yet).
     pub checklist: Vec<String>,
+    /// Whether a request for unblock would be taken now: the tenant is blocked from
+    /// unregistered domains and the checklist's checks of the evidence are met (the request
+    /// itself attests the rest).
+    #[serde(default)]
+    pub can_request_unblock: bool,
     /// Rolling hard-bounce and complaint rates over 24 hours and 7 days, the level they
     /// reach (`good`, `warn`, `act`: high-risk routing, `block`) and why.
     #[serde(default)]
@@ -236,6 +246,14 @@ pub trait RelayControl: Send + Sync + 'static {
     /// The relay's live directory snapshot; `None` without a relay (the API then loads the
     /// store's).
     fn directory(&self) -> Option<std::sync::Arc<relayward_policy::Directory>> {
+        None
+    }
+
+    /// The relay's live suppression lists; `None` without a relay (the API then loads the
+    /// store's).
+    fn suppressions(
+        &self,
+    ) -> Option<std::sync::Arc<relayward_policy::suppression::SuppressionList>> {
         None
     }
 

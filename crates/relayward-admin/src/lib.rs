@@ -7,7 +7,8 @@
 //!
 //! The binary wires it: [`router`] over the store and a [`RelayControl`] (the detector, sender
 //! limits and queue of the running relay), then [`serve`] on a listener. The CLI creates the
-//! first operator token with [`create_token`].
+//! first operator token with [`create_token`]. The same listener serves the web admin center
+//! ([`web`]) at `/`, a client of this API.
 
 mod api;
 mod auth;
@@ -19,6 +20,7 @@ mod openapi;
 pub mod problem;
 mod schema;
 mod validate;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -136,6 +138,8 @@ pub fn router(
         .route("/metrics", axum::routing::get(health::metrics))
         .route("/healthz", axum::routing::get(health::healthz))
         .route("/readyz", axum::routing::get(health::readyz))
+        .route("/", axum::routing::get(web::index))
+        .route("/assets/{file}", axum::routing::get(web::asset))
         .fallback(|uri: Uri| async move { Error::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|| async { Error::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -321,3 +321,17 @@ pub struct SuppressionUpdates {
     pub changed: Vec<Suppression>,
     pub removed: Vec<(Option<TenantId>, String)>,
 }
+
+/// One tenant's delivery outcomes in one hour: what its bounce and complaint rates are made of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReputationHour {
+    pub tenant_id: TenantId,
+    /// Hours since the Unix epoch.
+    pub hour: i64,
+    /// Recipients delivered.
+    pub delivered: u32,
+    /// Recipients hard-bounced.
+    pub bounces: u32,
+    /// Spam complaints.
+    pub complaints: u32,
+}

@@ -30,7 +30,9 @@
 use relayward_core::{TenantId, TenantState};
 use serde::{Deserialize, Serialize};
 
-use crate::counters::{CountersConfig, Snapshot, WindowStats, SECOND_MS};
+use crate::counters::{
+    CountersConfig, Snapshot, WindowStats, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS,
+};
 use crate::limits::SenderLimits;
 
 // ---------------------------------------------------------------------------------------------
@@ -560,6 +562,17 @@ pub enum Window {
     Week,
 }
 
+impl Window {
+    pub fn duration_ms(self) -> i64 {
+        match self {
+            Window::Minute => MINUTE_MS,
+            Window::Hour => HOUR_MS,
+            Window::Day => DAY_MS,
+            Window::Week => 7 * DAY_MS,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
@@ -1064,7 +1077,19 @@ impl Detector {
     ) -> Option<Transition> {
         use TenantState::*;
         let from = status.state;
-        let signals = self.assess_with(snapshot, from, shape);
+        let mut signals = self.assess_with(snapshot, from, shape);
+        if from == Probation {
+            // A window that began before the operator's unblock still holds the traffic that
+            // was judged and acted on: it cannot block again. Probation's tighter thresholds
+            // apply to what comes after (a minute after the unblock, the minute window is all
+            // new traffic; an hour after, the hour window).
+            let elapsed = now_ms - status.since_ms;
+            for s in &mut signals {
+                if s.window.duration_ms() > elapsed {
+                    s.level = Level::Clear;
+                }
+            }
+        }
         let firing: Vec<Signal> = signals
             .iter()
             .filter(|s| s.level >= Level::Warn)
@@ -2112,6 +2137,34 @@ mod tests {
         for s in [BlockedUnregistered, UnderReview, BlockedAll] {
             assert_eq!(d.evaluate(now + 30 * DAY, 1, &at(s), &snap), None);
         }
+        // Right after the operator's unblock the burst that caused the block is still in the
+        // hour window: it does not block again. New traffic does, once its window holds only
+        // what came after the unblock.
+        let probation = TenantStatus {
+            state: Probation,
+            since_ms: now,
+            probation_until_ms: Some(now + 7 * DAY),
+        };
+        assert_eq!(d.evaluate(now + 1_000, 1, &probation, &snap), None);
+        assert_eq!(d.evaluate(now + 30 * MINUTE_MS, 1, &probation, &snap), None);
+        let t = d
+            .evaluate(now + HOUR_MS + 1_000, 1, &probation, &snap)
+            .expect("a new hour of the same traffic blocks");
+        assert_eq!(t.to, BlockedUnregistered);
+        let mut burst = crate::counters::Snapshot::default();
+        burst.windows.minute.unregistered_messages = 10_000;
+        burst.windows.minute.messages = 10_000;
+        burst.windows.hour = burst.windows.minute;
+        assert_eq!(d.evaluate(now + 30_000, 1, &probation, &burst), None);
+        let t = d
+            .evaluate(now + 2 * MINUTE_MS, 1, &probation, &burst)
+            .expect("a new burst after the unblock blocks");
+        assert_eq!(t.to, BlockedUnregistered);
+        assert!(
+            t.signals.iter().all(|s| s.window == Window::Minute),
+            "{:?}",
+            t.signals
+        );
     }
 
     #[test]

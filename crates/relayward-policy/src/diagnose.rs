@@ -11,12 +11,13 @@ use crate::relay::{
     attribute, check_header_from, check_mail, check_rcpt, explain, Attributed, Attribution,
     ClientFacts, MailOutcome, Refusal,
 };
+use crate::suppression::{Hit, SuppressionList};
 use crate::Directory;
 
 /// One step of the decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// `attribution`, `mail_from`, `rcpt_to`, `sender_limits`, `header_from`.
+    /// `attribution`, `mail_from`, `rcpt_to`, `sender_limits`, `suppression`, `header_from`.
     pub step: &'static str,
     pub passed: bool,
     pub detail: String,
@@ -49,11 +50,13 @@ pub struct Question {
 }
 
 /// `sender_limits` answers the per-sender limits' verdict without side effects (the relay's
-/// current counters, or the stored restrictions when no relay runs).
+/// current counters, or the stored restrictions when no relay runs); `suppressions`, the
+/// suppression lists (the relay's, or the store's).
 pub fn diagnose(
     dir: &Directory,
     q: &Question,
     sender_limits: &dyn Fn(TenantId, &Address) -> Result<(), Reply>,
+    suppressions: &SuppressionList,
 ) -> Diagnosis {
     let mut steps = Vec::new();
     let attribution = attribute(dir, &q.facts);
@@ -172,6 +175,42 @@ pub fn diagnose(
             Some(attributed),
             Some(class),
         );
+    }
+    // Each suppressed recipient is refused at its RCPT; the message goes on to the others.
+    let now = relayward_core::now();
+    let hits: Vec<(&Address, Hit)> = q
+        .recipients
+        .iter()
+        .filter_map(|r| Some((r, suppressions.check(attributed.tenant_id, r, now)?)))
+        .collect();
+    if let Some((_, hit)) = hits.first() {
+        let listed = hits
+            .iter()
+            .map(|(r, h)| format!("{r} ({})", h.describe()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if hits.len() == q.recipients.len() {
+            let r = hit.refusal(attributed, Some(class));
+            let mut d = refused(steps, "suppression", "RCPT", r);
+            if let Some(step) = d.steps.last_mut() {
+                step.detail = format!("{}: {listed}", step.detail);
+            }
+            return d;
+        }
+        steps.push(Step {
+            step: "suppression",
+            passed: true,
+            detail: format!(
+                "refused at RCPT with {}: {listed}; the other recipients are accepted",
+                reply::RECIPIENT_SUPPRESSED
+            ),
+        });
+    } else {
+        steps.push(Step {
+            step: "suppression",
+            passed: true,
+            detail: "no recipient is on a suppression list".into(),
+        });
     }
     if let Some(from) = &q.header_from_domain {
         match check_header_from(dir, &attributed, class, Some(from)) {

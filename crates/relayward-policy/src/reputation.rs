@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use relayward_core::TenantId;
+use relayward_core::{ReputationHour, TenantId};
 use serde::{Deserialize, Serialize};
 
 use crate::counters::HOUR_MS;
@@ -212,11 +212,18 @@ impl TenantRep {
 }
 
 /// The rates of every tenant, hour by hour over 7 days (168 buckets of 20 bytes per tenant that
-/// sent anything). In memory: counts start afresh when the relay restarts.
+/// sent anything). Counted in memory on the delivery path; the counts not yet written are kept
+/// apart ([`Reputation::take_unwritten`]) for the store, which a restart loads back
+/// ([`Reputation::load`]).
 pub struct Reputation {
     config: ReputationConfig,
     tenants: Mutex<HashMap<TenantId, TenantRep>>,
+    /// Counts since the last write, by tenant and hour.
+    unwritten: Mutex<HashMap<(TenantId, i64), ReputationHour>>,
 }
+
+/// Hours the rates look back on.
+pub const WINDOW_HOURS: i64 = HOURS as i64;
 
 fn rates((delivered, bounces, complaints): (u64, u64, u64), min: u64) -> Rates {
     let messages = delivered + bounces;
@@ -242,6 +249,52 @@ impl Reputation {
         Reputation {
             config,
             tenants: Mutex::new(HashMap::new()),
+            unwritten: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds stored hours (at start, or to show a tenant's rates without a running relay).
+    pub fn load(&self, rows: &[ReputationHour]) {
+        let mut tenants = self.lock();
+        for r in rows {
+            let rep = tenants.entry(r.tenant_id).or_insert_with(TenantRep::new);
+            let b = rep.bucket(r.hour);
+            b.delivered = b.delivered.saturating_add(r.delivered);
+            b.bounces = b.bounces.saturating_add(r.bounces);
+            b.complaints = b.complaints.saturating_add(r.complaints);
+        }
+    }
+
+    /// The levels the loaded counts stand at, taken as the tenants' current levels without
+    /// reporting them as changes (they were acted on when they were reached).
+    pub fn settle(&self, now_ms: i64) {
+        let hour = now_ms.div_euclid(HOUR_MS);
+        let mut tenants = self.lock();
+        for rep in tenants.values_mut() {
+            rep.level = self.status_of(rep, hour).level;
+        }
+    }
+
+    /// The counts recorded since the last call, for the store.
+    pub fn take_unwritten(&self) -> Vec<ReputationHour> {
+        let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        unwritten.drain().map(|(_, r)| r).collect()
+    }
+
+    /// Puts back counts the store did not take, to be written with the next batch.
+    pub fn restore_unwritten(&self, rows: Vec<ReputationHour>) {
+        let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        for r in rows {
+            let e = unwritten
+                .entry((r.tenant_id, r.hour))
+                .or_insert(ReputationHour {
+                    tenant_id: r.tenant_id,
+                    hour: r.hour,
+                    ..ReputationHour::default()
+                });
+            e.delivered = e.delivered.saturating_add(r.delivered);
+            e.bounces = e.bounces.saturating_add(r.bounces);
+            e.complaints = e.complaints.saturating_add(r.complaints);
         }
     }
 
@@ -259,6 +312,13 @@ impl Reputation {
             return None;
         }
         let hour = now_ms.div_euclid(HOUR_MS);
+        self.restore_unwritten(vec![ReputationHour {
+            tenant_id: tenant,
+            hour,
+            delivered: u32::from(outcome == Outcome::Delivered),
+            bounces: u32::from(outcome == Outcome::HardBounce),
+            complaints: u32::from(outcome == Outcome::Complaint),
+        }]);
         let mut tenants = self.lock();
         let rep = tenants.entry(tenant).or_insert_with(TenantRep::new);
         let b = rep.bucket(hour);
@@ -472,6 +532,36 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].to, ReputationLevel::Good);
         assert_eq!(rep.status(t, gone), ReputationStatus::default());
+    }
+
+    #[test]
+    fn unwritten_counts_round_trip_through_rows() {
+        let rep = Reputation::new(small());
+        let now = 10 * HOUR_MS;
+        for _ in 0..90 {
+            rep.record(3, now, Outcome::Delivered);
+        }
+        for _ in 0..10 {
+            rep.record(3, now + HOUR_MS, Outcome::HardBounce);
+        }
+        rep.record(3, now + HOUR_MS, Outcome::Complaint);
+        let mut rows = rep.take_unwritten();
+        rows.sort_by_key(|r| r.hour);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].delivered, rows[0].bounces), (90, 0));
+        assert_eq!((rows[1].bounces, rows[1].complaints), (10, 1));
+        assert!(rep.take_unwritten().is_empty());
+        // A restart: the rows give back the same rates and level, without a change to act on.
+        let again = Reputation::new(small());
+        again.load(&rows);
+        again.settle(now + HOUR_MS);
+        assert_eq!(again.status(3, now + HOUR_MS), rep.status(3, now + HOUR_MS));
+        assert_eq!(again.level(3), ReputationLevel::Block);
+        assert!(again.refresh(now + HOUR_MS).is_empty());
+        assert!(again.take_unwritten().is_empty());
+        // Counts the store did not take go out with the next batch.
+        again.restore_unwritten(rows.clone());
+        assert_eq!(again.take_unwritten().len(), 2);
     }
 
     #[test]

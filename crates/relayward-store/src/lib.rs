@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use relayward_core::SenderClass;
 use relayward_core::{
     AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId,
-    DomainKind, HeaderFromAllowed, Suppression, SuppressionUpdates, Tenant, TenantId, TenantState,
-    Timestamp, TraceEvent, TraceQuery,
+    DomainKind, HeaderFromAllowed, ReputationHour, Suppression, SuppressionUpdates, Tenant,
+    TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
 };
 
 pub mod abuse;
@@ -57,6 +57,20 @@ pub struct NewConnector {
     pub allow_unregistered: bool,
     pub restrict_domains_to_ips: bool,
     pub restrict_domains_to_cert: bool,
+}
+
+/// One tenant's traffic in one clock hour, from the message trace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficHour {
+    pub tenant_id: TenantId,
+    /// Start of the hour, Unix milliseconds.
+    pub start_ms: i64,
+    /// Messages accepted, by sender class.
+    pub registered: u64,
+    pub unregistered: u64,
+    pub null_sender: u64,
+    /// Commands refused (MAIL, RCPT, end of DATA).
+    pub refused: u64,
 }
 
 /// Every method that changes the directory writes its audit entry (actor = `actor`) and bumps
@@ -226,6 +240,15 @@ pub trait Store: Send + Sync + 'static {
         query: &TraceQuery,
         after: Option<(i64, i64)>,
     ) -> Result<Vec<TraceEvent>>;
+    /// Messages received (by sender class) and commands refused per tenant and clock hour from
+    /// `since_ms` up to `until_ms` (exclusive), of one tenant or of every attributed one; hours
+    /// without any are left out. By tenant, then hour.
+    async fn traffic_hours(
+        &self,
+        tenant: Option<TenantId>,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<TrafficHour>>;
 
     // DKIM
     /// Records `selector` as the DKIM key of `domain` (of `tenant`; `None` for the relay's own
@@ -272,6 +295,21 @@ pub trait Store: Send + Sync + 'static {
     /// Every list's changes after version `since`, for the relay's in-memory lists; from 0,
     /// every entry in force at `now`.
     async fn suppression_updates(&self, since: i64, now: Timestamp) -> Result<SuppressionUpdates>;
+
+    // Reputation: delivery outcomes per tenant and hour
+    /// Adds each row's counts to its tenant's hour (rows of tenants that no longer exist are
+    /// dropped), and forgets hours before `keep_from_hour`. Not audited: these are counts.
+    async fn add_reputation_hours(
+        &self,
+        rows: &[ReputationHour],
+        keep_from_hour: i64,
+    ) -> Result<()>;
+    /// The hours from `from_hour` on (hours since the Unix epoch), of one tenant or of all.
+    async fn reputation_hours(
+        &self,
+        tenant: Option<TenantId>,
+        from_hour: i64,
+    ) -> Result<Vec<ReputationHour>>;
 }
 
 /// Open the store named by a URL: `sqlite://PATH` (created with its directory if missing).

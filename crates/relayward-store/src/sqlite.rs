@@ -1672,6 +1672,15 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn traffic_hours(
+        &self,
+        tenant: Option<TenantId>,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<crate::TrafficHour>> {
+        traffic_sql::hours(&self.pool, tenant, since_ms, until_ms).await
+    }
+
     async fn search_trace_page(
         &self,
         q: &TraceQuery,
@@ -1773,6 +1782,27 @@ impl Store for SqliteStore {
     ) -> Result<relayward_core::SuppressionUpdates> {
         suppression_sql::updates(&self.pool, since, now).await
     }
+
+    // Reputation
+
+    async fn add_reputation_hours(
+        &self,
+        rows: &[relayward_core::ReputationHour],
+        keep_from_hour: i64,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        reputation_sql::add(&mut tx, rows, keep_from_hour).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reputation_hours(
+        &self,
+        tenant: Option<TenantId>,
+        from_hour: i64,
+    ) -> Result<Vec<relayward_core::ReputationHour>> {
+        reputation_sql::load(&self.pool, tenant, from_hour).await
+    }
 }
 
 #[path = "sqlite_abuse.rs"]
@@ -1781,8 +1811,14 @@ mod abuse_sql;
 #[path = "sqlite_dkim.rs"]
 mod dkim_sql;
 
+#[path = "sqlite_traffic.rs"]
+mod traffic_sql;
+
 #[path = "sqlite_suppression.rs"]
 mod suppression_sql;
+
+#[path = "sqlite_reputation.rs"]
+mod reputation_sql;
 
 #[cfg(test)]
 mod tests {

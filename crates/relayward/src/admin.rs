@@ -143,8 +143,13 @@ impl LiveControl {
     }
 
     /// The unblock checklist: the checks of [`way_back::unblock_checklist`] (the domains of the
-    /// evidence) and the steps of the way back, each `[x]` (met) or `[ ]` (not yet).
-    async fn checklist(&self, tenant: &Tenant, state: TenantState) -> ControlResult<Vec<String>> {
+    /// evidence) and the steps of the way back, each `[x]` (met) or `[ ]` (not yet); and
+    /// whether a request for unblock would be taken now.
+    async fn checklist(
+        &self,
+        tenant: &Tenant,
+        state: TenantState,
+    ) -> ControlResult<(Vec<String>, bool)> {
         use TenantState::*;
         let item = |met: bool, text: &str| format!("[{}] {text}", if met { "x" } else { " " });
         match state {
@@ -161,6 +166,7 @@ impl LiveControl {
                     .await
                     .map_err(internal)?;
                 let requested = state != BlockedUnregistered;
+                let can_request = !requested && missing.is_empty();
                 let mut out = vec![match missing.first() {
                     Some(m) => item(false, m),
                     None => item(
@@ -199,19 +205,22 @@ impl LiveControl {
                         "the operator reviews the request and unblocks (probation with tightened thresholds)",
                     ),
                 ]);
-                Ok(out)
+                Ok((out, can_request))
             }
-            BlockedAll => Ok(vec![
-                item(
-                    false,
-                    "find and secure the servers that send through the relay (every message is refused with 5.7.705)",
-                ),
-                item(
-                    false,
-                    "contact the relay operator, who unblocks (probation with tightened thresholds)",
-                ),
-            ]),
-            _ => Ok(Vec::new()),
+            BlockedAll => Ok((
+                vec![
+                    item(
+                        false,
+                        "find and secure the servers that send through the relay (every message is refused with 5.7.705)",
+                    ),
+                    item(
+                        false,
+                        "contact the relay operator, who unblocks (probation with tightened thresholds)",
+                    ),
+                ],
+                false,
+            )),
+            _ => Ok((Vec::new(), false)),
         }
     }
 
@@ -357,6 +366,14 @@ impl RelayControl for LiveControl {
                 )
             })
             .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.evidence).ok());
+        let (checklist, can_request_unblock) = self.checklist(&t, state).await?;
+        let refusal_reply = if state.blocks_all() {
+            Some(relayward_core::reply::TENANT_BLOCKED.to_string())
+        } else if state.blocks_unregistered() {
+            Some(relayward_core::reply::BLOCKED_UNREGISTERED.to_string())
+        } else {
+            None
+        };
         Ok(TenantStatusReport {
             tenant_id: t.id,
             state,
@@ -364,7 +381,9 @@ impl RelayControl for LiveControl {
             probation_until_ms,
             summary,
             evidence,
-            checklist: self.checklist(&t, state).await?,
+            refusal_reply,
+            checklist,
+            can_request_unblock,
             reputation: Some(self.abuse.reputation_status(t.id)),
         })
     }
@@ -554,6 +573,10 @@ impl RelayControl for LiveControl {
 
     fn directory(&self) -> Option<Arc<relayward_policy::Directory>> {
         Some(self.abuse.directory())
+    }
+
+    fn suppressions(&self) -> Option<Arc<relayward_policy::suppression::SuppressionList>> {
+        Some(self.abuse.suppressions().list())
     }
 
     fn metrics_text(&self) -> Option<String> {

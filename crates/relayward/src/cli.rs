@@ -254,6 +254,8 @@ pub async fn tenant_at(config: &Config, cmd: TenantCmd, clock: &dyn Clock) -> Re
             });
             let latest_evidence: Option<Evidence> =
                 latest.and_then(|r| serde_json::from_str(&r.evidence).ok());
+            let reputation =
+                crate::abuse::reputation_from_store(&*store, config, t.id, clock.now_ms()).await?;
             if json {
                 return print_json(&json!({
                     "tenant": t,
@@ -271,10 +273,15 @@ pub async fn tenant_at(config: &Config, cmd: TenantCmd, clock: &dyn Clock) -> Re
                     "sender_limits": limits.unwrap_or(config.default_sender_limits()),
                     "sender_limits_own": limits.is_some(),
                     "forwarded_domains": forwarded,
+                    "reputation": reputation,
                 }));
             }
             println!("tenant {} (id {})", t.name, t.id);
             println!("state: {}", t.state);
+            println!("{}", crate::abuse::report::reputation_line(&reputation));
+            for reason in &reputation.reasons {
+                println!("  - {reason}");
+            }
             if let Some(s) = &status {
                 println!("since: {}", table::time_ms(s.since_ms));
                 if let Some(reason) = &s.reason {
@@ -1357,7 +1364,9 @@ pub async fn diagnose(config: &Config, a: DiagnoseArgs) -> Result<()> {
             Ok(())
         }
     };
-    let d = relayward_policy::diagnose::diagnose(&dir, &q, &limits);
+    let suppressions = relayward_policy::suppression::SuppressionList::new();
+    suppressions.apply(&store.suppression_updates(0, relayward_core::now()).await?);
+    let d = relayward_policy::diagnose::diagnose(&dir, &q, &limits, &suppressions);
     print_diagnosis(&relayward_admin::DiagnosisView::from_diagnosis(&d), a.json)
 }
 

@@ -11,7 +11,8 @@
 //! complaining recipient for the tenant; a hard bounce counts towards the tenant's bounce rate
 //! and suppresses the bounced recipient.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
 
 use relayward_core::{SuppressionSource, TenantId, TraceQuery};
 use relayward_policy::bounce::BounceClassifier;
@@ -26,13 +27,23 @@ pub struct FeedbackIntake {
     address: Option<String>,
     store: Arc<dyn Store>,
     abuse: Weak<Abuse>,
+    /// (queue id, complaining recipient) already counted: a report sent again (providers
+    /// resend, and anyone can send one) counts once.
+    seen: Mutex<HashSet<(String, String)>>,
 }
 
 /// The message a report complains about, as the trace knows it.
 struct Original {
     tenant: TenantId,
     queue_id: Option<String>,
+    /// Its recipients (lowercase), to check the complainer was one.
+    recipients: HashSet<String>,
 }
+
+/// Complaints remembered for de-duplication before the set starts afresh.
+const SEEN_MAX: usize = 100_000;
+/// Trace events read to learn a message's recipients.
+const EVENTS_MAX: u32 = 5_000;
 
 impl FeedbackIntake {
     pub fn new(address: Option<&str>, store: Arc<dyn Store>, abuse: Weak<Abuse>) -> FeedbackIntake {
@@ -40,7 +51,17 @@ impl FeedbackIntake {
             address: address.map(|a| a.trim().to_ascii_lowercase()),
             store,
             abuse,
+            seen: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether this complaint is new (and remembers it).
+    fn first_time(&self, queue_id: &str, recipient: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= SEEN_MAX {
+            seen.clear();
+        }
+        seen.insert((queue_id.to_string(), recipient.to_ascii_lowercase()))
     }
 
     pub fn address(&self) -> Option<&str> {
@@ -57,14 +78,14 @@ impl FeedbackIntake {
         if let Some(q) = queue_id {
             queries.push(TraceQuery {
                 queue_id: Some(q.to_string()),
-                limit: 20,
+                limit: EVENTS_MAX,
                 ..TraceQuery::default()
             });
         }
         if let Some(m) = message_id {
             queries.push(TraceQuery {
                 message_id: Some(m.to_string()),
-                limit: 20,
+                limit: EVENTS_MAX,
                 ..TraceQuery::default()
             });
         }
@@ -75,9 +96,16 @@ impl FeedbackIntake {
                 .await
                 .map_err(|e| FeedbackError::Unavailable(e.to_string()))?;
             if let Some(ev) = events.iter().find(|e| e.tenant_id.is_some()) {
+                let recipients = events
+                    .iter()
+                    .filter(|e| e.queue_id == ev.queue_id)
+                    .filter_map(|e| e.recipient.as_deref())
+                    .map(str::to_ascii_lowercase)
+                    .collect();
                 return Ok(Some(Original {
                     tenant: ev.tenant_id.unwrap_or_default(),
                     queue_id: ev.queue_id.clone(),
+                    recipients,
                 }));
             }
         }
@@ -112,13 +140,27 @@ impl FeedbackIntake {
         };
         // Only complaints count against the tenant; other feedback types (fraud, virus, opt-out)
         // are recorded in the trace for people to read.
-        let complaint = matches!(kind.as_str(), "abuse" | "");
-        if complaint {
+        let is_complaint = matches!(kind.as_str(), "abuse" | "");
+        let qid = original.queue_id.clone().unwrap_or_default();
+        // The complainer must be one of the message's recipients; a provider that redacts the
+        // recipient is taken at its word, once per message.
+        let named = report.complained_recipients();
+        let (known, strangers): (Vec<String>, Vec<String>) = named
+            .into_iter()
+            .partition(|r| original.recipients.contains(&r.to_ascii_lowercase()));
+        let counted = if !is_complaint {
+            false
+        } else if known.is_empty() && strangers.is_empty() {
+            self.first_time(&qid, "")
+        } else {
+            known.iter().any(|r| self.first_time(&qid, r))
+        };
+        if counted {
             abuse.complaint(original.tenant);
         }
         let mut suppressed = Vec::new();
-        if complaint {
-            for rcpt in report.complained_recipients() {
+        if is_complaint {
+            for rcpt in known {
                 abuse
                     .suppress(
                         Some(original.tenant),
@@ -135,17 +177,26 @@ impl FeedbackIntake {
             tenant = original.tenant,
             original_queue_id = original.queue_id.as_deref().unwrap_or("-"),
             feedback_type = %kind,
-            "feedback report counted"
+            counted,
+            "feedback report taken"
         );
+        let verdict = if counted {
+            ": counted as a complaint".to_string()
+        } else if !is_complaint {
+            ": not a complaint, not counted".to_string()
+        } else if !strangers.is_empty() && suppressed.is_empty() {
+            format!(
+                ": {} did not receive that message, not counted",
+                strangers.join(", ")
+            )
+        } else {
+            ": already counted".to_string()
+        };
         Ok(format!(
             "{kind} report about queue id {} of tenant {}{}{}",
             original.queue_id.as_deref().unwrap_or("-"),
             original.tenant,
-            if complaint {
-                ": counted as a complaint"
-            } else {
-                ": not a complaint, not counted"
-            },
+            verdict,
             if suppressed.is_empty() {
                 String::new()
             } else {
@@ -188,7 +239,15 @@ impl FeedbackIntake {
         let Some(abuse) = self.abuse.upgrade() else {
             return;
         };
+        let qid = original.queue_id.clone().unwrap_or_default();
         for rcpt in hard {
+            // A bounce of someone the message never went to, or one already counted, is not.
+            let key = rcpt.to_ascii_lowercase();
+            if !original.recipients.contains(&key)
+                || !self.first_time(&qid, &format!("bounce {key}"))
+            {
+                continue;
+            }
             abuse.returned_hard_bounce(original.tenant);
             if let Err(e) = abuse
                 .suppress(

@@ -77,6 +77,7 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.scheduler.stopped()).await;
         // Transitions on their way to the store; alert webhooks still retrying are cut short.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.abuse.idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.abuse.write_reputation()).await;
         self.events.flush().await;
     }
 }
@@ -155,6 +156,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .await
         .context("cannot load the abuse detector's state")?;
     abuse.suppressions().refresh().await;
+    abuse
+        .load_reputation()
+        .await
+        .context("cannot load the reputation counts")?;
     let reload = Arc::new(DirectoryReload::new(
         store.clone(),
         directory.clone(),

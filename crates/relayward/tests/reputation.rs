@@ -174,6 +174,28 @@ impl Harness {
     }
 }
 
+/// An SRS domain with its listener beside the relay listener (`smtp_addrs[1]`), and the
+/// feedback address when given.
+fn with_srs(config: &mut Config, feedback_address: Option<&str>) {
+    config.srs = Some(relayward::forwarding::SrsSection {
+        domain: "srs.relay.test".into(),
+        secrets: vec!["reputation-test-secret".into()],
+        feedback_address: feedback_address.map(str::to_string),
+        ..Default::default()
+    });
+    config.listeners = vec![
+        ListenerConfig {
+            address: "127.0.0.1:0".parse().unwrap(),
+            ..ListenerConfig::default()
+        },
+        ListenerConfig {
+            address: "127.0.0.1:0".parse().unwrap(),
+            role: relayward::forwarding::ListenerRole::Srs,
+            ..ListenerConfig::default()
+        },
+    ];
+}
+
 fn message(from: &str, to: &str, subject: &str) -> String {
     format!(
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@tenant.example>\r\n\r\nHello.\r\n"
@@ -317,23 +339,7 @@ async fn complaints_route_to_high_risk_then_block() {
             ..Default::default()
         },
     ];
-    config.srs = Some(relayward::forwarding::SrsSection {
-        domain: "srs.relay.test".into(),
-        secrets: vec!["feedback-test-secret".into()],
-        feedback_address: Some("fbl@srs.relay.test".into()),
-        ..Default::default()
-    });
-    config.listeners = vec![
-        ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            ..ListenerConfig::default()
-        },
-        ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            role: relayward::forwarding::ListenerRole::Srs,
-            ..ListenerConfig::default()
-        },
-    ];
+    with_srs(&mut config, Some("fbl@srs.relay.test"));
     // 20 messages make a representative day; one complaint in them is 5 % (act), two 10 %
     // (block).
     config.reputation.min_messages_day = 20;
@@ -399,6 +405,23 @@ async fn complaints_route_to_high_risk_then_block() {
         0,
         "another tenant's rates are untouched"
     );
+    // The same report again (providers resend; anyone can send one) counts once, and a report
+    // naming someone who never got the message counts for nothing.
+    let (code, text) = report(
+        &h,
+        "fbl@srs.relay.test",
+        &arf_about(&ids[0], "reader0@yahoo.test"),
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = report(
+        &h,
+        "fbl@srs.relay.test",
+        &arf_about(&ids[2], "stranger@yahoo.test"),
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(h.relay.abuse.reputation_status(tenant).day.complaints, 1);
     // The complaining recipient is suppressed for this tenant.
     let r = send(
         &mut c,
@@ -518,10 +541,16 @@ async fn complaints_route_to_high_risk_then_block() {
             && d.contains("suppressed reader0@yahoo.test")),
         "{details:#?}"
     );
-    assert!(
-        details.iter().any(|d| d.contains("not in the trace")),
-        "{details:#?}"
-    );
+    for expected in [
+        "not in the trace",
+        "already counted",
+        "stranger@yahoo.test did not receive that message, not counted",
+    ] {
+        assert!(
+            details.iter().any(|d| d.contains(expected)),
+            "{expected}: {details:#?}"
+        );
+    }
     let _ = c.quit().await;
     let _ = b.quit().await;
     h.relay.shutdown().await;
@@ -536,22 +565,7 @@ async fn a_returned_dsn_counts_and_suppresses() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.delivery.retry_schedule_secs = vec![3600];
-    config.srs = Some(relayward::forwarding::SrsSection {
-        domain: "srs.relay.test".into(),
-        secrets: vec!["returned-dsn-secret".into()],
-        ..Default::default()
-    });
-    config.listeners = vec![
-        ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            ..ListenerConfig::default()
-        },
-        ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            role: relayward::forwarding::ListenerRole::Srs,
-            ..ListenerConfig::default()
-        },
-    ];
+    with_srs(&mut config, None);
     let h = Harness::start(sink, dir, config).await;
     let tenant = h.tenant("fabrikam", "127.0.0.1").await;
     let mut c = h.session("127.0.0.1").await;
@@ -681,5 +695,30 @@ async fn hard_bounces_make_the_bounce_rate() {
     assert_eq!(status["reputation"]["level"], "act", "{status:#}");
     assert_eq!(status["reputation"]["day"]["bounces"], 3, "{status:#}");
     let _ = c.quit().await;
-    h.relay.shutdown().await;
+
+    // The counts outlive a restart, and the CLI reads them from the store without the relay.
+    let before = h.relay.abuse.reputation_status(tenant);
+    let Harness {
+        _dir,
+        config,
+        relay,
+        ..
+    } = h;
+    relay.shutdown().await;
+    let now = SystemClock.now_ms();
+    let stored = relayward::abuse::reputation_from_store(
+        &*relayward_store::open(&config.store_url()).await.unwrap(),
+        &config,
+        tenant,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored, before);
+    let relay = start_with(config.clone(), StartOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(relay.abuse.reputation_status(tenant), before);
+    assert!(relay.abuse.high_risk_routing(tenant));
+    relay.shutdown().await;
 }

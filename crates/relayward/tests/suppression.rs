@@ -295,6 +295,51 @@ async fn a_hard_bounce_suppresses_the_recipient_until_an_administrator_removes_i
         detail.starts_with("RCPT reason=suppressed list=tenant source=hard_bounce since="),
         "{detail}"
     );
+    // diagnose agrees with the session, on the store and through the running relay.
+    let ask = |to: &[&str]| {
+        let mut a = vec![
+            "diagnose",
+            "--ip",
+            "127.0.0.1",
+            "--from",
+            "staff@acme.example",
+        ];
+        for t in to {
+            a.extend(["--to", t]);
+        }
+        a.push("--json");
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    for args in [
+        ask(&["gone@dest.example"]),
+        ask(&["gone@dest.example", "ok@dest.example"]),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let here: Value = serde_json::from_str(&local(&relay, &args)).unwrap();
+        let there: Value = serde_json::from_str(&remote(&relay, &op, &args)).unwrap();
+        for d in [&here, &there] {
+            let step = d["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["step"] == "suppression")
+                .unwrap_or_else(|| panic!("{d:#}"));
+            assert!(
+                step["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("gone@dest.example (list=tenant source=hard_bounce"),
+                "{d:#}"
+            );
+            if args.len() == 8 {
+                assert_eq!(d["reply"], SUPPRESSED, "{d:#}");
+                assert_eq!(d["at"], "RCPT", "{d:#}");
+                assert_eq!(d["reason"], "suppressed", "{d:#}");
+            } else {
+                assert!(d["reply"].as_str().unwrap().starts_with("250"), "{d:#}");
+            }
+        }
+    }
     let (_, metrics) = api.call(reqwest::Method::GET, "/metrics", &op, None).await;
     let metrics = metrics.as_str().unwrap_or_default().to_string();
     assert!(

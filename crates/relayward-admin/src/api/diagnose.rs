@@ -184,7 +184,25 @@ pub async fn run(state: &AppState, r: &DiagnoseRequest) -> ApiResult<DiagnosisVi
             Ok(())
         }
     };
-    Ok(DiagnosisView::from_diagnosis(&diagnose(&dir, &q, &limits)))
+    let suppressions = match control.suppressions() {
+        Some(list) => list,
+        None => {
+            let list = relayward_policy::suppression::SuppressionList::new();
+            list.apply(
+                &state
+                    .store()
+                    .suppression_updates(0, relayward_core::now())
+                    .await?,
+            );
+            Arc::new(list)
+        }
+    };
+    Ok(DiagnosisView::from_diagnosis(&diagnose(
+        &dir,
+        &q,
+        &limits,
+        &suppressions,
+    )))
 }
 
 #[utoipa::path(

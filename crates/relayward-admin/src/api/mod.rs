@@ -13,6 +13,7 @@ pub(crate) mod suppressions;
 pub(crate) mod tenants;
 pub(crate) mod tokens;
 pub(crate) mod trace;
+pub(crate) mod traffic;
 
 use axum::http::Method;
 use axum::routing::{delete, get, patch, post, MethodRouter};
@@ -124,6 +125,11 @@ pub(crate) fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         ),
         (
             M::GET,
+            "/v1/tenants/{tenant_id}/traffic",
+            get(traffic::tenant),
+        ),
+        (
+            M::GET,
             "/v1/tenants/{tenant_id}/sender-restrictions",
             get(status::sender_restrictions),
         ),
@@ -156,6 +162,7 @@ pub(crate) fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         ),
         (M::GET, "/v1/audit", get(audit::list)),
         (M::GET, "/v1/trace", get(trace::search)),
+        (M::GET, "/v1/traffic", get(traffic::overview)),
         (M::GET, "/v1/tokens", get(tokens::list)),
         (M::POST, "/v1/tokens", post(tokens::create)),
         (M::GET, "/v1/tokens/{token_id}", get(tokens::show)),

@@ -137,7 +137,9 @@ impl FakeControl {
             probation_until_ms: None,
             summary: Some("fake".into()),
             evidence: Some(serde_json::json!({"signals": []})),
+            refusal_reply: None,
             checklist: vec!["remove the open relay".into()],
+            can_request_unblock: false,
             reputation: None,
         }
     }

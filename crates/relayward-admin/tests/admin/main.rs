@@ -10,4 +10,6 @@ mod openapi;
 mod relay;
 mod tokens;
 mod trace;
+mod traffic;
 mod validation;
+mod web;

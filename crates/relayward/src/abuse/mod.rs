@@ -19,6 +19,7 @@ pub mod auth;
 pub mod dkim_check;
 pub mod report;
 mod reputation;
+pub use reputation::reputation_from_store;
 pub mod way_back;
 
 use std::collections::{HashMap, HashSet};
@@ -148,6 +149,8 @@ pub struct Abuse {
     dkim: Option<Arc<dkim_check::DkimCheck>>,
     /// Bounce and complaint rates (`[reputation]`).
     reputation: relayward_policy::reputation::Reputation,
+    /// When the reputation counts were last written to the store (ms).
+    last_reputation_write: AtomicI64,
     /// The suppression lists: hard bounces and complaints add to them.
     suppressions: Arc<crate::suppression::Suppressions>,
 }
@@ -225,6 +228,7 @@ impl Abuse {
             last_expire_ms: AtomicI64::new(0),
             dkim,
             reputation: relayward_policy::reputation::Reputation::new(config.reputation.clone()),
+            last_reputation_write: AtomicI64::new(0),
             suppressions,
         });
         tokio::spawn(worker(Arc::downgrade(&abuse), rx));
@@ -498,6 +502,7 @@ impl Abuse {
             self.counters.expire(now);
             self.reputation_tick();
         }
+        self.reputation_write_tick();
     }
 
     fn consider(&self, now: i64, tenant: TenantId, snap: &Snapshot, exclude: Option<&str>) {

@@ -5,12 +5,63 @@
 use relayward_core::{TenantId, TenantState, TraceEvent, TraceKind};
 use relayward_policy::bounce::BounceClassifier;
 use relayward_policy::detector::{Cause, Transition};
-use relayward_policy::reputation::{LevelChange, Outcome, ReputationLevel, ReputationStatus};
+use std::sync::atomic::Ordering;
+
+use relayward_policy::counters::HOUR_MS;
+use relayward_policy::reputation::{
+    LevelChange, Outcome, Reputation, ReputationLevel, ReputationStatus, WINDOW_HOURS,
+};
+use relayward_store::Store;
+
+use crate::config::Config;
 use serde_json::json;
 
 use super::{alerts, Abuse};
 
+/// How often counted outcomes are written to the store.
+const WRITE_EVERY_MS: i64 = 10_000;
+
+/// A tenant's rates from the store alone (the CLI without a running relay): what the relays
+/// wrote, which is at most `WRITE_EVERY_MS` behind.
+pub async fn reputation_from_store(
+    store: &dyn Store,
+    config: &Config,
+    tenant: TenantId,
+    now_ms: i64,
+) -> anyhow::Result<ReputationStatus> {
+    let rep = Reputation::new(config.reputation.clone());
+    let from = now_ms.div_euclid(HOUR_MS) - WINDOW_HOURS + 1;
+    rep.load(&store.reputation_hours(Some(tenant), from).await?);
+    Ok(rep.status(tenant, now_ms))
+}
+
 impl Abuse {
+    /// Loads the counts of the last 7 days from the store (at start): the rates and levels go on
+    /// where they were.
+    pub async fn load_reputation(&self) -> anyhow::Result<()> {
+        let now = self.now_ms();
+        let from = now.div_euclid(HOUR_MS) - WINDOW_HOURS + 1;
+        let rows = self.store.reputation_hours(None, from).await?;
+        self.reputation.load(&rows);
+        self.reputation.settle(now);
+        self.last_reputation_write.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the outcomes counted since the last write; kept for the next one when the store
+    /// does not take them.
+    pub async fn write_reputation(&self) {
+        let rows = self.reputation.take_unwritten();
+        if rows.is_empty() {
+            return;
+        }
+        let keep_from = self.now_ms().div_euclid(HOUR_MS) - WINDOW_HOURS;
+        if let Err(e) = self.store.add_reputation_hours(&rows, keep_from).await {
+            tracing::warn!(error = %e, rows = rows.len(), "reputation counts not written; retrying");
+            self.reputation.restore_unwritten(rows);
+        }
+    }
+
     /// A delivery-side trace event: a recipient's final outcome counts towards the tenant's
     /// bounce rate (a delivery, or a hard bounce the remote server gave).
     pub(super) fn reputation_outcome(&self, ev: &TraceEvent) {
@@ -66,12 +117,32 @@ impl Abuse {
         self.reputation.level(tenant) >= ReputationLevel::Act
     }
 
-    /// Rates fall as hours leave the windows (called by the detector's tick).
+    /// Rates fall as hours leave the windows (called by the detector's tick, once a minute).
     pub(super) fn reputation_tick(&self) {
         let now = self.now_ms();
         for change in self.reputation.refresh(now) {
             self.reputation_changed(now, change);
         }
+    }
+
+    /// Writes the counts every `WRITE_EVERY_MS` (called by every detector tick).
+    pub(super) fn reputation_write_tick(&self) {
+        let now = self.now_ms();
+        let last = self.last_reputation_write.load(Ordering::Relaxed);
+        if now - last < WRITE_EVERY_MS
+            || self
+                .last_reputation_write
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let me = self.me.clone();
+        self.spawn(async move {
+            if let Some(me) = me.upgrade() {
+                me.write_reputation().await;
+            }
+        });
     }
 
     fn reputation_changed(&self, now: i64, change: LevelChange) {
