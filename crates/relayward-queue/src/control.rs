@@ -215,6 +215,21 @@ pub fn trace_event(kind: TraceKind, env: &Envelope, recipient: Option<&str>) -> 
     ev
 }
 
+/// Whether the DSN about `original` reports on `e` (its NOTIFY, or the null sender's rule).
+pub(crate) fn notice_wanted(original: &Envelope, e: &DsnRecipient) -> bool {
+    if original.sender.is_empty() {
+        // Only failures of a null-sender message reach anyone (the postmaster).
+        return e.action == DsnAction::Failed;
+    }
+    let notify = original
+        .recipients
+        .iter()
+        .find(|r| r.address == e.address)
+        .map(|r| r.notify.as_slice())
+        .unwrap_or(&[]);
+    dsn::wanted(notify, e.action)
+}
+
 /// Builds, stores (not yet submitted) and returns a DSN about `original`, or `None` when nobody
 /// is to receive it (null sender and no postmaster) or no recipient asked for it.
 pub(crate) fn store_dsn(
@@ -226,19 +241,7 @@ pub(crate) fn store_dsn(
 ) -> Result<Option<(QueueId, String)>, DeliveryError> {
     let entries: Vec<DsnRecipient> = entries
         .iter()
-        .filter(|e| {
-            if original.sender.is_empty() {
-                // Only failures of a null-sender message reach anyone (the postmaster).
-                return e.action == DsnAction::Failed;
-            }
-            let notify = original
-                .recipients
-                .iter()
-                .find(|r| r.address == e.address)
-                .map(|r| r.notify.as_slice())
-                .unwrap_or(&[]);
-            dsn::wanted(notify, e.action)
-        })
+        .filter(|e| notice_wanted(original, e))
         .cloned()
         .collect();
     if entries.is_empty() {

@@ -1,6 +1,7 @@
 //! relayward-queue: spool, scheduler, outbound delivery, DSN, SRS.
 //!
-//! - [`spool`]: the durable on-disk queue.
+//! - [`spool`]: the durable on-disk queue; accepted mail goes through its journal
+//!   ([`GroupCommitter`]).
 //! - [`scheduler`]: which message is attempted when ([`Scheduler`]), with admin operations.
 //! - [`routing`]: tenant route, smart host or MX (RFC 5321 section 5, RFC 7505 null MX).
 //! - [`outbound`]: the SMTP client (STARTTLS, PIPELINING, SIZE, 8BITMIME, SMTPUTF8, AUTH PLAIN)
@@ -15,6 +16,7 @@ pub mod control;
 pub mod dkim;
 pub mod dsn;
 pub mod egress;
+mod journal;
 pub mod outbound;
 pub mod routing;
 pub mod scheduler;

@@ -663,10 +663,15 @@ impl Scheduler {
         id: QueueId,
         reserved: Option<Vec<String>>,
     ) -> (Finish, Option<Vec<String>>) {
-        let loaded = self
-            .spool
-            .blocking(move |s| Ok((s.read_envelope(&id)?, Arc::new(s.read_body(&id)?))))
-            .await;
+        // Kept in memory since the 250 when there was room: no read back, no blocking thread.
+        let loaded = match self.spool.cached(&id) {
+            Some(message) => Ok(message),
+            None => {
+                self.spool
+                    .blocking(move |s| Ok((s.read_envelope(&id)?, Arc::new(s.read_body(&id)?))))
+                    .await
+            }
+        };
         let (mut env, body) = match loaded {
             Ok(x) => x,
             Err(SpoolError::NotFound(_)) => {
@@ -861,6 +866,24 @@ impl Scheduler {
         }
 
         let all_final = env.recipients.iter().all(|r| r.status.is_final());
+        let notice_due = [&failed, &delayed, &delivered]
+            .iter()
+            .any(|entries| entries.iter().any(|e| control::notice_wanted(env, e)));
+        if all_final && !notice_due && self.spool.in_journal(&id) {
+            // The common end: nothing to store, and the journal records the removal without a
+            // flush or a blocking call.
+            if let Err(e) = self.spool.remove_finished(&id) {
+                tracing::error!(queue_id = %id, error = %e, "cannot record delivery outcome; will retry");
+                for ev in events {
+                    self.events.trace(ev);
+                }
+                return Finish::Due(now_ms() + 60_000, Vec::new());
+            }
+            for ev in events {
+                self.events.trace(ev);
+            }
+            return Finish::Removed;
+        }
         let spool = self.spool.clone();
         let config = self.config.clone();
         let snapshot = env.clone();

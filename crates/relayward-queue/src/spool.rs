@@ -9,7 +9,16 @@
 //! <root>/queue/<S>/<ID>       message file: header, envelope as accepted, body. Immutable.
 //!                             Its presence is the commit point: it exists => the message is queued.
 //! <root>/queue/<S>/<ID>.env   current envelope (JSON), only once `update_envelope` was called
+//! <root>/journal/<SEQ>.seg    accepted messages not yet final, appended in batches (see
+//!                             [`crate::journal`]); the message stays there until it is final
+//!                             or moved to a message file
 //! ```
+//!
+//! Accepted mail goes to the journal ([`Spool::store_journaled`]): one `fdatasync` per batch
+//! instead of a file and a directory flush per message. A message there that needs a new
+//! envelope (an attempt left recipients to retry, an admin hold) is first moved to a message
+//! file, written with that envelope as described below; so is one whose segment grows old.
+//! Everything else here (`scan`, the reads, `remove`) sees both kinds alike.
 //!
 //! `<S>` is the last character of the id, which comes from the random part, so the 32 shard
 //! directories fill evenly and stay small.
@@ -71,6 +80,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::journal::{Accepted, Journal};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -398,6 +409,7 @@ struct Inner {
     /// Holds the flock for as long as any clone of the spool lives.
     _lock: Option<File>,
     tmp_seq: AtomicU64,
+    journal: Journal,
 }
 
 impl fmt::Debug for Spool {
@@ -428,6 +440,9 @@ impl Spool {
         if removed > 0 {
             tracing::info!(spool = %root.display(), removed, "removed incomplete spool writes");
         }
+        let journal = Journal::open(root.join("journal"), false, |id| {
+            message_path(&queue, id).exists()
+        })?;
         Ok(Spool {
             inner: Arc::new(Inner {
                 root,
@@ -436,6 +451,7 @@ impl Spool {
                 read_only: false,
                 _lock: Some(lock),
                 tmp_seq: AtomicU64::new(0),
+                journal,
             }),
         })
     }
@@ -446,6 +462,9 @@ impl Spool {
         let root = dir.as_ref().to_path_buf();
         let queue = root.join("queue");
         fs::metadata(&queue).map_err(io_err(&queue))?;
+        let journal = Journal::open(root.join("journal"), true, |id| {
+            message_path(&queue, id).exists()
+        })?;
         Ok(Spool {
             inner: Arc::new(Inner {
                 tmp: root.join("tmp"),
@@ -454,6 +473,7 @@ impl Spool {
                 read_only: true,
                 _lock: None,
                 tmp_seq: AtomicU64::new(0),
+                journal,
             }),
         })
     }
@@ -494,7 +514,7 @@ impl Spool {
     }
 
     fn body_path(&self, id: &QueueId) -> PathBuf {
-        self.shard_dir(id).join(id.as_str())
+        message_path(&self.inner.queue, id)
     }
 
     fn env_path(&self, id: &QueueId) -> PathBuf {
@@ -571,6 +591,105 @@ impl Spool {
             }
         }
         result
+    }
+
+    /// Group commit through the journal: appends every message and flushes them once. Same
+    /// guarantee as `store` for every message once it returns `Ok`; on error none of them is
+    /// queued. Blocking: one thread at a time should call this (see [`crate::GroupCommitter`]),
+    /// so that batches queue up behind the flush instead of contending for it.
+    pub fn store_journaled(
+        &self,
+        items: Vec<(QueueId, Envelope, Arc<Vec<u8>>)>,
+    ) -> Result<(), SpoolError> {
+        self.check_writable()?;
+        let items = items
+            .into_iter()
+            .map(|(id, envelope, body)| Accepted { id, envelope, body })
+            .collect();
+        self.inner.journal.append(items)
+    }
+
+    /// Whether a message could be stored under `id` with `envelope`: the id is new, and the
+    /// envelope carries it.
+    pub fn check_new(&self, id: &QueueId, envelope: &Envelope) -> Result<(), SpoolError> {
+        if envelope.queue_id != *id {
+            return Err(SpoolError::IdMismatch {
+                id: *id,
+                envelope_id: envelope.queue_id,
+            });
+        }
+        if self.inner.journal.contains(id) {
+            return Err(SpoolError::AlreadyExists(*id));
+        }
+        let dest = self.body_path(id);
+        match fs::symlink_metadata(&dest) {
+            Ok(_) => Err(SpoolError::AlreadyExists(*id)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&dest)(e)),
+        }
+    }
+
+    /// The envelope and body of a message accepted through the journal and not attempted yet,
+    /// from memory; `None` when they must be read from disk.
+    pub fn cached(&self, id: &QueueId) -> Option<(Envelope, Arc<Vec<u8>>)> {
+        self.inner.journal.cached(id)
+    }
+
+    /// Whether the message is in the journal, where removing it neither blocks nor flushes.
+    pub fn in_journal(&self, id: &QueueId) -> bool {
+        self.inner.journal.contains(id)
+    }
+
+    /// Housekeeping of the journal, for the thread that appends to it: deletes segments with
+    /// nothing queued, and moves messages still queued in old segments to message files.
+    pub fn maintain_journal(&self) {
+        if self.inner.read_only {
+            return;
+        }
+        self.inner.journal.write_done_soon();
+        for id in self.inner.journal.lingering() {
+            match self.move_to_file(&id, None) {
+                Ok(()) | Err(SpoolError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(queue_id = %id, error = %e, "cannot move a message out of the spool journal");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.inner.journal.retire() {
+            tracing::warn!(error = %e, "cannot delete finished spool journal segments");
+        }
+    }
+
+    /// Moves a message from the journal to a message file, with `envelope` (else the one it
+    /// was accepted with). `Ok(false)`: it was not in the journal.
+    fn move_to_file_if_journaled(
+        &self,
+        id: &QueueId,
+        envelope: Option<&Envelope>,
+    ) -> Result<bool, SpoolError> {
+        let Some(claim) = self.inner.journal.begin_move(id) else {
+            return Ok(false);
+        };
+        let message = claim?;
+        let envelope = envelope.unwrap_or(&message.envelope);
+        let copied = self.store(id, envelope, &message.body);
+        if self.inner.journal.end_move(id, copied.is_ok()) {
+            // Finished while being copied: the copy must not bring it back.
+            if copied.is_ok() {
+                let _ = fs::remove_file(self.body_path(id));
+                let _ = sync_dir(&self.shard_dir(id));
+            }
+            return Err(SpoolError::NotFound(*id));
+        }
+        copied.map(|()| true)
+    }
+
+    fn move_to_file(&self, id: &QueueId, envelope: Option<&Envelope>) -> Result<(), SpoolError> {
+        match self.move_to_file_if_journaled(id, envelope)? {
+            true => Ok(()),
+            false => Err(SpoolError::NotFound(*id)),
+        }
     }
 
     /// Steps 1-3 of `store`: write to tmp/, fsync, rename into queue/.
@@ -686,7 +805,9 @@ impl Spool {
             }
             ids.extend(bodies);
         }
+        ids.extend(self.inner.journal.ids());
         ids.sort_unstable();
+        ids.dedup();
         Ok(ids)
     }
 
@@ -710,6 +831,9 @@ impl Spool {
 
     /// The current envelope: the last `update_envelope`, else the one given to `store`.
     pub fn read_envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
+        if let Some(env) = self.inner.journal.envelope(id) {
+            return env;
+        }
         let env_path = self.env_path(id);
         match fs::read(&env_path) {
             Ok(json) => {
@@ -736,6 +860,9 @@ impl Spool {
     }
 
     pub fn read_body(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+        if let Some(body) = self.inner.journal.body(id) {
+            return body.map(|b| Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()));
+        }
         let (mut reader, len) = self.open_body(id)?;
         let mut body = Vec::with_capacity(len as usize);
         reader
@@ -747,6 +874,9 @@ impl Spool {
     /// The body as a reader positioned at its first byte, and its length; for streaming large
     /// messages to the next hop without loading them.
     pub fn open_body(&self, id: &QueueId) -> Result<(io::Take<File>, u64), SpoolError> {
+        if let Some(body) = self.inner.journal.open_body(id) {
+            return body;
+        }
         let (mut file, env_len, body_len) = self.open_message(id)?;
         let path = self.body_path(id);
         file.seek(SeekFrom::Start(HEADER_LEN + env_len as u64))
@@ -791,7 +921,8 @@ impl Spool {
         Ok((file, env_len, body_len))
     }
 
-    /// Atomically replaces the envelope (see the module docs). The message file is not touched.
+    /// Atomically replaces the envelope (see the module docs). The message file is not touched;
+    /// a message in the journal moves to a message file written with the new envelope.
     pub fn update_envelope(&self, id: &QueueId, envelope: &Envelope) -> Result<(), SpoolError> {
         self.check_writable()?;
         if envelope.queue_id != *id {
@@ -799,6 +930,9 @@ impl Spool {
                 id: *id,
                 envelope_id: envelope.queue_id,
             });
+        }
+        if self.move_to_file_if_journaled(id, Some(envelope))? {
+            return Ok(());
         }
         let body = self.body_path(id);
         match fs::symlink_metadata(&body) {
@@ -850,6 +984,9 @@ impl Spool {
 
     fn remove_inner(&self, id: &QueueId, durable: bool) -> Result<(), SpoolError> {
         self.check_writable()?;
+        if let Some(removed) = self.inner.journal.remove(id, durable) {
+            return removed;
+        }
         let body = self.body_path(id);
         let found = match fs::remove_file(&body) {
             Ok(()) => true,
@@ -932,7 +1069,12 @@ fn write_all(file: &mut File, buf: &[u8]) -> io::Result<()> {
     file.write_all(buf)
 }
 
-fn test_pause() {
+#[cfg(test)]
+pub(crate) fn slow_motion() -> bool {
+    SLOW_MOTION.load(Ordering::Relaxed)
+}
+
+pub(crate) fn test_pause() {
     #[cfg(test)]
     if SLOW_MOTION.load(Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_micros(
@@ -948,8 +1090,12 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(io_err(dir))
 }
 
+fn message_path(queue: &Path, id: &QueueId) -> PathBuf {
+    queue.join(id.shard()).join(id.as_str())
+}
+
 /// Creates `dir` (and missing ancestors) and fsyncs the parent of each directory it created.
-fn create_dir_durable(dir: &Path) -> Result<(), SpoolError> {
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), SpoolError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -1657,6 +1803,381 @@ mod tests {
         assert!(!stored.is_empty(), "child never stored anything");
     }
 
+    // ---- the journal ----
+
+    /// The journal's segments, spares left out.
+    fn journal_names(root: &Path) -> Vec<String> {
+        let mut names = dir_names(&root.join("journal"));
+        names.retain(|n| n.ends_with(".seg"));
+        names
+    }
+
+    /// Where a message's record starts in a segment, and its envelope and body lengths.
+    fn record_of(segment: &[u8], id: &QueueId) -> (usize, usize, usize) {
+        let id = id.as_str().as_bytes();
+        let header = segment.windows(id.len()).position(|w| w == id).unwrap() - 8;
+        let field = |r: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(&segment[header + r.start..header + r.end]);
+            u64::from_le_bytes(b) as usize
+        };
+        (header, field(24..28), field(32..40))
+    }
+
+    fn journaled(spool: &Spool, n: usize, len: usize) -> Vec<QueueId> {
+        let ids: Vec<QueueId> = (0..n).map(|_| spool.new_queue_id()).collect();
+        spool
+            .store_journaled(
+                ids.iter()
+                    .map(|id| {
+                        let mut env = envelope(*id, 2);
+                        env.size = len as u64;
+                        let body: Vec<u8> = id.as_str().bytes().cycle().take(len).collect();
+                        (*id, env, Arc::new(body))
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        ids
+    }
+
+    fn body_of(id: &QueueId, len: usize) -> Vec<u8> {
+        id.as_str().bytes().cycle().take(len).collect()
+    }
+
+    #[test]
+    fn journaled_messages_are_read_removed_moved_and_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let ids = journaled(&spool, 10, 5000);
+        assert_eq!(spool.scan().unwrap(), ids);
+        for id in &ids {
+            assert!(spool.in_journal(id));
+            assert_eq!(spool.read_body(id).unwrap(), body_of(id, 5000));
+            let (env, body) = spool.cached(id).unwrap();
+            assert_eq!(env, spool.read_envelope(id).unwrap());
+            assert_eq!(*body, body_of(id, 5000));
+            let (mut reader, len) = spool.open_body(id).unwrap();
+            let mut streamed = Vec::new();
+            reader.read_to_end(&mut streamed).unwrap();
+            assert_eq!((streamed, len), (body_of(id, 5000), 5000));
+        }
+        assert!(matches!(
+            spool.store_journaled(vec![(ids[0], envelope(ids[0], 1), Arc::new(Vec::new()))]),
+            Err(SpoolError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            spool.check_new(&ids[0], &envelope(ids[0], 1)),
+            Err(SpoolError::AlreadyExists(_))
+        ));
+
+        // Finished: gone at once, and after a restart.
+        spool.remove_finished(&ids[0]).unwrap();
+        spool.remove(&ids[1]).unwrap();
+        assert!(matches!(
+            spool.remove(&ids[1]),
+            Err(SpoolError::NotFound(_))
+        ));
+        // A new envelope moves the message to a message file written with it.
+        let mut updated = envelope(ids[2], 2);
+        updated.size = 5000;
+        updated.recipients[0].status = RecipientStatus::Delivered;
+        spool.update_envelope(&ids[2], &updated).unwrap();
+        assert!(!spool.in_journal(&ids[2]));
+        assert!(spool.body_path(&ids[2]).exists());
+        assert!(!spool.env_path(&ids[2]).exists());
+        assert_eq!(spool.read_envelope(&ids[2]).unwrap(), updated);
+        assert_eq!(spool.read_body(&ids[2]).unwrap(), body_of(&ids[2], 5000));
+
+        // Another process reading the spool sees what the owner sees.
+        let ro = Spool::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.scan().unwrap(), ids[2..]);
+        assert_eq!(ro.read_body(&ids[5]).unwrap(), body_of(&ids[5], 5000));
+        assert!(ro.cached(&ids[5]).is_none());
+        drop(ro);
+
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.scan().unwrap(), ids[2..]);
+        assert_eq!(spool.read_envelope(&ids[2]).unwrap(), updated);
+        for id in &ids[3..] {
+            assert!(spool.in_journal(id));
+            assert!(spool.cached(id).is_none(), "replayed from disk, not memory");
+            assert_eq!(spool.read_body(id).unwrap(), body_of(id, 5000));
+            assert_eq!(spool.read_envelope(id).unwrap().queue_id, *id);
+            spool.remove_finished(id).unwrap();
+        }
+        spool.remove_finished(&ids[2]).unwrap();
+        spool.maintain_journal();
+        assert!(spool.scan().unwrap().is_empty());
+        assert!(
+            journal_names(dir.path()).len() <= 1,
+            "{:?}",
+            journal_names(dir.path())
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(spool.scan().unwrap().is_empty());
+        assert!(journal_names(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_torn_journal_tail_loses_only_the_unflushed_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let first = journaled(&spool, 2, 3000);
+        let second = journaled(&spool, 2, 3000);
+        drop(spool);
+        let names = journal_names(dir.path());
+        assert_eq!(names.len(), 1);
+        let seg = dir.path().join("journal").join(&names[0]);
+        // The last record's end never written, as a crash inside its write leaves it.
+        let mut bytes = fs::read(&seg).unwrap();
+        let (header, env_len, body_len) = record_of(&bytes, &second[1]);
+        let end = header + 48 + env_len + body_len;
+        bytes[end - 10..end].fill(0);
+        fs::write(&seg, &bytes).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.scan().unwrap(), vec![first[0], first[1], second[0]]);
+        // New batches go to a new segment, never behind the torn record.
+        let third = journaled(&spool, 1, 3000);
+        assert_eq!(journal_names(dir.path()).len(), 2);
+        drop(spool);
+
+        // A flipped byte in a body fails its record's check: it and what follows are not read.
+        let mut bytes = fs::read(&seg).unwrap();
+        let (header, env_len, _) = record_of(&bytes, &second[0]);
+        bytes[header + 48 + env_len + 100] ^= 0x55;
+        fs::write(&seg, &bytes).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.scan().unwrap(), vec![first[0], first[1], third[0]]);
+        for id in [first[0], first[1]] {
+            assert_eq!(spool.read_body(&id).unwrap(), body_of(&id, 3000));
+        }
+    }
+
+    #[test]
+    fn old_journal_segments_are_retired_and_their_stragglers_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        // 300 KB messages, one per batch: a new segment every few messages.
+        let straggler = journaled(&spool, 1, 300_000)[0];
+        let mut rest = Vec::new();
+        for _ in 0..20 {
+            rest.extend(journaled(&spool, 1, 300_000));
+        }
+        assert!(journal_names(dir.path()).len() >= 5);
+        for id in &rest {
+            spool.remove_finished(id).unwrap();
+        }
+        // The straggler holds its segment, and so every later one, until it is moved.
+        spool.maintain_journal();
+        assert!(!spool.in_journal(&straggler));
+        assert!(spool.body_path(&straggler).exists());
+        assert_eq!(journal_names(dir.path()).len(), 1);
+        assert_eq!(spool.scan().unwrap(), vec![straggler]);
+        assert_eq!(
+            spool.read_body(&straggler).unwrap(),
+            body_of(&straggler, 300_000)
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.scan().unwrap(), vec![straggler]);
+    }
+
+    #[test]
+    fn a_reused_segment_never_replays_its_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let spares = || -> HashSet<String> {
+            dir_names(&dir.path().join("journal"))
+                .into_iter()
+                .filter(|n| n.ends_with(".spare"))
+                .collect()
+        };
+        let mut old = Vec::new();
+        for _ in 0..12 {
+            old.extend(journaled(&spool, 1, 300_000));
+        }
+        for id in &old {
+            spool.remove_finished(id).unwrap();
+        }
+        spool.maintain_journal();
+        let kept = spares();
+        assert_eq!(kept.len(), 2, "finished segments are kept for reuse");
+        // New mail until a spare is taken: it gets one record of the same size as its old
+        // ones, so the old records behind it start where a next record would, and the "done"
+        // records that cancelled them are gone with the segment that held them.
+        let mut new = Vec::new();
+        while kept.is_subset(&spares()) {
+            new.extend(journaled(&spool, 1, 300_000));
+        }
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.scan().unwrap(), new);
+        for id in &new {
+            assert_eq!(spool.read_body(id).unwrap(), body_of(id, 300_000));
+        }
+    }
+
+    #[test]
+    fn a_message_finished_while_being_moved_does_not_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = journaled(&spool, 1, 100)[0];
+        let journal = &spool.inner.journal;
+        let claimed = journal.begin_move(&id).unwrap().unwrap();
+        spool.remove_finished(&id).unwrap();
+        spool.store(&id, &claimed.envelope, &claimed.body).unwrap();
+        assert!(
+            journal.end_move(&id, true),
+            "the mover learns of the removal"
+        );
+        assert!(!spool.in_journal(&id));
+        drop(spool);
+        // The mover deletes its copy; even if it did not get to, the journal says "done".
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.scan().unwrap(), vec![id]);
+        spool.remove(&id).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(spool.scan().unwrap().is_empty());
+    }
+
+    const JOURNAL_CRASH_DIR_ENV: &str = "RELAYWARD_JOURNAL_CRASH_CHILD_DIR";
+
+    /// The child side; does nothing in a normal test run.
+    #[test]
+    fn journal_crash_child() {
+        let Some(dir) = std::env::var_os(JOURNAL_CRASH_DIR_ENV) else {
+            return;
+        };
+        SLOW_MOTION.store(true, Ordering::Relaxed);
+        let spool = Spool::open(dir).unwrap();
+        let mut out = io::stdout().lock();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut round = 0u64;
+        while Instant::now() < deadline {
+            round += 1;
+            let ids: Vec<QueueId> = (0..1 + round % 4).map(|_| spool.new_queue_id()).collect();
+            spool
+                .store_journaled(
+                    ids.iter()
+                        .map(|id| (*id, crash_envelope(id), Arc::new(crash_body(id))))
+                        .collect(),
+                )
+                .unwrap();
+            for id in &ids {
+                writeln!(out, "\n{MARK}stored {id}").unwrap();
+            }
+            out.flush().unwrap();
+            for id in &ids {
+                if crash_will_update(id) {
+                    spool.update_envelope(id, &crash_updated(id)).unwrap();
+                    writeln!(out, "\n{MARK}updated {id}").unwrap();
+                    out.flush().unwrap();
+                }
+                if crash_will_remove(id) {
+                    spool.remove_finished(id).unwrap();
+                    writeln!(out, "\n{MARK}removed {id}").unwrap();
+                    out.flush().unwrap();
+                }
+            }
+            if round.is_multiple_of(5) {
+                spool.maintain_journal();
+            }
+        }
+    }
+
+    /// SIGKILL right after a batch is acknowledged loses none of it; what was finished does not
+    /// come back; a replay is complete and consistent, kill after kill on the same spool.
+    #[test]
+    fn the_journal_survives_sigkill_at_random_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut stored = HashSet::new();
+        let mut updated = HashSet::new();
+        let mut removed = HashSet::new();
+        for round in 0..12 {
+            let mut child = Command::new(&exe)
+                .args([
+                    "spool::tests::journal_crash_child",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(JOURNAL_CRASH_DIR_ENV, dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let reader = std::thread::spawn(move || {
+                io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                    .collect::<Vec<String>>()
+            });
+            let delay = 20 + rand::random::<u64>() % 250;
+            std::thread::sleep(Duration::from_millis(delay));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            let mut this_round = 0;
+            for line in reader.join().unwrap() {
+                let Some(pos) = line.find(MARK) else { continue };
+                let mut parts = line[pos + MARK.len()..].split(' ');
+                let (Some(what), Some(Ok(id))) =
+                    (parts.next(), parts.next().map(str::parse::<QueueId>))
+                else {
+                    continue; // line cut by the kill
+                };
+                match what {
+                    "stored" => {
+                        stored.insert(id);
+                        this_round += 1;
+                    }
+                    "updated" => {
+                        updated.insert(id);
+                    }
+                    "removed" => {
+                        removed.insert(id);
+                    }
+                    _ => {}
+                }
+            }
+
+            let spool = Spool::open(dir.path()).unwrap();
+            let present: HashSet<QueueId> = spool.scan().unwrap().into_iter().collect();
+            for id in &stored {
+                if removed.contains(id) {
+                    assert!(
+                        !present.contains(id),
+                        "round {round}: {id} removed yet present"
+                    );
+                } else if !crash_will_remove(id) {
+                    assert!(present.contains(id), "round {round}: stored {id} lost");
+                }
+            }
+            for id in &present {
+                let body = spool.read_body(id).unwrap();
+                assert_eq!(body, crash_body(id), "round {round}: body of {id}");
+                let env = spool.read_envelope(id).unwrap();
+                if updated.contains(id) {
+                    assert_eq!(env, crash_updated(id), "round {round}: update of {id} lost");
+                } else {
+                    assert!(env == crash_envelope(id) || env == crash_updated(id));
+                }
+            }
+            eprintln!(
+                "round {round}: killed after {delay} ms, {this_round} stored this round, {} in \
+                 spool, {} journal segments",
+                present.len(),
+                journal_names(dir.path()).len()
+            );
+        }
+        assert!(!stored.is_empty(), "child never stored anything");
+    }
+
     /// `cargo test -p relayward-queue --release -- --ignored bench_store --nocapture`
     /// Runs next to the test binary (not in /tmp, which may be tmpfs) unless
     /// RELAYWARD_BENCH_DIR says otherwise.
@@ -1744,5 +2265,40 @@ mod tests {
             "store_many (batches of {batch}): mean {:?} per message",
             t.elapsed() / n as u32
         );
+
+        // The same batches through the journal, alternating with store_many so that both see
+        // the same disk.
+        let body = Arc::new(body);
+        for round in 0..2 {
+            for batch in [1, 8, 32] {
+                let mut files = Duration::ZERO;
+                let mut journal = Duration::ZERO;
+                for _ in 0..n / batch {
+                    let ids: Vec<QueueId> = (0..batch).map(|_| spool.new_queue_id()).collect();
+                    let envs: Vec<Envelope> = ids.iter().map(|id| envelope(*id, 2)).collect();
+                    let t = Instant::now();
+                    spool
+                        .store_many(ids.iter().zip(&envs).map(|(id, e)| (id, e, &body[..])))
+                        .unwrap();
+                    files += t.elapsed();
+                    let items = ids
+                        .iter()
+                        .map(|_| {
+                            let id = spool.new_queue_id();
+                            (id, envelope(id, 2), body.clone())
+                        })
+                        .collect();
+                    let t = Instant::now();
+                    spool.store_journaled(items).unwrap();
+                    journal += t.elapsed();
+                }
+                let per = |d: Duration| d / (n / batch * batch) as u32;
+                eprintln!(
+                    "round {round}, batches of {batch}: message files {:?}, journal {:?} per message",
+                    per(files),
+                    per(journal)
+                );
+            }
+        }
     }
 }

@@ -285,21 +285,13 @@ async fn connection(
     _guard: ConnGuard,
 ) {
     let handshake_timeout = server.config.timeouts.command;
-    let mut state = State::new(server, ctx.clone(), ip, shutdown);
+    let state = State::new(server, ctx.clone(), ip, shutdown);
     let greeting: Reply = reply::greeting(&state.server.config.hostname);
 
+    // The TLS sessions are boxed: a session future is as large as its largest state, and
+    // every idle plaintext session would otherwise carry room for a TLS stream.
     if ctx.implicit_tls {
-        let Some(loaded) = ctx.tls.as_ref().map(|t| t.current()) else {
-            return;
-        };
-        let Some(tls) = handshake(&loaded.acceptor, tcp, handshake_timeout, &state).await else {
-            return;
-        };
-        state.tls_established(tls.get_ref().1, loaded.chain.as_ref());
-        let mut session = Session::new(tls, state);
-        session.st.write_reply(&greeting);
-        session.run().await;
-        session.close().await;
+        Box::pin(implicit_tls(ctx, tcp, state, greeting, handshake_timeout)).await;
         return;
     }
 
@@ -307,22 +299,43 @@ async fn connection(
     session.st.write_reply(&greeting);
     match session.run().await {
         Exit::Close => session.close().await,
-        Exit::StartTls => {
-            let Some(loaded) = ctx.tls.as_ref().map(|t| t.current()) else {
-                return;
-            };
-            let (tcp, mut state, bufs) = session.into_parts();
-            let Some(tls) = handshake(&loaded.acceptor, tcp, handshake_timeout, &state).await
-            else {
-                return;
-            };
-            state.tls_established(tls.get_ref().1, loaded.chain.as_ref());
-            let mut session = Session::from_parts(tls, state, bufs);
-            // Only one upgrade: a TLS session answers STARTTLS with 503.
-            if let Exit::Close = session.run().await {
-                session.close().await;
-            }
-        }
+        Exit::StartTls => Box::pin(starttls(ctx, session, handshake_timeout)).await,
+    }
+}
+
+async fn implicit_tls(
+    ctx: Arc<ListenerCtx>,
+    tcp: TcpStream,
+    mut state: State,
+    greeting: Reply,
+    handshake_timeout: Duration,
+) {
+    let Some(loaded) = ctx.tls.as_ref().map(|t| t.current()) else {
+        return;
+    };
+    let Some(tls) = handshake(&loaded.acceptor, tcp, handshake_timeout, &state).await else {
+        return;
+    };
+    state.tls_established(tls.get_ref().1, loaded.chain.as_ref());
+    let mut session = Session::new(tls, state);
+    session.st.write_reply(&greeting);
+    session.run().await;
+    session.close().await;
+}
+
+async fn starttls(ctx: Arc<ListenerCtx>, session: Session<TcpStream>, handshake_timeout: Duration) {
+    let Some(loaded) = ctx.tls.as_ref().map(|t| t.current()) else {
+        return;
+    };
+    let (tcp, mut state, bufs) = session.into_parts();
+    let Some(tls) = handshake(&loaded.acceptor, tcp, handshake_timeout, &state).await else {
+        return;
+    };
+    state.tls_established(tls.get_ref().1, loaded.chain.as_ref());
+    let mut session = Session::from_parts(tls, state, bufs);
+    // Only one upgrade: a TLS session answers STARTTLS with 503.
+    if let Exit::Close = session.run().await {
+        session.close().await;
     }
 }
 

@@ -778,22 +778,26 @@ async fn read_reply_line<R: AsyncBufRead + Unpin>(stream: &mut R) -> std::io::Re
 /// CRLF.CRLF.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-    let mut at_line_start = true;
-    let mut prev = 0u8;
-    for (i, &b) in body.iter().enumerate() {
-        if at_line_start && b == b'.' {
+    // Line by line (a line end is CRLF, a bare CR or a bare LF), copying whole lines: a 1 MB
+    // message is a few thousand lines, not a million bytes to look at one by one.
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
             out.push(b'.');
         }
-        match b {
-            b'\n' if prev != b'\r' => out.extend_from_slice(b"\r\n"),
-            b'\r' if body.get(i + 1) != Some(&b'\n') => out.extend_from_slice(b"\r\n"),
-            _ => out.push(b),
+        match memchr::memchr2(b'\r', b'\n', rest) {
+            Some(end) => {
+                out.extend_from_slice(&rest[..end]);
+                out.extend_from_slice(b"\r\n");
+                let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+                rest = &rest[end + if crlf { 2 } else { 1 }..];
+            }
+            None => {
+                out.extend_from_slice(rest);
+                out.extend_from_slice(b"\r\n");
+                rest = &[];
+            }
         }
-        at_line_start = b == b'\n' || (b == b'\r' && body.get(i + 1) != Some(&b'\n'));
-        prev = b;
-    }
-    if !body.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
     out
@@ -811,6 +815,46 @@ mod tests {
         assert_eq!(dot_stuff(b"a\r.\rb\r"), b"a\r\n..\r\nb\r\n.\r\n");
         assert_eq!(dot_stuff(b"a\n.\n"), b"a\r\n..\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"\r\n.\r\n"), b"\r\n..\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b"a\r\r\n.\n\r."),
+            b"a\r\n\r\n..\r\n\r\n..\r\n.\r\n"
+        );
+    }
+
+    /// The rules of `dot_stuff` one byte at a time, as RFC 5321 4.5.2 states them.
+    fn dot_stuff_bytewise(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at_line_start = true;
+        let mut prev = 0u8;
+        for (i, &b) in body.iter().enumerate() {
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            match b {
+                b'\n' if prev != b'\r' => out.extend_from_slice(b"\r\n"),
+                b'\r' if body.get(i + 1) != Some(&b'\n') => out.extend_from_slice(b"\r\n"),
+                _ => out.push(b),
+            }
+            at_line_start = b == b'\n' || (b == b'\r' && body.get(i + 1) != Some(&b'\n'));
+            prev = b;
+        }
+        if !body.is_empty() && !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn dot_stuffing_matches_the_bytewise_rules() {
+        for _ in 0..20_000 {
+            let len = rand::random::<usize>() % 24;
+            let body: Vec<u8> = (0..len)
+                .map(|_| b".\r\nab"[rand::random::<usize>() % 5])
+                .collect();
+            assert_eq!(dot_stuff(&body), dot_stuff_bytewise(&body), "{body:?}");
+        }
     }
 
     #[test]

@@ -128,8 +128,8 @@ pub struct OutboundMessage<'a> {
 
 impl<'a> OutboundMessage<'a> {
     pub fn new(sender: &'a str, recipients: &[&str], body: &'a [u8], smtputf8: bool) -> Self {
-        let needs_8bit = body.iter().any(|&b| b >= 0x80);
-        let headers_8bit = crate::dsn::header_section(body).iter().any(|&b| b >= 0x80);
+        let needs_8bit = !body.is_ascii();
+        let headers_8bit = needs_8bit && !crate::dsn::header_section(body).is_ascii();
         let needs_smtputf8 = !sender.is_ascii()
             || recipients.iter().any(|r| !r.is_ascii())
             || (smtputf8 && headers_8bit);
