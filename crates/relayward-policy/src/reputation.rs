@@ -283,19 +283,23 @@ impl Reputation {
 
     /// Puts back counts the store did not take, to be written with the next batch.
     pub fn restore_unwritten(&self, rows: Vec<ReputationHour>) {
-        let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
         for r in rows {
-            let e = unwritten
-                .entry((r.tenant_id, r.hour))
-                .or_insert(ReputationHour {
-                    tenant_id: r.tenant_id,
-                    hour: r.hour,
-                    ..ReputationHour::default()
-                });
-            e.delivered = e.delivered.saturating_add(r.delivered);
-            e.bounces = e.bounces.saturating_add(r.bounces);
-            e.complaints = e.complaints.saturating_add(r.complaints);
+            self.add_unwritten(r);
         }
+    }
+
+    fn add_unwritten(&self, r: ReputationHour) {
+        let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        let e = unwritten
+            .entry((r.tenant_id, r.hour))
+            .or_insert(ReputationHour {
+                tenant_id: r.tenant_id,
+                hour: r.hour,
+                ..ReputationHour::default()
+            });
+        e.delivered = e.delivered.saturating_add(r.delivered);
+        e.bounces = e.bounces.saturating_add(r.bounces);
+        e.complaints = e.complaints.saturating_add(r.complaints);
     }
 
     pub fn config(&self) -> &ReputationConfig {
@@ -312,13 +316,13 @@ impl Reputation {
             return None;
         }
         let hour = now_ms.div_euclid(HOUR_MS);
-        self.restore_unwritten(vec![ReputationHour {
+        self.add_unwritten(ReputationHour {
             tenant_id: tenant,
             hour,
             delivered: u32::from(outcome == Outcome::Delivered),
             bounces: u32::from(outcome == Outcome::HardBounce),
             complaints: u32::from(outcome == Outcome::Complaint),
-        }]);
+        });
         let mut tenants = self.lock();
         let rep = tenants.entry(tenant).or_insert_with(TenantRep::new);
         let b = rep.bucket(hour);

@@ -1673,6 +1673,39 @@ mod tests {
         fnv(id).is_multiple_of(3)
     }
 
+    /// After a crash: nothing acknowledged is lost, nothing removed comes back, and everything
+    /// in the spool, acknowledged or not, is complete and consistent. Returns what is there.
+    fn check_after_crash(
+        spool: &Spool,
+        round: usize,
+        stored: &HashSet<QueueId>,
+        removed: &HashSet<QueueId>,
+        updated: &HashSet<QueueId>,
+    ) -> HashSet<QueueId> {
+        let present: HashSet<QueueId> = spool.scan().unwrap().into_iter().collect();
+        for id in stored {
+            if removed.contains(id) {
+                assert!(
+                    !present.contains(id),
+                    "round {round}: {id} removed yet present"
+                );
+            } else if !crash_will_remove(id) {
+                assert!(present.contains(id), "round {round}: stored {id} lost");
+            }
+        }
+        for id in &present {
+            let body = spool.read_body(id).unwrap();
+            assert_eq!(body, crash_body(id), "round {round}: body of {id}");
+            let env = spool.read_envelope(id).unwrap();
+            if updated.contains(id) {
+                assert_eq!(env, crash_updated(id), "round {round}: update of {id} lost");
+            } else {
+                assert!(env == crash_envelope(id) || env == crash_updated(id));
+            }
+        }
+        present
+    }
+
     fn crash_will_remove(id: &QueueId) -> bool {
         (fnv(id) >> 8).is_multiple_of(5)
     }
@@ -1772,28 +1805,7 @@ mod tests {
             let leftovers = dir_names(&dir.path().join("tmp")).len();
             let spool = Spool::open(dir.path()).unwrap();
             assert!(dir_names(&dir.path().join("tmp")).is_empty());
-            let present: HashSet<QueueId> = spool.scan().unwrap().into_iter().collect();
-            for id in &stored {
-                if removed.contains(id) {
-                    assert!(
-                        !present.contains(id),
-                        "round {round}: {id} removed yet present"
-                    );
-                } else if !crash_will_remove(id) {
-                    assert!(present.contains(id), "round {round}: stored {id} lost");
-                }
-            }
-            // Everything in the spool, acknowledged or not, is complete and consistent.
-            for id in &present {
-                let body = spool.read_body(id).unwrap();
-                assert_eq!(body, crash_body(id), "round {round}: body of {id}");
-                let env = spool.read_envelope(id).unwrap();
-                if updated.contains(id) {
-                    assert_eq!(env, crash_updated(id), "round {round}: update of {id} lost");
-                } else {
-                    assert!(env == crash_envelope(id) || env == crash_updated(id));
-                }
-            }
+            let present = check_after_crash(&spool, round, &stored, &removed, &updated);
             eprintln!(
                 "round {round}: killed after {delay} ms, {this_round} stored this round, \
                  {leftovers} tmp leftovers, {} in spool",
@@ -2147,27 +2159,7 @@ mod tests {
             }
 
             let spool = Spool::open(dir.path()).unwrap();
-            let present: HashSet<QueueId> = spool.scan().unwrap().into_iter().collect();
-            for id in &stored {
-                if removed.contains(id) {
-                    assert!(
-                        !present.contains(id),
-                        "round {round}: {id} removed yet present"
-                    );
-                } else if !crash_will_remove(id) {
-                    assert!(present.contains(id), "round {round}: stored {id} lost");
-                }
-            }
-            for id in &present {
-                let body = spool.read_body(id).unwrap();
-                assert_eq!(body, crash_body(id), "round {round}: body of {id}");
-                let env = spool.read_envelope(id).unwrap();
-                if updated.contains(id) {
-                    assert_eq!(env, crash_updated(id), "round {round}: update of {id} lost");
-                } else {
-                    assert!(env == crash_envelope(id) || env == crash_updated(id));
-                }
-            }
+            let present = check_after_crash(&spool, round, &stored, &removed, &updated);
             eprintln!(
                 "round {round}: killed after {delay} ms, {this_round} stored this round, {} in \
                  spool, {} journal segments",
