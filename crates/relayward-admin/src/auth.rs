@@ -241,23 +241,38 @@ impl Verifier {
             }
         }
         Ok(Caller {
-            token: id,
+            token: Some(id),
             scope: row.scope,
+            local: None,
         })
     }
 }
 
-/// Who is calling: an authenticated token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who is calling: an authenticated token, or the operator on the relay's own host through
+/// [`crate::local_router`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub token: i64,
+    /// `None` for the local operator.
+    pub token: Option<TokenId>,
     pub scope: TokenScope,
+    /// The local operator's audit actor (`cli:<user>`).
+    local: Option<std::sync::Arc<str>>,
 }
+
+/// Set on every request of [`crate::local_router`]: the request comes from this process, made
+/// by the operator named. A request extension, never anything a client sends, so no request
+/// from the network can carry it.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalOperator(pub(crate) std::sync::Arc<str>);
 
 impl Caller {
     /// The audit actor.
     pub fn actor(&self) -> String {
-        token_actor(self.token, self.scope)
+        match (&self.local, self.token) {
+            (Some(actor), _) => actor.to_string(),
+            (None, Some(token)) => token_actor(token, self.scope),
+            (None, None) => "unknown".into(),
+        }
     }
 
     pub fn is_operator(&self) -> bool {
@@ -297,6 +312,13 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(LocalOperator(actor)) = parts.extensions.get::<LocalOperator>() {
+            return Ok(Caller {
+                token: None,
+                scope: TokenScope::Operator,
+                local: Some(actor.clone()),
+            });
+        }
         let Some(value) = parts.headers.get(AUTHORIZATION) else {
             return Err(ApiError::missing_token());
         };

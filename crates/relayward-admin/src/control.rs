@@ -67,6 +67,30 @@ pub struct TenantStatusReport {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub reputation: Option<relayward_policy::reputation::ReputationStatus>,
+    /// The tenant's latest state changes, newest first (at most 20).
+    #[serde(default)]
+    pub transitions: Vec<TransitionView>,
+    /// Domains the tenant declared it forwards for others (with a request for unblock).
+    #[serde(default)]
+    pub forwarded_domains: Vec<String>,
+}
+
+/// One change of a tenant's restriction state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransitionView {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    #[schema(schema_with = crate::schema::tenant_state)]
+    pub from: TenantState,
+    #[schema(schema_with = crate::schema::tenant_state)]
+    pub to: TenantState,
+    /// `detector`, `token:<id>/operator`, `cli:<user>`...
+    pub actor: String,
+    /// `detector`, `tenant` (a request for unblock) or `operator`.
+    pub cause: String,
+    pub summary: String,
+    pub probation_until_ms: Option<i64>,
 }
 
 /// The tenant admin attests that the cause is fixed.
@@ -273,6 +297,11 @@ pub trait RelayControl: Send + Sync + 'static {
     }
 
     /// The relay's metrics in the Prometheus text format; `None` without a relay.
+    /// The per-sender limits of tenants without their own (`[detector.sender_limits]`).
+    fn default_sender_limits(&self) -> relayward_policy::limits::SenderLimits {
+        relayward_policy::limits::SenderLimits::default()
+    }
+
     fn metrics_text(&self) -> Option<String> {
         None
     }

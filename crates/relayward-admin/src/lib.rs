@@ -41,6 +41,30 @@ pub use openapi::openapi;
 pub use problem::{ApiError, Problem};
 pub use relayward_store::{ApiToken, TokenId, TokenScope};
 
+/// The request and response bodies of the API, for its clients: the CLI reads and sends these
+/// very types, locally and over HTTP.
+pub mod types {
+    pub use crate::api::audit::AuditView;
+    pub use crate::api::connectors::{
+        ChangeConnector, ConnectorAudit, ConnectorView, CreateConnector,
+    };
+    pub use crate::api::diagnose::{DiagnoseRequest, DiagnoseStep, DiagnosisView};
+    pub use crate::api::domains::{AddDomain, DomainView, TxtRecord, VerifyResult, VerifyStatus};
+    pub use crate::api::header_from::{DeclareHeaderFrom, HeaderFromView};
+    pub use crate::api::me::WhoAmI;
+    pub use crate::api::sender_limits::{SenderLimitsView, SetSenderLimits};
+    pub use crate::api::suppressions::{AddSuppression, SuppressionView};
+    pub use crate::api::tenants::{CreateTenant, TenantView};
+    pub use crate::api::tokens::{CreateToken, CreatedToken, NewTokenScope};
+    pub use crate::api::trace::{TraceEventView, TracePage};
+    pub use crate::auth::TokenInfo;
+    pub use crate::control::{
+        Block, BlockScope, QueueOpOutcome, QueueOperation, QueuedMessage, QueuedRecipient,
+        RequestUnblock, SenderRestrictionView, TenantStatusReport, TransitionView, Unblock,
+    };
+    pub use crate::problem::Problem;
+}
+
 use crate::auth::Verifier;
 use crate::problem::ApiError as Error;
 
@@ -145,6 +169,18 @@ pub fn router(
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// The admin API for the operator's commands on the relay's own host (`relayward` without
+/// `--server`): the same routes, validation and audit as [`router`], every request made by the
+/// operator and audited as `actor`. Never served on a listener: the CLI calls it in process.
+pub fn local_router(
+    store: Arc<dyn Store>,
+    control: Arc<dyn RelayControl>,
+    config: AdminConfig,
+    actor: &str,
+) -> Router {
+    router(store, control, config).layer(axum::Extension(auth::LocalOperator(actor.into())))
 }
 
 /// Answers may carry tokens and tenant data: no cache keeps them.

@@ -48,6 +48,8 @@ use crate::api;
         api::status::unblock,
         api::status::block,
         api::status::sender_restrictions,
+        api::sender_limits::show,
+        api::sender_limits::set,
         api::status::remove_sender_restriction,
         api::suppressions::list_tenant,
         api::suppressions::add_tenant,

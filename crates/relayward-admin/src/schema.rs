@@ -43,3 +43,10 @@ pub fn token_scope() -> Object {
         "operator: every tenant; tenant: the one tenant of tenant_id",
     )
 }
+
+pub fn limit_action() -> Object {
+    string_enum(
+        &["block_for_today", "block", "alert"],
+        "What happens to a sender over a limit: refused until the next day (UTC), refused until lifted, or an alert only",
+    )
+}

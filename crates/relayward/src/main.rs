@@ -37,34 +37,8 @@ struct Cli {
 enum Command {
     /// Run the relay
     Serve,
-    /// Tenants
-    #[command(subcommand)]
-    Tenant(cli::TenantCmd),
-    /// Accepted (registered) domains
-    #[command(subcommand)]
-    Domain(cli::DomainCmd),
-    /// Inbound connectors
-    #[command(subcommand)]
-    Connector(cli::ConnectorCmd),
-    /// Spooled messages
-    #[command(subcommand)]
-    Queue(cli::QueueCmd),
-    /// Message trace search
-    Trace(cli::TraceArgs),
-    /// Audit log of administrative changes
-    Audit(cli::AuditArgs),
-    /// The decision the relay would take right now for a client and transaction, step by step
-    Diagnose(cli::DiagnoseArgs),
-    /// Senders restricted by the per-sender limits
-    #[command(subcommand)]
-    Sender(cli::SenderCmd),
-    /// Suppression lists: recipients refused after hard bounces and complaints, per tenant and
-    /// global
-    #[command(subcommand)]
-    Suppression(cli::SuppressionCmd),
-    /// Admin API tokens
-    #[command(subcommand)]
-    Token(cli::remote::TokenCmd),
+    #[command(flatten)]
+    Admin(cli::AdminCmd),
     /// SRS: the SRS domain's DKIM key, rewriting and reversing addresses by hand
     #[command(subcommand)]
     Srs(relayward::forwarding::SrsCmd),
@@ -111,50 +85,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let remote = match cli.server.as_deref() {
-        Some(url) => match cli::remote::Remote::new(url, cli.token.clone()) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                eprintln!("relayward: {e:#}");
-                return ExitCode::from(1);
-            }
-        },
-        None => None,
-    };
     let result = runtime.block_on(async move {
-        if let Some(r) = remote {
-            return match cli.command {
-                Command::Serve => Err(anyhow::anyhow!("serve runs the relay here: drop --server")),
-                Command::Tenant(c) => r.tenant(c).await,
-                Command::Domain(c) => r.domain(c).await,
-                Command::Connector(c) => r.connector(c).await,
-                Command::Queue(c) => r.queue(c).await,
-                Command::Trace(a) => r.trace(a).await,
-                Command::Audit(a) => r.audit(a).await,
-                Command::Diagnose(a) => r.diagnose(a).await,
-                Command::Sender(c) => r.sender(c).await,
-                Command::Suppression(c) => r.suppression(c).await,
-                Command::Token(c) => r.token(c).await,
-                Command::CheckConfig => unreachable!("answered above"),
-                Command::Srs(_) => Err(anyhow::anyhow!(
-                    "srs works with the local configuration and keys: drop --server"
-                )),
-            };
-        }
-        match cli.command {
-            Command::Serve => serve::run(config).await,
-            Command::Tenant(c) => cli::tenant(&config, c).await,
-            Command::Domain(c) => cli::domain(&config, c).await,
-            Command::Connector(c) => cli::connector(&config, c).await,
-            Command::Queue(c) => cli::queue(&config, c).await,
-            Command::Trace(a) => cli::trace(&config, a).await,
-            Command::Audit(a) => cli::audit(&config, a).await,
-            Command::Diagnose(a) => cli::diagnose(&config, a).await,
-            Command::Sender(c) => cli::sender(&config, c).await,
-            Command::Suppression(c) => cli::suppression(&config, c).await,
-            Command::Token(c) => cli::remote::token(&config, c).await,
-            Command::Srs(c) => relayward::forwarding::srs_command(&config, c).await,
-            Command::CheckConfig => unreachable!("answered above"),
+        match (cli.command, cli.server.as_deref()) {
+            (Command::Serve, None) => serve::run(config).await,
+            (Command::Serve, Some(_)) => {
+                Err(anyhow::anyhow!("serve runs the relay here: drop --server"))
+            }
+            (Command::Srs(c), None) => relayward::forwarding::srs_command(&config, c).await,
+            (Command::Srs(_), Some(_)) => Err(anyhow::anyhow!(
+                "srs works with the local configuration and keys: drop --server"
+            )),
+            (Command::Admin(c), None) => {
+                let admin = cli::local(&config).await?;
+                cli::run(&admin, Some(&config), c).await
+            }
+            (Command::Admin(c), Some(url)) => {
+                let admin = cli::remote(url, cli.token.clone())?;
+                cli::run(&admin, None, c).await
+            }
+            (Command::CheckConfig, _) => unreachable!("answered above"),
         }
     });
     match result {

@@ -353,7 +353,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
 
     let admin_addr = crate::admin::start(
         &config,
-        crate::admin::LiveControl::new(
+        crate::admin::Control::live(
+            &config,
             store.clone(),
             spool.clone(),
             scheduler.clone(),

@@ -153,15 +153,9 @@ impl Hook {
 // The relay under test
 
 #[derive(Parser, Debug)]
-enum Admin {
+struct Admin {
     #[command(subcommand)]
-    Tenant(cli::TenantCmd),
-    #[command(subcommand)]
-    Domain(cli::DomainCmd),
-    #[command(subcommand)]
-    Connector(cli::ConnectorCmd),
-    #[command(subcommand)]
-    Sender(cli::SenderCmd),
+    cmd: cli::AdminCmd,
 }
 
 struct Harness {
@@ -265,13 +259,9 @@ impl Harness {
     async fn cli(&self, args: &[&str]) -> anyhow::Result<()> {
         let cmd = Admin::try_parse_from(std::iter::once("relayward").chain(args.iter().copied()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let clock: &dyn Clock = &*self.clock;
-        match cmd {
-            Admin::Tenant(c) => cli::tenant_at(&self.config, c, clock).await,
-            Admin::Domain(c) => cli::domain(&self.config, c).await,
-            Admin::Connector(c) => cli::connector(&self.config, c).await,
-            Admin::Sender(c) => cli::sender_at(&self.config, c, clock).await,
-        }
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        let admin = cli::local_at(&self.config, clock).await?;
+        cli::run(&admin, Some(&self.config), cmd.cmd).await
     }
 
     async fn ok(&self, args: &[&str]) {

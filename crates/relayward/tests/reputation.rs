@@ -16,13 +16,9 @@ use relayward_core::{TenantState, TraceKind, TraceQuery};
 use relayward_testkit::{SmtpClient, SmtpSink};
 
 #[derive(Parser, Debug)]
-enum Admin {
+struct Admin {
     #[command(subcommand)]
-    Tenant(cli::TenantCmd),
-    #[command(subcommand)]
-    Domain(cli::DomainCmd),
-    #[command(subcommand)]
-    Connector(cli::ConnectorCmd),
+    cmd: cli::AdminCmd,
 }
 
 struct Harness {
@@ -61,12 +57,8 @@ impl Harness {
     async fn cli(&self, args: &[&str]) {
         let cmd = Admin::try_parse_from(std::iter::once("relayward").chain(args.iter().copied()))
             .unwrap();
-        let clock: &dyn Clock = &SystemClock;
-        let r = match cmd {
-            Admin::Tenant(c) => cli::tenant_at(&self.config, c, clock).await,
-            Admin::Domain(c) => cli::domain(&self.config, c).await,
-            Admin::Connector(c) => cli::connector(&self.config, c).await,
-        };
+        let admin = cli::local(&self.config).await.unwrap();
+        let r = cli::run(&admin, Some(&self.config), cmd.cmd).await;
         if let Err(e) = r {
             panic!("relayward {args:?}: {e:#}");
         }

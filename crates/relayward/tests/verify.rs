@@ -21,7 +21,11 @@ async fn cli(relay: &std::sync::Arc<Relay>, args: &[&str]) -> std::process::Outp
 fn token_of(relay: &Relay) -> String {
     let list = relay.ok(&["domain", "list", "acme", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&list).unwrap();
-    v[0]["verification_token"].as_str().unwrap().to_string()
+    let record = v[0]["verification_record"]["value"].as_str().unwrap();
+    record
+        .strip_prefix("relayward-verification=")
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,7 +243,7 @@ async fn claim_cert_name(
     }
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnector {
     /// 1 to 64 characters, unique within the tenant.
@@ -274,26 +274,38 @@ pub struct CreateConnector {
 
 /// Absent fields stay as they are; `null` clears `cert_name` or `auth_user` (which also removes
 /// the password).
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeConnector {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[schema(schema_with = crate::schema::connector_kind)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_ranges: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_user: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub require_tls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_unregistered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub restrict_domains_to_ips: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub restrict_domains_to_cert: Option<bool>,
     /// Operator only.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<bool>,
 }
 

@@ -74,7 +74,7 @@ impl From<&AcceptedDomain> for DomainView {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddDomain {
     /// Internationalized names are stored as A-labels.

@@ -9,7 +9,8 @@ use crate::problem::Problem;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmI {
-    pub token_id: i64,
+    /// The token presented (none for the operator's commands on the relay's own host).
+    pub token_id: Option<i64>,
     #[schema(schema_with = crate::schema::token_scope)]
     pub scope: String,
     pub tenant_id: Option<i64>,

@@ -8,6 +8,7 @@ pub(crate) mod domains;
 pub(crate) mod header_from;
 pub(crate) mod me;
 pub(crate) mod queue;
+pub(crate) mod sender_limits;
 pub(crate) mod status;
 pub(crate) mod suppressions;
 pub(crate) mod tenants;
@@ -16,7 +17,7 @@ pub(crate) mod trace;
 pub(crate) mod traffic;
 
 use axum::http::Method;
-use axum::routing::{delete, get, patch, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use relayward_core::{Tenant, TenantId};
 
 use crate::auth::Caller;
@@ -127,6 +128,16 @@ pub(crate) fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             M::GET,
             "/v1/tenants/{tenant_id}/traffic",
             get(traffic::tenant),
+        ),
+        (
+            M::GET,
+            "/v1/tenants/{tenant_id}/sender-limits",
+            get(sender_limits::show),
+        ),
+        (
+            M::PUT,
+            "/v1/tenants/{tenant_id}/sender-limits",
+            put(sender_limits::set),
         ),
         (
             M::GET,

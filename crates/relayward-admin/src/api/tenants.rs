@@ -38,7 +38,7 @@ impl From<Tenant> for TenantView {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// 1 to 64 letters, digits, '-', '_' or '.'; not all digits.

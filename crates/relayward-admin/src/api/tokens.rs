@@ -22,7 +22,7 @@ pub enum NewTokenScope {
     Tenant,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// `operator` (operator only) or `tenant`.

@@ -250,6 +250,17 @@ fn cases() -> Vec<Case> {
         ),
         case(
             M::GET,
+            "/v1/tenants/{tenant_id}/sender-limits",
+            [200, 200, 404, 401],
+        ),
+        case(
+            M::PUT,
+            "/v1/tenants/{tenant_id}/sender-limits",
+            [200, 403, 404, 401],
+        )
+        .body(json!({"messages_per_minute": 10})),
+        case(
+            M::GET,
             "/v1/tenants/{tenant_id}/sender-restrictions",
             [200, 200, 404, 401],
         ),

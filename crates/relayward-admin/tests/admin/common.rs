@@ -141,6 +141,8 @@ impl FakeControl {
             checklist: vec!["remove the open relay".into()],
             can_request_unblock: false,
             reputation: None,
+            transitions: Vec::new(),
+            forwarded_domains: Vec::new(),
         }
     }
 

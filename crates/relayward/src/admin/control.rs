@@ -1,124 +1,123 @@
-//! The admin HTTP API in the running relay: [`LiveControl`] gives `relayward_admin` the
-//! restriction states, sender restrictions and queue of this process, and [`start`] serves the
-//! API on `[admin] address`.
-//!
-//! A change made through the API counts for the very next SMTP command: after every successful
-//! request that changes something, the directory snapshot and the abuse detector's view are
-//! brought up to the store's before the answer goes out (the same reload the store poll does).
+//! [`Control`]: what the admin API asks of the relay ([`RelayControl`]), in two settings. In the
+//! running relay ([`Control::live`]) it reads and moves this process's detector, sender limiter
+//! and queue scheduler. For the CLI on the relay's host ([`Control::offline`]) it works on the
+//! store and the spool directly, as a relay that is not running would: transitions through the
+//! same way-back rules, queue operations handed to a running relay when one holds the spool.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use async_trait::async_trait;
-use axum::extract::{Request, State};
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
 use relayward_admin::control::{
     Block, BlockScope, ControlError, ControlResult, QueueOpOutcome, QueueOperation, QueuedMessage,
     QueuedRecipient, RelayControl, RequestUnblock, SenderRestrictionView, TenantStatusReport,
-    Unblock,
+    TransitionView, Unblock,
 };
 use relayward_core::{Address, Tenant, TenantId, TenantState};
 use relayward_policy::counters::{sender_key, Counters};
-use relayward_policy::detector;
+use relayward_policy::detector::{self, Detector};
+use relayward_policy::limits::SenderLimits;
 use relayward_queue::{DeliveryError, Envelope, QueueId, Scheduler, Spool, SpoolError};
 use relayward_store::Store;
-use tokio::sync::watch;
 
 use crate::abuse::way_back::{self, Attestation, WayBackError};
 use crate::abuse::Abuse;
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::serve::{DirectoryReload, EventWriter};
+use crate::serve::EventWriter;
 
-/// Binds `[admin] address` and serves the API until `shutdown`; returns the bound address
-/// (`None` when the API is disabled).
-pub(crate) async fn start(
-    config: &Config,
-    control: LiveControl,
-    reload: Arc<DirectoryReload>,
-    shutdown: watch::Receiver<bool>,
-    tasks: &mut Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-) -> Result<Option<SocketAddr>> {
-    if !config.admin.enabled {
-        return Ok(None);
-    }
-    let settings = relayward_admin::AdminConfig {
-        dns_resolver: config.delivery.dns_resolver,
-        metrics_public: config.admin.metrics_public,
-        ..Default::default()
-    };
-    let store = control.store.clone();
-    let router = relayward_admin::router(store, Arc::new(control), settings).layer(
-        axum::middleware::from_fn_with_state(reload, reload_after_change),
-    );
-    let listener = tokio::net::TcpListener::bind(config.admin.address)
-        .await
-        .with_context(|| format!("cannot listen on {} (admin API)", config.admin.address))?;
-    let local = listener.local_addr()?;
-    tracing::info!(address = %local, "admin API ready");
-    tasks.push(tokio::spawn(relayward_admin::serve(
-        listener, router, shutdown,
-    )));
-    Ok(Some(local))
+/// The relay's parts, running in this process or not.
+enum Relay {
+    Live {
+        spool: Arc<Spool>,
+        scheduler: Arc<Scheduler>,
+        abuse: Arc<Abuse>,
+        /// SMTP listeners and whether each still accepts.
+        listeners: Vec<(SocketAddr, Arc<AtomicBool>)>,
+        events: Option<Arc<EventWriter>>,
+    },
+    Offline {
+        config: Box<Config>,
+        detector: Box<Detector>,
+        clock: Arc<dyn Clock>,
+    },
 }
 
-/// After a successful change, the relay's view catches up before the client hears "done".
-async fn reload_after_change(
-    State(reload): State<Arc<DirectoryReload>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let changes = !matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    );
-    let response = next.run(request).await;
-    if changes && response.status().is_success() {
-        reload.if_changed().await;
-    }
-    response
-}
-
-/// [`RelayControl`] over this process's detector, sender limiter and queue scheduler.
-pub struct LiveControl {
+/// [`RelayControl`] over the running relay or, for the CLI, over the store and spool.
+pub struct Control {
     store: Arc<dyn Store>,
-    spool: Arc<Spool>,
-    scheduler: Arc<Scheduler>,
-    abuse: Arc<Abuse>,
-    /// SMTP listeners and whether each still accepts.
-    listeners: Vec<(SocketAddr, Arc<AtomicBool>)>,
-    events: Option<Arc<EventWriter>>,
+    sender_limits: SenderLimits,
+    relay: Relay,
 }
 
-impl LiveControl {
-    pub fn new(
+impl Control {
+    pub fn live(
+        config: &Config,
         store: Arc<dyn Store>,
         spool: Arc<Spool>,
         scheduler: Arc<Scheduler>,
         abuse: Arc<Abuse>,
-    ) -> LiveControl {
-        LiveControl {
+    ) -> Control {
+        Control {
             store,
-            spool,
-            scheduler,
-            abuse,
-            listeners: Vec::new(),
-            events: None,
+            sender_limits: config.default_sender_limits(),
+            relay: Relay::Live {
+                spool,
+                scheduler,
+                abuse,
+                listeners: Vec::new(),
+                events: None,
+            },
+        }
+    }
+
+    /// Without a relay in this process: the detector's rules from `config`, time from `clock`.
+    pub fn offline(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Control {
+        Control {
+            store,
+            sender_limits: config.default_sender_limits(),
+            relay: Relay::Offline {
+                config: Box::new(config.clone()),
+                detector: Box::new(Detector::new(config.detector.clone())),
+                clock,
+            },
         }
     }
 
     /// What `/readyz` and `/metrics` read: the listeners and the trace writer.
     pub fn with_ops(
         mut self,
-        listeners: Vec<(SocketAddr, Arc<AtomicBool>)>,
-        events: Arc<EventWriter>,
-    ) -> LiveControl {
-        self.listeners = listeners;
-        self.events = Some(events);
+        ops_listeners: Vec<(SocketAddr, Arc<AtomicBool>)>,
+        ops_events: Arc<EventWriter>,
+    ) -> Control {
+        if let Relay::Live {
+            listeners, events, ..
+        } = &mut self.relay
+        {
+            *listeners = ops_listeners;
+            *events = Some(ops_events);
+        }
         self
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    fn detector(&self) -> &Detector {
+        match &self.relay {
+            Relay::Live { abuse, .. } => abuse.detector(),
+            Relay::Offline { detector, .. } => detector,
+        }
+    }
+
+    /// The detector's time.
+    fn now_ms(&self) -> i64 {
+        match &self.relay {
+            Relay::Live { abuse, .. } => abuse.now_ms(),
+            Relay::Offline { clock, .. } => clock.now_ms(),
+        }
     }
 
     async fn tenant(&self, id: TenantId) -> ControlResult<Tenant> {
@@ -254,8 +253,24 @@ impl LiveControl {
         }
     }
 
+    /// `f` on the spool: the relay's own, or the spool directory opened read-only.
+    async fn with_spool<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        match &self.relay {
+            Relay::Live { spool, .. } => spool.blocking(f).await,
+            Relay::Offline { config, .. } => {
+                let dir = config.spool_dir();
+                tokio::task::spawn_blocking(move || f(&Spool::open_read_only(dir)?))
+                    .await
+                    .map_err(|e| SpoolError::Task(e.to_string()))?
+            }
+        }
+    }
+
     async fn envelope(&self, id: QueueId) -> ControlResult<Option<Envelope>> {
-        match self.spool.blocking(move |s| s.read_envelope(&id)).await {
+        match self.with_spool(move |s| s.read_envelope(&id)).await {
             Ok(env) => Ok(Some(env)),
             Err(SpoolError::NotFound(_)) => Ok(None),
             Err(e) => Err(internal(e)),
@@ -267,12 +282,18 @@ impl LiveControl {
             field: "queue_id".into(),
             detail: format!("{queue_id:?} is not a queue id"),
         })?;
-        let done = match op {
-            QueueOperation::Hold => self.scheduler.hold(id).await,
-            QueueOperation::Release => self.scheduler.release(id).await,
-            QueueOperation::Retry => self.scheduler.retry_now(id).await,
-            QueueOperation::Delete => self.scheduler.delete(id, false).await,
-            QueueOperation::Bounce => self.scheduler.delete(id, true).await,
+        let (done, applied) = match &self.relay {
+            Relay::Live { scheduler, .. } => (
+                match op {
+                    QueueOperation::Hold => scheduler.hold(id).await,
+                    QueueOperation::Release => scheduler.release(id).await,
+                    QueueOperation::Retry => scheduler.retry_now(id).await,
+                    QueueOperation::Delete => scheduler.delete(id, false).await,
+                    QueueOperation::Bounce => scheduler.delete(id, true).await,
+                },
+                true,
+            ),
+            Relay::Offline { config, .. } => self.operate_offline(config, id, op).await?,
         };
         match done {
             Ok(()) => {}
@@ -289,10 +310,43 @@ impl LiveControl {
         Ok(QueueOpOutcome {
             queue_id: queue_id.to_string(),
             operation: op,
-            applied: true,
+            applied,
             message: self.envelope(id).await?.as_ref().map(Self::message),
             dsn_queue_id: None,
         })
+    }
+
+    /// A queue operation without the scheduler: applied on the spool when no relay holds it
+    /// (its trace events recorded), else left in the running relay's control directory.
+    async fn operate_offline(
+        &self,
+        config: &Config,
+        id: QueueId,
+        op: QueueOperation,
+    ) -> ControlResult<(Result<(), DeliveryError>, bool)> {
+        use relayward_queue::{AdminOutcome, ControlOp};
+        let op = match op {
+            QueueOperation::Hold => ControlOp::Hold,
+            QueueOperation::Release => ControlOp::Release,
+            QueueOperation::Retry => ControlOp::RetryNow,
+            QueueOperation::Delete => ControlOp::Delete { send_dsn: false },
+            QueueOperation::Bounce => ControlOp::Delete { send_dsn: true },
+        };
+        let (dir, delivery) = (config.spool_dir(), config.delivery());
+        let outcome =
+            tokio::task::spawn_blocking(move || relayward_queue::admin(&dir, &delivery, id, op))
+                .await
+                .map_err(internal)?;
+        match outcome {
+            Ok(AdminOutcome::Applied(events)) => {
+                if !events.is_empty() {
+                    self.store.record_trace(&events).await.map_err(internal)?;
+                }
+                Ok((Ok(()), true))
+            }
+            Ok(AdminOutcome::Requested) => Ok((Ok(()), false)),
+            Err(e) => Ok((Err(e), true)),
+        }
     }
 
     /// Records the reason given with a transition next to its audit entry.
@@ -326,7 +380,7 @@ fn way_back_error(e: WayBackError) -> ControlError {
 }
 
 #[async_trait]
-impl RelayControl for LiveControl {
+impl RelayControl for Control {
     async fn tenant_status(&self, tenant: TenantId) -> ControlResult<TenantStatusReport> {
         let t = self.tenant(tenant).await?;
         let stored = self.store.tenant_status(t.id).await.map_err(internal)?;
@@ -340,11 +394,13 @@ impl RelayControl for LiveControl {
             None => (t.state, None, None),
         };
         // A detector transition the store does not have yet is already in force.
-        let live = self.abuse.status(t.id);
-        if live.state != state && live.since_ms > since_ms.unwrap_or(0) {
-            state = live.state;
-            since_ms = Some(live.since_ms);
-            probation_until_ms = live.probation_until_ms;
+        if let Relay::Live { abuse, .. } = &self.relay {
+            let live = abuse.status(t.id);
+            if live.state != state && live.since_ms > since_ms.unwrap_or(0) {
+                state = live.state;
+                since_ms = Some(live.since_ms);
+                probation_until_ms = live.probation_until_ms;
+            }
         }
         let summary = transitions
             .first()
@@ -367,6 +423,15 @@ impl RelayControl for LiveControl {
             })
             .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.evidence).ok());
         let (checklist, can_request_unblock) = self.checklist(&t, state).await?;
+        let reputation = match &self.relay {
+            Relay::Live { abuse, .. } => abuse.reputation_status(t.id),
+            Relay::Offline { config, .. } => {
+                crate::abuse::reputation_from_store(&*self.store, config, t.id, self.now_ms())
+                    .await
+                    .map_err(internal)?
+            }
+        };
+        let forwarded_domains = self.store.forwarded_domains(t.id).await.map_err(internal)?;
         let refusal_reply = if state.blocks_all() {
             Some(relayward_core::reply::TENANT_BLOCKED.to_string())
         } else if state.blocks_unregistered() {
@@ -384,7 +449,21 @@ impl RelayControl for LiveControl {
             refusal_reply,
             checklist,
             can_request_unblock,
-            reputation: Some(self.abuse.reputation_status(t.id)),
+            reputation: Some(reputation),
+            transitions: transitions
+                .iter()
+                .map(|r| TransitionView {
+                    id: r.id,
+                    at_ms: r.at_ms,
+                    from: r.from,
+                    to: r.to,
+                    actor: r.actor.clone(),
+                    cause: r.cause.clone(),
+                    summary: r.summary.clone(),
+                    probation_until_ms: r.probation_until_ms,
+                })
+                .collect(),
+            forwarded_domains,
         })
     }
 
@@ -403,11 +482,11 @@ impl RelayControl for LiveControl {
         };
         way_back::request_unblock(
             &*self.store,
-            self.abuse.detector(),
+            self.detector(),
             &t,
             &attestation,
             actor,
-            self.abuse.now_ms(),
+            self.now_ms(),
         )
         .await
         .map_err(way_back_error)?;
@@ -428,15 +507,9 @@ impl RelayControl for LiveControl {
         actor: &str,
     ) -> ControlResult<TenantStatusReport> {
         let t = self.tenant(tenant).await?;
-        way_back::operator_unblock(
-            &*self.store,
-            self.abuse.detector(),
-            &t,
-            actor,
-            self.abuse.now_ms(),
-        )
-        .await
-        .map_err(way_back_error)?;
+        way_back::operator_unblock(&*self.store, self.detector(), &t, actor, self.now_ms())
+            .await
+            .map_err(way_back_error)?;
         self.note(&t, actor, "tenant.unblock", request.reason.as_deref())
             .await;
         self.tenant_status(t.id).await
@@ -455,11 +528,11 @@ impl RelayControl for LiveControl {
         };
         way_back::operator_block(
             &*self.store,
-            self.abuse.detector(),
+            self.detector(),
             &t,
             scope,
             actor,
-            self.abuse.now_ms(),
+            self.now_ms(),
         )
         .await
         .map_err(way_back_error)?;
@@ -470,8 +543,7 @@ impl RelayControl for LiveControl {
 
     async fn queue_list(&self, tenant: Option<TenantId>) -> ControlResult<Vec<QueuedMessage>> {
         let envelopes = self
-            .spool
-            .blocking(move |s| {
+            .with_spool(move |s| {
                 let mut out = Vec::new();
                 for id in s.scan()? {
                     // Delivered and removed between scan and read: skipped.
@@ -525,7 +597,7 @@ impl RelayControl for LiveControl {
         &self,
         tenant: TenantId,
     ) -> ControlResult<Vec<SenderRestrictionView>> {
-        let now = self.abuse.now_ms();
+        let now = self.now_ms();
         let rows = self
             .store
             .list_sender_restrictions(Some(tenant), now, None)
@@ -558,54 +630,93 @@ impl RelayControl for LiveControl {
         let key = sender_key(&address);
         let lifted = self
             .store
-            .lift_sender_restrictions(Some(tenant), &key, self.abuse.now_ms(), actor)
+            .lift_sender_restrictions(Some(tenant), &key, self.now_ms(), actor)
             .await
             .map_err(internal)?;
         if lifted.is_empty() {
             return Ok(false);
         }
-        // The limiter lets the sender through from the next MAIL on.
-        self.abuse
-            .counters()
-            .set_sender_restriction(tenant, &key, None);
+        // The limiter lets the sender through from the next MAIL on (a relay elsewhere reads
+        // the store).
+        if let Relay::Live { abuse, .. } = &self.relay {
+            abuse.counters().set_sender_restriction(tenant, &key, None);
+        }
         Ok(true)
     }
 
+    fn default_sender_limits(&self) -> SenderLimits {
+        self.sender_limits
+    }
+
+    async fn restricted_senders(&self) -> std::collections::HashSet<(TenantId, String)> {
+        match self
+            .store
+            .list_sender_restrictions(None, self.now_ms(), None)
+            .await
+        {
+            Ok(rows) => rows.into_iter().map(|r| (r.tenant_id, r.sender)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read sender restrictions");
+                Default::default()
+            }
+        }
+    }
+
     fn directory(&self) -> Option<Arc<relayward_policy::Directory>> {
-        Some(self.abuse.directory())
+        match &self.relay {
+            Relay::Live { abuse, .. } => Some(abuse.directory()),
+            Relay::Offline { .. } => None,
+        }
     }
 
     fn suppressions(&self) -> Option<Arc<relayward_policy::suppression::SuppressionList>> {
-        Some(self.abuse.suppressions().list())
+        match &self.relay {
+            Relay::Live { abuse, .. } => Some(abuse.suppressions().list()),
+            Relay::Offline { .. } => None,
+        }
     }
 
     fn metrics_text(&self) -> Option<String> {
-        let directory = self.abuse.directory();
-        let queued = self.scheduler.queued();
-        let delivering = self.scheduler.in_flight();
+        let Relay::Live {
+            abuse,
+            scheduler,
+            events,
+            ..
+        } = &self.relay
+        else {
+            return None;
+        };
+        let directory = abuse.directory();
+        let queued = scheduler.queued();
+        let delivering = scheduler.in_flight();
         Some(crate::metrics::render(&crate::metrics::Live {
             directory: &directory,
             queue_waiting: queued.saturating_sub(delivering),
             queue_delivering: delivering,
-            sender_restrictions: self.abuse.restriction_count(),
-            trace_backlog: self.events.as_ref().map_or(0, |e| e.backlog()),
+            sender_restrictions: abuse.restriction_count(),
+            trace_backlog: events.as_ref().map_or(0, |e| e.backlog()),
         }))
     }
 
     async fn readiness(&self) -> Vec<relayward_admin::health::Check> {
         use relayward_admin::health::Check;
-        let down: Vec<String> = self
-            .listeners
+        let Relay::Live {
+            listeners, spool, ..
+        } = &self.relay
+        else {
+            return Vec::new();
+        };
+        let down: Vec<String> = listeners
             .iter()
             .filter(|(_, up)| !up.load(Ordering::SeqCst))
             .map(|(a, _)| a.to_string())
             .collect();
         let listeners = Check {
             name: "listeners".into(),
-            ok: down.is_empty() && !self.listeners.is_empty(),
+            ok: down.is_empty() && !listeners.is_empty(),
             detail: (!down.is_empty()).then(|| format!("not accepting: {}", down.join(", "))),
         };
-        let spool = self.spool.clone();
+        let spool = spool.clone();
         let probe = tokio::task::spawn_blocking(move || spool.probe_writable())
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
@@ -622,6 +733,9 @@ impl RelayControl for LiveControl {
         tenant: TenantId,
         sender: &Address,
     ) -> Option<Result<(), relayward_core::Reply>> {
-        Some(self.abuse.peek_sender(tenant, sender))
+        match &self.relay {
+            Relay::Live { abuse, .. } => Some(abuse.peek_sender(tenant, sender)),
+            Relay::Offline { .. } => None,
+        }
     }
 }
