@@ -114,14 +114,7 @@ pub struct Unblock {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BlockScope {
-    /// `blocked_all`: every message refused (5.7.705).
-    All,
-    /// `blocked_unregistered`: unregistered and null senders refused (5.7.750).
-    Unregistered,
-}
+pub use relayward_policy::detector::BlockScope;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -673,6 +673,7 @@ impl TenantStatus {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BlockScope {
     /// `blocked_all`: every message refused (5.7.705).

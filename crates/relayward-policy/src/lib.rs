@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bounce;
 pub mod cert_name;
+pub mod connector_audit;
 pub mod counters;
 pub mod detector;
 pub mod diagnose;
@@ -14,6 +15,7 @@ pub mod relay;
 pub mod report;
 pub mod reputation;
 pub mod suppression;
+pub mod unblock;
 
 pub use directory::{Directory, SharedDirectory};
 pub use relay::{

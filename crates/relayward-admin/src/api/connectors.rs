@@ -1,8 +1,6 @@
 //! Inbound connectors, each shown with its audit flags: what an operator reviewing a tenant (or
 //! a tenant admin after a block) should look at first.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -18,92 +16,11 @@ use crate::auth::{blocking, hash_secret, Caller};
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::{validate, AppState};
+pub use relayward_policy::connector_audit::ConnectorAudit;
+use relayward_policy::connector_audit::{self, AuditFacts};
 
-const DAY_SECS: i64 = 86_400;
-/// Created or changed this recently: flagged.
-const RECENT_SECS: i64 = 7 * DAY_SECS;
-/// Not used for this long: flagged.
-const UNUSED_SECS: i64 = 30 * DAY_SECS;
-/// Ranges wider than these prefixes cover other people's hosts: flagged.
-const WIDE_V4_PREFIX: u8 = 24;
-const WIDE_V6_PREFIX: u8 = 48;
 const MAX_RANGES: usize = 100;
 const NAME_MAX: usize = 64;
-
-/// What deserves a second look. Computed on every read.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct ConnectorAudit {
-    /// Created or changed in the last 7 days.
-    pub recently_changed: bool,
-    /// An IPv4 range wider than /24 or an IPv6 range wider than /48.
-    pub wide_ip_range: bool,
-    /// No TLS client certificate name: recognised by IP or password only.
-    pub no_certificate: bool,
-    /// Not used for 30 days (counted from creation when never used).
-    pub unused_30_days: bool,
-    /// Carried mail from unregistered senders in the last 24 hours.
-    pub unregistered_mail_24h: bool,
-    /// Its certificate name is under no verified accepted domain of the tenant: it does not
-    /// recognise servers by certificate until one is verified (clears by itself then).
-    pub cert_name_unverified: bool,
-    /// Its AUTH was locked for repeated password failures in the last 24 hours.
-    pub auth_lockout_24h: bool,
-    /// How many such messages.
-    pub unregistered_messages_24h: u64,
-    /// The names of the flags that are set, for display.
-    pub flags: Vec<String>,
-}
-
-/// What a connector's audit flags are computed from, besides the connector itself.
-#[derive(Debug, Default, Clone)]
-struct AuditFacts {
-    /// Unregistered messages of the last 24 h, per connector.
-    unregistered: HashMap<ConnectorId, u64>,
-    /// The tenant's verified accepted domains.
-    verified: Vec<String>,
-    /// Connectors whose AUTH was locked in the last 24 h.
-    auth_locked: std::collections::HashSet<ConnectorId>,
-}
-
-fn audit_flags(c: &Connector, now: Timestamp, facts: &AuditFacts) -> ConnectorAudit {
-    let unregistered = facts.unregistered.get(&c.id).copied().unwrap_or(0);
-    let cert_name_unverified = c.cert_name.as_deref().is_some_and(|n| {
-        !relayward_policy::cert_name::covered(n, facts.verified.iter().map(String::as_str))
-    });
-    let auth_lockout_24h = facts.auth_locked.contains(&c.id);
-    let recently_changed = now - c.created_at < RECENT_SECS || now - c.updated_at < RECENT_SECS;
-    let wide_ip_range = c.ip_ranges.iter().any(|r| match r {
-        IpNet::V4(n) => n.prefix_len() < WIDE_V4_PREFIX,
-        IpNet::V6(n) => n.prefix_len() < WIDE_V6_PREFIX,
-    });
-    let no_certificate = c.cert_name.is_none();
-    let unused_30_days = now - c.last_used_at.unwrap_or(c.created_at) >= UNUSED_SECS;
-    let unregistered_mail_24h = unregistered > 0;
-    let flags = [
-        (recently_changed, "recently_changed"),
-        (wide_ip_range, "wide_ip_range"),
-        (no_certificate, "no_certificate"),
-        (unused_30_days, "unused_30_days"),
-        (unregistered_mail_24h, "unregistered_mail_24h"),
-        (cert_name_unverified, "cert_name_unverified"),
-        (auth_lockout_24h, "auth_lockout_24h"),
-    ]
-    .iter()
-    .filter(|(on, _)| *on)
-    .map(|(_, name)| name.to_string())
-    .collect();
-    ConnectorAudit {
-        recently_changed,
-        wide_ip_range,
-        no_certificate,
-        unused_30_days,
-        unregistered_mail_24h,
-        unregistered_messages_24h: unregistered,
-        cert_name_unverified,
-        auth_lockout_24h,
-        flags,
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConnectorView {
@@ -159,14 +76,14 @@ fn view(c: &Connector, now: Timestamp, facts: &AuditFacts) -> ConnectorView {
         updated_at: c.updated_at,
         updated_by: c.updated_by.clone(),
         last_used_at: c.last_used_at,
-        audit: audit_flags(c, now, facts),
+        audit: connector_audit::audit(c, now, facts),
         warnings: Vec::new(),
     }
 }
 
 /// The audit facts of `tenant`'s connectors, read from the store.
 async fn audit_facts(state: &AppState, tenant: TenantId) -> ApiResult<AuditFacts> {
-    let since = now() - DAY_SECS;
+    let since = now() - connector_audit::DAY_SECS;
     let unregistered = state
         .store()
         .count_received_by_connector(tenant, SenderClass::Unregistered, since * 1000)
@@ -708,79 +625,4 @@ pub(crate) async fn remove(
         .delete_connector(c.id, &caller.actor())
         .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use relayward_core::ConnectorKind;
-
-    fn connector(ranges: &[&str]) -> Connector {
-        Connector {
-            id: 1,
-            tenant_id: 1,
-            name: "c".into(),
-            kind: ConnectorKind::OnPremises,
-            ip_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
-            cert_name: None,
-            auth_user: None,
-            auth_password_hash: None,
-            require_tls: false,
-            enabled: true,
-            allow_unregistered: false,
-            restrict_domains_to_ips: false,
-            restrict_domains_to_cert: false,
-            blocked: false,
-            created_at: 0,
-            created_by: "t".into(),
-            updated_at: 0,
-            updated_by: "t".into(),
-            last_used_at: None,
-        }
-    }
-
-    #[test]
-    fn flags() {
-        let now = 100 * DAY_SECS;
-        let mut c = connector(&["192.0.2.0/24", "2001:db8::/48"]);
-        c.last_used_at = Some(now - DAY_SECS);
-        c.cert_name = Some("mail.example".into());
-        let mut facts = AuditFacts {
-            verified: vec!["example".into()],
-            ..AuditFacts::default()
-        };
-        let a = audit_flags(&c, now, &facts);
-        assert_eq!(a, ConnectorAudit::default());
-        facts.verified.clear();
-        assert_eq!(audit_flags(&c, now, &facts).flags, ["cert_name_unverified"]);
-
-        c.ip_ranges = vec!["192.0.0.0/23".parse().unwrap()];
-        assert!(audit_flags(&c, now, &facts).wide_ip_range);
-        c.ip_ranges = vec!["2001:db8::/47".parse().unwrap()];
-        assert!(audit_flags(&c, now, &facts).wide_ip_range);
-
-        c.updated_at = now - 6 * DAY_SECS;
-        c.cert_name = None;
-        c.last_used_at = Some(now - 30 * DAY_SECS);
-        facts.unregistered.insert(c.id, 3);
-        facts.auth_locked.insert(c.id);
-        let a = audit_flags(&c, now, &facts);
-        assert_eq!(
-            a.flags,
-            [
-                "recently_changed",
-                "wide_ip_range",
-                "no_certificate",
-                "unused_30_days",
-                "unregistered_mail_24h",
-                "auth_lockout_24h"
-            ]
-        );
-        assert_eq!(a.unregistered_messages_24h, 3);
-
-        // Never used: counted from creation.
-        c.last_used_at = None;
-        c.created_at = now - 29 * DAY_SECS;
-        assert!(!audit_flags(&c, now, &facts).unused_30_days);
-    }
 }

@@ -655,7 +655,7 @@ impl Abuse {
         at_ms: i64,
         names: &HashMap<ConnectorId, String>,
     ) -> Vec<ConnectorChange> {
-        let since = (at_ms - 7 * DAY_MS).div_euclid(1000);
+        let since = at_ms.div_euclid(1000) - relayward_policy::connector_audit::RECENT_SECS;
         let by_name: HashMap<&str, ConnectorId> =
             names.iter().map(|(id, n)| (n.as_str(), *id)).collect();
         match self.store.connector_changes(tenant, since).await {

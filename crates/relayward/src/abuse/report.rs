@@ -1,9 +1,9 @@
 //! Evidence as people read it: the summary lines of alerts and `relayward tenant show`, and the
 //! steps that get a tenant unblocked.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
-use relayward_core::{ConnectorId, SenderClass, TenantState};
+use relayward_core::{ConnectorId, TenantState};
 use relayward_policy::detector::{Rule, Signal, Window};
 use relayward_policy::evidence::{Evidence, TopEntry};
 
@@ -105,38 +105,7 @@ pub fn spike_connector(e: &Evidence) -> Option<(ConnectorId, u64)> {
         .max_by_key(|(_, n)| *n)
 }
 
-/// Every unregistered sender domain the evidence names (top list and samples), sorted.
-pub fn unregistered_domains(e: &Evidence) -> Vec<String> {
-    let mut out: BTreeSet<String> = e
-        .observations
-        .top_unregistered_domains
-        .iter()
-        .map(|t| t.key.to_ascii_lowercase())
-        .collect();
-    for s in &e.observations.samples {
-        if s.class != SenderClass::Unregistered {
-            continue;
-        }
-        if let Some((_, domain)) = s.sender.as_deref().and_then(|a| a.rsplit_once('@')) {
-            out.insert(domain.to_ascii_lowercase());
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// The evidence's unregistered domains split in two: those that look like the tenant's own
-/// traffic (seen before the incident, recurring), which the tenant registers or declares
-/// forwarded, and one-off domains of the incident itself (spam senders: nothing to do). Evidence
-/// recorded without that distinction puts every domain in the first group.
-pub fn split_domains(e: &Evidence) -> (Vec<String>, Vec<String>) {
-    let all = unregistered_domains(e);
-    match &e.observations.familiar_domains {
-        None => (all, Vec::new()),
-        Some(familiar) => all
-            .into_iter()
-            .partition(|d| familiar.iter().any(|f| f.eq_ignore_ascii_case(d))),
-    }
-}
+pub use relayward_policy::unblock::{split_domains, unregistered_domains};
 
 /// The evidence summary: the rules that decided, the counts, top domains, senders and source
 /// addresses, the connectors, their recent changes, and sample messages.
@@ -321,6 +290,7 @@ pub fn reputation_line(r: &relayward_policy::reputation::ReputationStatus) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relayward_core::SenderClass;
     use relayward_policy::detector::{Cause, Level, Transition};
     use relayward_policy::evidence::{Observations, Sample};
 

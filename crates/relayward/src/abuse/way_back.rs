@@ -13,27 +13,16 @@ use relayward_policy::evidence::Evidence;
 use relayward_store::{NewTransition, Store};
 use serde_json::json;
 
-use super::{cause_text, report};
+use super::cause_text;
 
-/// What a tenant admin attests when asking for unblock.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Attestation {
-    /// Every domain the tenant sends from is registered and verified.
-    pub domains_registered: bool,
-    /// Connector changes of the last 7 days were reviewed.
-    pub connectors_reviewed: bool,
-    /// The servers that sent the mail were found and secured.
-    pub servers_secured: bool,
-    /// Domains of the evidence whose mail the tenant forwards for others (normalized).
-    pub forwarded_domains: Vec<String>,
-}
+pub use relayward_policy::unblock::{Attestation, Missing};
 
 #[derive(Debug)]
 pub enum WayBackError {
     /// The transition does not apply in the tenant's state.
     NotAllowed(String),
     /// What the tenant admin still has to do, one item each.
-    Missing(Vec<String>),
+    Missing(Vec<Missing>),
     Other(anyhow::Error),
 }
 
@@ -41,13 +30,22 @@ impl fmt::Display for WayBackError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WayBackError::NotAllowed(why) => f.write_str(why),
-            WayBackError::Missing(items) => write!(f, "missing: {}", items.join("; ")),
+            WayBackError::Missing(items) => write!(f, "missing: {}", join(items)),
             WayBackError::Other(e) => write!(f, "{e:#}"),
         }
     }
 }
 
 impl std::error::Error for WayBackError {}
+
+/// The items, one sentence each, `; ` between.
+pub fn join(items: &[Missing]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 impl From<anyhow::Error> for WayBackError {
     fn from(e: anyhow::Error) -> Self {
@@ -104,78 +102,35 @@ pub async fn record(
     Ok(id)
 }
 
-/// What is still missing before `tenant` may move to under_review: every attestation given,
-/// every unregistered domain of the latest block's evidence now a verified accepted domain or
-/// declared forwarded (before or in `a`), the evidence's connector changes acknowledged.
+/// What is still missing before `tenant` may move to under_review ([`relayward_policy::unblock::missing`]
+/// on the tenant's latest block evidence, verified domains and declared forwarded domains).
 pub async fn unblock_checklist(
     store: &dyn Store,
     tenant: &Tenant,
     a: &Attestation,
-) -> anyhow::Result<Vec<String>> {
-    let evidence: Option<Evidence> = store
+) -> anyhow::Result<Vec<Missing>> {
+    let evidence = latest_block_evidence(store, tenant).await?;
+    let verified = store.list_domains(Some(tenant.id)).await?;
+    let forwarded = store.forwarded_domains(tenant.id).await?;
+    Ok(relayward_policy::unblock::missing(
+        evidence.as_ref(),
+        &verified,
+        &forwarded,
+        a,
+    ))
+}
+
+/// The evidence of the tenant's latest block from unregistered domains.
+pub async fn latest_block_evidence(
+    store: &dyn Store,
+    tenant: &Tenant,
+) -> anyhow::Result<Option<Evidence>> {
+    Ok(store
         .list_transitions(tenant.id, 100)
         .await?
         .into_iter()
         .find(|r| r.to == TenantState::BlockedUnregistered)
-        .and_then(|r| serde_json::from_str(&r.evidence).ok());
-    let verified: Vec<relayward_core::AcceptedDomain> = store
-        .list_domains(Some(tenant.id))
-        .await?
-        .into_iter()
-        .filter(|d| d.verified)
-        .collect();
-    let mut forwarded = store.forwarded_domains(tenant.id).await?;
-    forwarded.extend(a.forwarded_domains.iter().cloned());
-    let mut missing = Vec::new();
-    if let Some(e) = &evidence {
-        let (own, _spam) = report::split_domains(e);
-        let unregistered: Vec<String> = own
-            .into_iter()
-            .filter(|d| !verified.iter().any(|v| v.covers(d)) && !forwarded.contains(d))
-            .collect();
-        if !unregistered.is_empty() {
-            missing.push(format!(
-                "these domains in the evidence are neither verified accepted domains of {} nor declared forwarded: {} (register and verify them with `relayward domain add`, or declare them with --forwarded-domain)",
-                tenant.name,
-                unregistered.join(", ")
-            ));
-        }
-        if !e.connector_changes.is_empty() && !a.connectors_reviewed {
-            missing.push(format!(
-                "{} connector change(s) in the evidence ({}) not acknowledged: review them and pass --connectors-reviewed",
-                e.connector_changes.len(),
-                e.connector_changes
-                    .iter()
-                    .map(|c| format!("{} {}", c.action, c.detail))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
-        }
-    }
-    for (given, flag, what) in [
-        (
-            a.domains_registered,
-            "--domains-registered",
-            "every domain you send from is registered",
-        ),
-        (
-            a.connectors_reviewed,
-            "--connectors-reviewed",
-            "connector changes were reviewed",
-        ),
-        (
-            a.servers_secured,
-            "--servers-secured",
-            "the servers that sent the mail are secured",
-        ),
-    ] {
-        // The connector-change item above already asks for --connectors-reviewed.
-        let asked = missing.iter().any(|m| m.contains(flag));
-        if !given && !asked {
-            missing.push(format!("attestation {flag} ({what}) not given"));
-        }
-    }
-    Ok(missing)
+        .and_then(|r| serde_json::from_str(&r.evidence).ok()))
 }
 
 /// The tenant admin asks for unblock: blocked_unregistered -> under_review, once

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use relayward_admin::control::{
-    Block, BlockScope, ControlError, ControlResult, QueueOpOutcome, QueueOperation, QueuedMessage,
+    Block, ControlError, ControlResult, QueueOpOutcome, QueueOperation, QueuedMessage,
     QueuedRecipient, RelayControl, RequestUnblock, SenderRestrictionView, TenantStatusReport,
     TransitionView, Unblock,
 };
 use relayward_core::{Address, Tenant, TenantId, TenantState};
 use relayward_policy::counters::{sender_key, Counters};
-use relayward_policy::detector::{self, Detector};
+use relayward_policy::detector::Detector;
 use relayward_policy::limits::SenderLimits;
 use relayward_queue::{DeliveryError, Envelope, QueueId, Scheduler, Spool, SpoolError};
 use relayward_store::Store;
@@ -128,99 +128,41 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("tenant {id}")))
     }
 
-    /// The one-off (spam) domains of the tenant's latest block's evidence.
-    async fn one_off_domains(&self, tenant: &Tenant) -> ControlResult<Vec<String>> {
-        let evidence: Option<relayward_policy::evidence::Evidence> = self
-            .store
-            .list_transitions(tenant.id, 100)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .find(|r| r.to == TenantState::BlockedUnregistered)
-            .and_then(|r| serde_json::from_str(&r.evidence).ok());
-        Ok(evidence.map_or(Vec::new(), |e| crate::abuse::report::split_domains(&e).1))
-    }
-
-    /// The unblock checklist: the checks of [`way_back::unblock_checklist`] (the domains of the
-    /// evidence) and the steps of the way back, each `[x]` (met) or `[ ]` (not yet); and
-    /// whether a request for unblock would be taken now.
+    /// The unblock checklist ([`relayward_policy::unblock::checklist`]) and whether a request
+    /// for unblock would be taken now.
     async fn checklist(
         &self,
         tenant: &Tenant,
         state: TenantState,
     ) -> ControlResult<(Vec<String>, bool)> {
-        use TenantState::*;
-        let item = |met: bool, text: &str| format!("[{}] {text}", if met { "x" } else { " " });
-        match state {
-            BlockedUnregistered | UnderReview | Probation => {
-                // Through the API the request itself is the attestation: only the evidence's
-                // domains are left to check.
-                let attested = Attestation {
-                    domains_registered: true,
-                    connectors_reviewed: true,
-                    servers_secured: true,
-                    forwarded_domains: Vec::new(),
-                };
-                let missing = way_back::unblock_checklist(&*self.store, tenant, &attested)
-                    .await
-                    .map_err(internal)?;
-                let requested = state != BlockedUnregistered;
-                let can_request = !requested && missing.is_empty();
-                let mut out = vec![match missing.first() {
-                    Some(m) => item(false, m),
-                    None => item(
-                        true,
-                        "every unregistered sender domain of the evidence that looks like your own traffic is a verified accepted domain or declared forwarded",
-                    ),
-                }];
-                let spam = self.one_off_domains(tenant).await?;
-                if !spam.is_empty() {
-                    out.push(item(
-                        true,
-                        &format!(
-                            "spam senders seen, nothing to do: {} (one-off domains of the incident, never seen before it)",
-                            spam.join(", ")
-                        ),
-                    ));
-                }
-                out.extend([
-                    item(
-                        requested,
-                        "find the server or account that sent the mail (source IP addresses, connector and samples in the evidence) and secure it",
-                    ),
-                    item(
-                        requested,
-                        "review the connectors (their audit flags and the changes of the last 7 days in the evidence) and disable or delete any you did not set up",
-                    ),
-                    item(
-                        requested,
-                        &format!(
-                            "ask for unblock: POST /v1/tenants/{}/request-unblock",
-                            tenant.id
-                        ),
-                    ),
-                    item(
-                        state == Probation,
-                        "the operator reviews the request and unblocks (probation with tightened thresholds)",
-                    ),
-                ]);
-                Ok((out, can_request))
-            }
-            BlockedAll => Ok((
-                vec![
-                    item(
-                        false,
-                        "find and secure the servers that send through the relay (every message is refused with 5.7.705)",
-                    ),
-                    item(
-                        false,
-                        "contact the relay operator, who unblocks (probation with tightened thresholds)",
-                    ),
-                ],
-                false,
-            )),
-            _ => Ok((Vec::new(), false)),
+        use relayward_policy::unblock;
+        if !matches!(
+            state,
+            TenantState::BlockedUnregistered | TenantState::UnderReview | TenantState::Probation
+        ) {
+            let (items, can) = unblock::checklist(state, &[], &[], "");
+            return Ok((items.iter().map(ToString::to_string).collect(), can));
         }
+        // Through the API the request itself is the attestation: only the evidence's domains
+        // are left to check.
+        let missing = way_back::unblock_checklist(
+            &*self.store,
+            tenant,
+            &unblock::Attestation::all(Vec::new()),
+        )
+        .await
+        .map_err(internal)?;
+        let evidence = way_back::latest_block_evidence(&*self.store, tenant)
+            .await
+            .map_err(internal)?;
+        let spam = evidence.map_or(Vec::new(), |e| unblock::split_domains(&e).1);
+        let (items, can) = unblock::checklist(
+            state,
+            &missing,
+            &spam,
+            &format!("POST /v1/tenants/{}/request-unblock", tenant.id),
+        );
+        Ok((items.iter().map(ToString::to_string).collect(), can))
     }
 
     fn message(env: &Envelope) -> QueuedMessage {
@@ -373,7 +315,7 @@ fn way_back_error(e: WayBackError) -> ControlError {
     match e {
         WayBackError::NotAllowed(why) => ControlError::NotAllowed(why),
         WayBackError::Missing(items) => {
-            ControlError::NotAllowed(format!("request refused: {}", items.join("; ")))
+            ControlError::NotAllowed(format!("request refused: {}", way_back::join(&items)))
         }
         WayBackError::Other(e) => internal(e),
     }
@@ -474,12 +416,7 @@ impl RelayControl for Control {
         actor: &str,
     ) -> ControlResult<TenantStatusReport> {
         let t = self.tenant(tenant).await?;
-        let attestation = Attestation {
-            domains_registered: true,
-            connectors_reviewed: true,
-            servers_secured: true,
-            forwarded_domains: request.forwarded_domains.clone(),
-        };
+        let attestation = Attestation::all(request.forwarded_domains.clone());
         way_back::request_unblock(
             &*self.store,
             self.detector(),
@@ -522,15 +459,11 @@ impl RelayControl for Control {
         actor: &str,
     ) -> ControlResult<TenantStatusReport> {
         let t = self.tenant(tenant).await?;
-        let scope = match request.scope {
-            BlockScope::All => detector::BlockScope::All,
-            BlockScope::Unregistered => detector::BlockScope::Unregistered,
-        };
         way_back::operator_block(
             &*self.store,
             self.detector(),
             &t,
-            scope,
+            request.scope,
             actor,
             self.now_ms(),
         )

@@ -4,6 +4,7 @@ use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
 use relayward_admin::types::*;
 use relayward_policy::limits::LimitAction;
+use relayward_policy::unblock::{Attest, Attestation};
 
 use super::print::{self, TenantShow};
 use super::{actor, print_json, Admin};
@@ -172,27 +173,17 @@ async fn request_unblock(admin: &Admin, a: RequestUnblockArgs) -> Result<()> {
             items.join("; ")
         )
     };
-    let not_attested: Vec<String> = [
-        (
-            a.domains_registered,
-            "--domains-registered",
-            "every domain you send from is registered",
-        ),
-        (
-            a.connectors_reviewed,
-            "--connectors-reviewed",
-            "connector changes were reviewed",
-        ),
-        (
-            a.servers_secured,
-            "--servers-secured",
-            "the servers that sent the mail are secured",
-        ),
-    ]
-    .into_iter()
-    .filter(|(given, _, _)| !given)
-    .map(|(_, flag, what)| format!("attestation {flag} ({what}) not given"))
-    .collect();
+    let given = Attestation {
+        domains_registered: a.domains_registered,
+        connectors_reviewed: a.connectors_reviewed,
+        servers_secured: a.servers_secured,
+        forwarded_domains: Vec::new(),
+    };
+    let not_attested: Vec<String> = Attest::ALL
+        .into_iter()
+        .filter(|item| !given.gives(*item))
+        .map(|item| format!("attestation {} ({}) not given", flag(item), item.what()))
+        .collect();
     if !not_attested.is_empty() {
         // Say what the evidence still asks for too, so that one answer lists everything.
         let status = admin.status(t.id).await?;
@@ -227,6 +218,15 @@ async fn request_unblock(admin: &Admin, a: RequestUnblockArgs) -> Result<()> {
         t.name, status.state, t.name
     );
     Ok(())
+}
+
+/// The flag of `relayward tenant request-unblock` that states `item`.
+fn flag(item: Attest) -> &'static str {
+    match item {
+        Attest::DomainsRegistered => "--domains-registered",
+        Attest::ConnectorsReviewed => "--connectors-reviewed",
+        Attest::ServersSecured => "--servers-secured",
+    }
 }
 
 async fn sender_limits(admin: &Admin, a: SenderLimitsArgs) -> Result<()> {
