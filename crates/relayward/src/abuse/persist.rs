@@ -1,0 +1,120 @@
+//! After a transition, on the worker: the state, transition row and evidence written to the
+//! store (retried), the tenant's unregistered mail held, the alerts sent.
+
+use super::*;
+
+impl Abuse {
+    // -----------------------------------------------------------------------------------------
+    // After a transition (the worker)
+
+    pub(super) async fn persist(&self, job: Job) {
+        let Job {
+            transition: t,
+            mut evidence,
+            exclude,
+        } = job;
+        let connectors = self.store.list_connectors(Some(t.tenant)).await.ok();
+        let names: HashMap<ConnectorId, String> = connectors
+            .iter()
+            .flatten()
+            .map(|c| (c.id, c.name.clone()))
+            .collect();
+        evidence.connector_changes = self.connector_changes(t.tenant, t.at_ms, &names).await;
+        let evidence_json = serde_json::to_string(&evidence).unwrap_or_else(|_| "{}".into());
+        let record = NewTransition {
+            tenant_id: t.tenant,
+            at_ms: t.at_ms,
+            from: t.from,
+            to: t.to,
+            cause: "detector".into(),
+            summary: t.summary.clone(),
+            probation_until_ms: t.probation_until_ms,
+            evidence: evidence_json,
+            attestation: None,
+        };
+        let mut delay = Duration::from_millis(200);
+        let mut recorded = None;
+        for attempt in 1..=6 {
+            match self.store.record_transition(&record, "detector").await {
+                Ok(r) => {
+                    recorded = Some(r);
+                    break;
+                }
+                Err(StoreError::Conflict(why)) => {
+                    // Someone else (an operator) moved the tenant meanwhile: the store wins.
+                    tracing::warn!(tenant = t.tenant, %why, "detector transition superseded");
+                    lock(&self.overrides).remove(&t.tenant);
+                    if let Err(e) = self.sync().await {
+                        tracing::warn!(error = %e, "detector state reload failed");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(tenant = t.tenant, attempt, error = %e, "cannot record transition");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        let Some((transition_id, version)) = recorded else {
+            // Still applied in memory; the next restart starts from the store's state.
+            return;
+        };
+        if let Some(o) = lock(&self.overrides).get_mut(&t.tenant) {
+            if o.state == t.to {
+                o.version = Some(version);
+            }
+        }
+        let held = if t.to.blocks_unregistered() || t.to.blocks_all() {
+            self.hold_unregistered(t.tenant, exclude.as_deref()).await
+        } else {
+            0
+        };
+        if held > 0 {
+            tracing::warn!(
+                tenant = t.tenant,
+                held,
+                "queued unregistered-sender mail held"
+            );
+        }
+        for alert in self.transition_alerts(&t, transition_id, &evidence, held, &names) {
+            let me = self.me.clone();
+            self.spawn(async move {
+                if let Some(me) = me.upgrade() {
+                    me.alerts.send(&alert).await;
+                }
+            });
+        }
+    }
+
+    /// The tenant's connector changes of the 7 days before `at_ms`, from the audit log.
+    pub(super) async fn connector_changes(
+        &self,
+        tenant: TenantId,
+        at_ms: i64,
+        names: &HashMap<ConnectorId, String>,
+    ) -> Vec<ConnectorChange> {
+        let since = at_ms.div_euclid(1000) - relayward_policy::connector_audit::RECENT_SECS;
+        let by_name: HashMap<&str, ConnectorId> =
+            names.iter().map(|(id, n)| (n.as_str(), *id)).collect();
+        match self.store.connector_changes(tenant, since).await {
+            Ok(entries) => entries
+                .into_iter()
+                .map(|e| {
+                    let name = e.object.strip_prefix("connector ").unwrap_or(&e.object);
+                    ConnectorChange {
+                        connector: by_name.get(name).copied().unwrap_or(0),
+                        at_ms: e.at.saturating_mul(1000),
+                        actor: e.actor,
+                        action: e.action,
+                        detail: e.detail,
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "connector changes not read for the evidence");
+                Vec::new()
+            }
+        }
+    }
+}
