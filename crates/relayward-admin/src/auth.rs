@@ -19,14 +19,13 @@ use base64::Engine;
 use rand_core::{OsRng, RngCore};
 use relayward_core::{now, TenantId};
 use relayward_store::{ApiToken, Store, StoreError, TokenId, TokenScope};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use utoipa::ToSchema;
 
 use crate::problem::ApiError;
 use crate::validate;
 use crate::AppState;
+pub use relayward_api_types::tokens::TokenInfo;
 
 pub const TOKEN_PREFIX: &str = "rw_";
 const SECRET_BYTES: usize = 32;
@@ -95,44 +94,6 @@ pub fn token_actor(id: TokenId, scope: TokenScope) -> String {
     }
 }
 
-/// A token as listed: everything but its secret and hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TokenInfo {
-    pub id: i64,
-    /// `operator` or `tenant`.
-    #[schema(schema_with = crate::schema::token_scope)]
-    pub scope: String,
-    /// The tenant of a tenant-admin token.
-    pub tenant_id: Option<i64>,
-    pub label: String,
-    /// How the token starts (`rw_<id>_`), to recognise it.
-    pub token_prefix: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    pub created_by: String,
-    pub revoked_at: Option<i64>,
-    pub revoked_by: Option<String>,
-    /// Unix seconds, to the minute.
-    pub last_used_at: Option<i64>,
-}
-
-impl From<&ApiToken> for TokenInfo {
-    fn from(t: &ApiToken) -> Self {
-        TokenInfo {
-            id: t.id,
-            scope: t.scope.kind().to_string(),
-            tenant_id: t.scope.tenant(),
-            label: t.label.clone(),
-            token_prefix: format!("{TOKEN_PREFIX}{}_", t.id),
-            created_at: t.created_at,
-            created_by: t.created_by.clone(),
-            revoked_at: t.revoked_at,
-            revoked_by: t.revoked_by.clone(),
-            last_used_at: t.last_used_at,
-        }
-    }
-}
-
 /// Creates a token and returns its id and the plaintext token, which exists nowhere else: show
 /// it once. Audited as `token.create` by `actor` (the CLI passes `cli:<user>`).
 pub async fn create_token(
@@ -170,7 +131,7 @@ pub async fn list_tokens(
         .list_tokens(tenant)
         .await?
         .iter()
-        .map(TokenInfo::from)
+        .map(token_info)
         .collect())
 }
 
@@ -328,6 +289,22 @@ impl FromRequestParts<AppState> for Caller {
             ));
         };
         state.verifier().authenticate(state.store(), header).await
+    }
+}
+
+/// How a token is listed.
+pub fn token_info(t: &ApiToken) -> TokenInfo {
+    TokenInfo {
+        id: t.id,
+        scope: t.scope.kind().to_string(),
+        tenant_id: t.scope.tenant(),
+        label: t.label.clone(),
+        token_prefix: format!("{TOKEN_PREFIX}{}_", t.id),
+        created_at: t.created_at,
+        created_by: t.created_by.clone(),
+        revoked_at: t.revoked_at,
+        revoked_by: t.revoked_by.clone(),
+        last_used_at: t.last_used_at,
     }
 }
 

@@ -18,7 +18,6 @@ mod extract;
 pub mod health;
 mod openapi;
 pub mod problem;
-mod schema;
 mod validate;
 pub mod web;
 
@@ -41,29 +40,8 @@ pub use openapi::openapi;
 pub use problem::{ApiError, Problem};
 pub use relayward_store::{ApiToken, TokenId, TokenScope};
 
-/// The request and response bodies of the API, for its clients: the CLI reads and sends these
-/// very types, locally and over HTTP.
-pub mod types {
-    pub use crate::api::audit::AuditView;
-    pub use crate::api::connectors::{
-        ChangeConnector, ConnectorAudit, ConnectorView, CreateConnector,
-    };
-    pub use crate::api::diagnose::{DiagnoseRequest, DiagnoseStep, DiagnosisView};
-    pub use crate::api::domains::{AddDomain, DomainView, TxtRecord, VerifyResult, VerifyStatus};
-    pub use crate::api::header_from::{DeclareHeaderFrom, HeaderFromView};
-    pub use crate::api::me::WhoAmI;
-    pub use crate::api::sender_limits::{SenderLimitsView, SetSenderLimits};
-    pub use crate::api::suppressions::{AddSuppression, SuppressionView};
-    pub use crate::api::tenants::{CreateTenant, TenantView};
-    pub use crate::api::tokens::{CreateToken, CreatedToken, NewTokenScope};
-    pub use crate::api::trace::{TraceEventView, TracePage};
-    pub use crate::auth::TokenInfo;
-    pub use crate::control::{
-        Block, BlockScope, QueueOpOutcome, QueueOperation, QueuedMessage, QueuedRecipient,
-        RequestUnblock, SenderRestrictionView, TenantStatusReport, TransitionView, Unblock,
-    };
-    pub use crate::problem::Problem;
-}
+/// The request and response bodies of the API (its own crate, shared with the clients).
+pub use relayward_api_types as types;
 
 use crate::auth::Verifier;
 use crate::problem::ApiError as Error;

@@ -3,43 +3,15 @@
 
 use axum::extract::State;
 use axum::Json;
-use relayward_core::AuditEntry;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{limit, tenant_filter};
 use crate::auth::Caller;
 use crate::extract::ApiQuery;
 use crate::problem::{ApiResult, Problem};
 use crate::AppState;
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AuditView {
-    pub id: i64,
-    /// Unix seconds.
-    pub at: i64,
-    /// Who: `token:<id>/operator`, `token:<id>/tenant:<tenant id>`, `cli:<user>`, `detector`...
-    pub actor: String,
-    /// e.g. `connector.update`
-    pub action: String,
-    pub tenant_id: Option<i64>,
-    pub object: String,
-    pub detail: String,
-}
-
-impl From<AuditEntry> for AuditView {
-    fn from(e: AuditEntry) -> Self {
-        AuditView {
-            id: e.id,
-            at: e.at,
-            actor: e.actor,
-            action: e.action,
-            tenant_id: e.tenant_id,
-            object: e.object,
-            detail: e.detail,
-        }
-    }
-}
+pub use relayward_api_types::audit::AuditView;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

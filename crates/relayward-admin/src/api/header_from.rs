@@ -5,44 +5,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use relayward_core::{ConnectorId, HeaderFromAllowed, TenantId};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::tenant_for;
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::{validate, AppState};
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct HeaderFromView {
-    /// The header From domain (A-labels, lowercase).
-    pub domain: String,
-    /// Only through this connector; null: any of the tenant's.
-    pub connector_id: Option<i64>,
-    /// Unix seconds.
-    pub declared_at: i64,
-    pub declared_by: String,
-}
-
-impl From<&HeaderFromAllowed> for HeaderFromView {
-    fn from(a: &HeaderFromAllowed) -> Self {
-        HeaderFromView {
-            domain: a.domain.clone(),
-            connector_id: a.connector_id,
-            declared_at: a.declared_at,
-            declared_by: a.declared_by.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeclareHeaderFrom {
-    pub domain: String,
-    #[serde(default)]
-    pub connector_id: Option<i64>,
-}
+pub use relayward_api_types::header_from::{DeclareHeaderFrom, HeaderFromView};
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -1,22 +1,10 @@
 //! Who the presented token is.
 
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::problem::Problem;
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct WhoAmI {
-    /// The token presented (none for the operator's commands on the relay's own host).
-    pub token_id: Option<i64>,
-    #[schema(schema_with = crate::schema::token_scope)]
-    pub scope: String,
-    pub tenant_id: Option<i64>,
-    /// How changes made with this token appear in the audit log.
-    pub actor: String,
-}
+pub use relayward_api_types::me::WhoAmI;
 
 #[utoipa::path(
     get, path = "/v1/me", operation_id = "getMe", tag = "tokens",

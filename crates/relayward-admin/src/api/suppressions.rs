@@ -8,61 +8,16 @@ use axum::http::StatusCode;
 use axum::Json;
 use relayward_core::{Suppression, SuppressionSource, TenantId};
 use relayward_policy::suppression::{MANUAL_REASON, MAX_DAYS};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::tenant_for;
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::{validate, AppState};
+pub use relayward_api_types::suppressions::{AddSuppression, SuppressionView};
 
 /// Longest `reason` accepted.
 const REASON_MAX: usize = 500;
-
-/// One entry of a suppression list.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SuppressionView {
-    /// null: the operator's global list.
-    pub tenant_id: Option<i64>,
-    /// Lowercase `local@domain`.
-    pub address: String,
-    #[schema(schema_with = crate::schema::suppression_source)]
-    pub source: SuppressionSource,
-    /// The remote's reply for a hard bounce, or what the administrator wrote.
-    pub reason: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    pub created_by: String,
-    /// Unix seconds; null: until removed.
-    pub expires_at: Option<i64>,
-}
-
-impl From<Suppression> for SuppressionView {
-    fn from(s: Suppression) -> Self {
-        SuppressionView {
-            tenant_id: s.tenant_id,
-            address: s.address,
-            source: s.source,
-            reason: s.reason,
-            created_at: s.created_at,
-            created_by: s.created_by,
-            expires_at: s.expires_at,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddSuppression {
-    pub address: String,
-    /// Why (at most 500 characters); default `manual`.
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// For this many days (1 to 36500); absent: until removed.
-    #[serde(default)]
-    pub days: Option<u32>,
-}
 
 /// The list key of an address given in a request.
 fn address(field: &str, input: &str) -> ApiResult<String> {

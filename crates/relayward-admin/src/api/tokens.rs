@@ -6,40 +6,15 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use relayward_store::{ApiToken, TokenId, TokenScope};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{tenant_filter, tenant_for};
 use crate::auth::{self, Caller, TokenInfo, LABEL_MAX};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::{validate, AppState};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum NewTokenScope {
-    Operator,
-    Tenant,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    /// `operator` (operator only) or `tenant`.
-    pub scope: NewTokenScope,
-    /// The tenant of a `tenant` token; a tenant admin may leave it out (its own).
-    pub tenant_id: Option<i64>,
-    /// What the token is for, 1 to 100 characters.
-    pub label: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CreatedToken {
-    #[serde(flatten)]
-    pub info: TokenInfo,
-    /// The bearer token. Shown this once: only a hash of it is kept.
-    pub token: String,
-}
+pub use relayward_api_types::tokens::{CreateToken, CreatedToken, NewTokenScope};
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -127,7 +102,7 @@ pub(crate) async fn create(
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/tokens/{id}"))],
         Json(CreatedToken {
-            info: TokenInfo::from(&row),
+            info: crate::auth::token_info(&row),
             token,
         }),
     ))
@@ -150,7 +125,7 @@ pub(crate) async fn show(
     ApiPath(id): ApiPath<TokenId>,
 ) -> ApiResult<Json<TokenInfo>> {
     let t = token_for(&state, &caller, id).await?;
-    Ok(Json(TokenInfo::from(&t)))
+    Ok(Json(crate::auth::token_info(&t)))
 }
 
 #[utoipa::path(

@@ -4,16 +4,20 @@
 
 use axum::extract::State;
 use axum::Json;
-use relayward_core::{TenantId, TenantState};
+use relayward_core::TenantId;
 use relayward_store::TrafficHour;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{limit, tenant_for};
 use crate::auth::Caller;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::{ApiResult, Problem};
 use crate::AppState;
+pub use relayward_api_types::traffic::{
+    TenantTraffic, TenantTrafficTotals, TrafficCounts, TrafficOverview, TrafficPoint,
+    TransitionMark,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 /// A week: as far back as the charts go.
@@ -26,80 +30,6 @@ const DEFAULT_HOURS: u32 = 24;
 pub struct TrafficParams {
     /// How many clock hours, the current one included: 1 to 168, default 24.
     pub hours: Option<u32>,
-}
-
-/// The counts of one clock hour (or of a whole range).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TrafficCounts {
-    /// Messages accepted from senders of the tenant's verified accepted domains.
-    pub registered: u64,
-    /// Messages accepted from senders of other domains.
-    pub unregistered: u64,
-    /// Messages accepted with the null sender (`MAIL FROM:<>`).
-    pub null_sender: u64,
-    /// Commands refused (MAIL, RCPT, end of DATA), whatever the reason.
-    pub refused: u64,
-}
-
-impl TrafficCounts {
-    fn add(&mut self, h: &TrafficHour) {
-        self.registered += h.registered;
-        self.unregistered += h.unregistered;
-        self.null_sender += h.null_sender;
-        self.refused += h.refused;
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TrafficPoint {
-    /// Start of the hour, Unix milliseconds.
-    pub start_ms: i64,
-    #[serde(flatten)]
-    pub counts: TrafficCounts,
-}
-
-/// A restriction-state change, to mark on the time axis.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TransitionMark {
-    /// Unix milliseconds.
-    pub at_ms: i64,
-    #[schema(schema_with = crate::schema::tenant_state)]
-    pub from: TenantState,
-    #[schema(schema_with = crate::schema::tenant_state)]
-    pub to: TenantState,
-    /// `detector`, or the token or CLI user that made it.
-    pub actor: String,
-    pub summary: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TenantTraffic {
-    pub tenant_id: i64,
-    /// Start of the oldest hour, Unix milliseconds.
-    pub from_ms: i64,
-    /// End of the current hour, Unix milliseconds.
-    pub until_ms: i64,
-    /// Every hour of the range, oldest first, hours without traffic included.
-    pub hours: Vec<TrafficPoint>,
-    /// The transitions within the range, oldest first.
-    pub transitions: Vec<TransitionMark>,
-    /// The whole range.
-    pub totals: TrafficCounts,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TenantTrafficTotals {
-    pub tenant_id: i64,
-    #[serde(flatten)]
-    pub counts: TrafficCounts,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct TrafficOverview {
-    pub from_ms: i64,
-    pub until_ms: i64,
-    /// Tenants with traffic in the range, by id.
-    pub tenants: Vec<TenantTrafficTotals>,
 }
 
 /// `(from_ms, until_ms)` of the last `hours` clock hours, the current one included.
@@ -144,10 +74,10 @@ pub(crate) async fn tenant(
         })
         .collect();
     for row in &rows {
-        totals.add(row);
+        add(&mut totals, row);
         let i = (row.start_ms - from_ms).div_euclid(HOUR_MS);
         if let Some(p) = usize::try_from(i).ok().and_then(|i| points.get_mut(i)) {
-            p.counts.add(row);
+            add(&mut p.counts, row);
         }
     }
     let mut transitions: Vec<TransitionMark> = state
@@ -199,10 +129,10 @@ pub(crate) async fn overview(
     let mut tenants: Vec<TenantTrafficTotals> = Vec::new();
     for row in &rows {
         match tenants.last_mut() {
-            Some(t) if t.tenant_id == row.tenant_id => t.counts.add(row),
+            Some(t) if t.tenant_id == row.tenant_id => add(&mut t.counts, row),
             _ => {
                 let mut counts = TrafficCounts::default();
-                counts.add(row);
+                add(&mut counts, row);
                 tenants.push(TenantTrafficTotals {
                     tenant_id: row.tenant_id,
                     counts,
@@ -215,4 +145,12 @@ pub(crate) async fn overview(
         until_ms,
         tenants,
     }))
+}
+
+/// Adds an hour's counts.
+fn add(c: &mut TrafficCounts, h: &TrafficHour) {
+    c.registered += h.registered;
+    c.unregistered += h.unregistered;
+    c.null_sender += h.null_sender;
+    c.refused += h.refused;
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use relayward_admin::types::*;
+use relayward_client::types::*;
 
 use super::{print, print_json, Admin};
 

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use relayward_admin::types::DiagnoseRequest;
+use relayward_client::types::DiagnoseRequest;
 
 use super::{print, print_json, Admin};
 

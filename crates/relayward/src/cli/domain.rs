@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use relayward_admin::types::*;
+use relayward_client::types::*;
 
 use super::{print, print_json, Admin};
 

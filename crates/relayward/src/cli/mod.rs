@@ -8,7 +8,7 @@
 //! Two commands work on the local host only: `domain dkim-key` (the key files live in the data
 //! directory) and `srs` (the SRS secrets of the configuration).
 
-pub mod client;
+mod client;
 mod connector;
 mod diagnose;
 mod domain;
@@ -26,12 +26,12 @@ use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
 use relayward_store::Store;
 
-pub use client::Admin;
 pub use connector::{ConnectorAdd, ConnectorCmd};
 pub use diagnose::DiagnoseArgs;
 pub use domain::DomainCmd;
 pub use queue::QueueCmd;
 pub use records::{AuditArgs, TraceArgs};
+pub use relayward_client::Admin;
 pub use sender::SenderCmd;
 pub use suppression::SuppressionCmd;
 pub use tenant::{RequestUnblockArgs, SenderLimitsArgs, TenantCmd};
@@ -136,7 +136,9 @@ pub async fn local(config: &Config) -> Result<Admin> {
 
 /// The admin API at `server`, called with `token`.
 pub fn remote(server: &str, token: Option<String>) -> Result<Admin> {
-    Ok(Admin::new(Arc::new(client::Http::new(server, token)?)))
+    Ok(Admin::new(Arc::new(relayward_client::Http::new(
+        server, token,
+    )?)))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use relayward_admin::types::*;
+use relayward_client::types::*;
 use relayward_policy::evidence::Evidence;
 
 use crate::abuse::report;

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use relayward_admin::types::QueueOperation;
+use relayward_client::types::QueueOperation;
 
 use super::{print, print_json, Admin};
 

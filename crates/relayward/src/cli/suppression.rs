@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use relayward_admin::types::AddSuppression;
+use relayward_client::types::AddSuppression;
 
 use super::{print, print_json, Admin};
 use crate::table;

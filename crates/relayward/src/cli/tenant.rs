@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
-use relayward_admin::types::*;
+use relayward_client::types::*;
 use relayward_policy::limits::LimitAction;
 use relayward_policy::unblock::{Attest, Attestation};
 

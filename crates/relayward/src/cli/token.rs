@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use relayward_admin::types::{CreateToken, NewTokenScope};
+use relayward_client::types::{CreateToken, NewTokenScope};
 
 use super::{print, print_json, Admin};
 
