@@ -275,6 +275,37 @@ impl Default for DetectorConfig {
     }
 }
 
+/// Why a `[detector]` section is refused; the text names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DetectorConfigError {
+    /// A factor or share outside (0, 1] (`[0, 1]` for `forwarding.new_connector_factor`).
+    #[error("detector.{key} must be within (0, 1], not {value}")]
+    NotAShare { key: &'static str, value: f64 },
+    #[error("detector.hysteresis must be within [0, 1), not {0}")]
+    Hysteresis(f64),
+    /// A baseline-relative rule whose factors cannot order warn below block.
+    #[error("detector.{rule}: warn_factor must be > 0 and block_over_warn >= 1")]
+    RelativeRule { rule: &'static str },
+    /// A rate or share rule whose warn level is not positive or lies above its block level.
+    #[error("detector.{rule}: need 0 < warn <= block, got {warn} and {block}")]
+    WarnAboveBlock {
+        rule: &'static str,
+        warn: f64,
+        block: f64,
+    },
+    #[error("detector.forwarding.max_allowance must be >= 1, not {0}")]
+    MaxAllowance(f64),
+    #[error("detector.forwarding.max_recipients_per_message must be >= 1")]
+    MaxRecipientsPerMessage,
+    #[error("detector.forwarding.min_traits must be 1, 2 or 3, not {0}")]
+    MinTraits(u32),
+    #[error(
+        "detector.burst_budget ({budget}) must exceed floor_unregistered_per_hour ({floor}): \
+         a tenant within the floor may send it all at once"
+    )]
+    BurstBudgetWithinFloor { budget: u64, floor: u64 },
+}
+
 impl DetectorConfig {
     /// The counters' configuration, with the baseline clipped at the floors.
     pub fn counters_config(&self) -> CountersConfig {
@@ -285,22 +316,19 @@ impl DetectorConfig {
         }
     }
 
-    /// Reject values that would make the detector meaningless; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let in_unit = |name: &str, v: f64, lo_open: bool| {
-            let ok = if lo_open { v > 0.0 } else { v >= 0.0 } && v <= 1.0;
+    /// Reject values that would make the detector meaningless; the error names the key.
+    pub fn validate(&self) -> Result<(), DetectorConfigError> {
+        let in_unit = |key: &'static str, value: f64, lo_open: bool| {
+            let ok = if lo_open { value > 0.0 } else { value >= 0.0 } && value <= 1.0;
             if ok {
                 Ok(())
             } else {
-                Err(format!("detector.{name} must be within (0, 1], not {v}"))
+                Err(DetectorConfigError::NotAShare { key, value })
             }
         };
         in_unit("probation_factor", self.probation_factor, true)?;
         if !(0.0..1.0).contains(&self.hysteresis) {
-            return Err(format!(
-                "detector.hysteresis must be within [0, 1), not {}",
-                self.hysteresis
-            ));
+            return Err(DetectorConfigError::Hysteresis(self.hysteresis));
         }
         for (name, w, b) in [
             (
@@ -315,9 +343,7 @@ impl DetectorConfig {
             ),
         ] {
             if w <= 0.0 || b < 1.0 {
-                return Err(format!(
-                    "detector.{name}: warn_factor must be > 0 and block_over_warn >= 1"
-                ));
+                return Err(DetectorConfigError::RelativeRule { rule: name });
             }
         }
         let pairs = [
@@ -349,17 +375,16 @@ impl DetectorConfig {
         ];
         for (name, warn, block) in pairs {
             if !(warn > 0.0 && warn <= block) {
-                return Err(format!(
-                    "detector.{name}: need 0 < warn <= block, got {warn} and {block}"
-                ));
+                return Err(DetectorConfigError::WarnAboveBlock {
+                    rule: name,
+                    warn,
+                    block,
+                });
             }
         }
         let fw = &self.forwarding;
         if fw.max_allowance < 1.0 {
-            return Err(format!(
-                "detector.forwarding.max_allowance must be >= 1, not {}",
-                fw.max_allowance
-            ));
+            return Err(DetectorConfigError::MaxAllowance(fw.max_allowance));
         }
         in_unit(
             "forwarding.known_recipients_full",
@@ -367,13 +392,10 @@ impl DetectorConfig {
             true,
         )?;
         if fw.max_recipients_per_message < 1.0 {
-            return Err("detector.forwarding.max_recipients_per_message must be >= 1".into());
+            return Err(DetectorConfigError::MaxRecipientsPerMessage);
         }
         if !(1..=3).contains(&fw.min_traits) {
-            return Err(format!(
-                "detector.forwarding.min_traits must be 1, 2 or 3, not {}",
-                fw.min_traits
-            ));
+            return Err(DetectorConfigError::MinTraits(fw.min_traits));
         }
         in_unit(
             "forwarding.new_connector_factor",
@@ -381,11 +403,10 @@ impl DetectorConfig {
             false,
         )?;
         if self.burst_budget <= self.floor_unregistered_per_hour {
-            return Err(format!(
-                "detector.burst_budget ({}) must exceed floor_unregistered_per_hour ({}): \
-                 a tenant within the floor may send it all at once",
-                self.burst_budget, self.floor_unregistered_per_hour
-            ));
+            return Err(DetectorConfigError::BurstBudgetWithinFloor {
+                budget: self.burst_budget,
+                floor: self.floor_unregistered_per_hour,
+            });
         }
         Ok(())
     }
@@ -429,8 +450,26 @@ mod tests {
             burst_budget: 50,
             ..DetectorConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("burst_budget"));
+        let e = bad.validate().unwrap_err();
+        assert_eq!(
+            e,
+            DetectorConfigError::BurstBudgetWithinFloor {
+                budget: 50,
+                floor: 100
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "detector.burst_budget (50) must exceed floor_unregistered_per_hour (100): a tenant \
+             within the floor may send it all at once"
+        );
+        let bad = DetectorConfig {
+            probation_factor: 1.5,
+            ..DetectorConfig::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "detector.probation_factor must be within (0, 1], not 1.5"
+        );
     }
-
-    // Timing ---------------------------------------------------------------------------------
 }

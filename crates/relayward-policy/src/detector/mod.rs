@@ -35,8 +35,8 @@ mod rules;
 mod state;
 
 pub use config::{
-    BurstRule, DetectorConfig, DkimVerifyConfig, DomainsRule, ForwardingRule, MismatchRule,
-    ShareRule, SpamRule, SpamVerdictRule, VolumeRule,
+    BurstRule, DetectorConfig, DetectorConfigError, DkimVerifyConfig, DomainsRule, ForwardingRule,
+    MismatchRule, ShareRule, SpamRule, SpamVerdictRule, VolumeRule,
 };
 pub use rules::{Level, Rule, Shape, Signal, Trait, Window};
 pub use state::{BlockScope, Cause, TenantStatus, Transition, TransitionError};
