@@ -100,7 +100,7 @@ const KEEP_CLOSED: usize = 2;
 /// Larger lengths in a record header are garbage, not a message.
 const MAX_RECORD_BODY: u64 = 1 << 40;
 
-pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),
         source,

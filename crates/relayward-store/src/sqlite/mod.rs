@@ -178,7 +178,7 @@ fn is_busy(e: &sqlx::Error) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Shared row helpers
 
-pub(super) fn parse_col<T: FromStr>(row: &SqliteRow, col: &str) -> Result<T>
+fn parse_col<T: FromStr>(row: &SqliteRow, col: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
@@ -187,7 +187,7 @@ where
         .map_err(|e| StoreError::Backend(format!("bad value in column {col}: {e}")))
 }
 
-pub(super) fn parse_opt_col<T: FromStr>(row: &SqliteRow, col: &str) -> Result<Option<T>>
+fn parse_opt_col<T: FromStr>(row: &SqliteRow, col: &str) -> Result<Option<T>>
 where
     T::Err: std::fmt::Display,
 {
@@ -199,7 +199,7 @@ where
     .transpose()
 }
 
-pub(super) fn effective_limit(limit: u32) -> i64 {
+fn effective_limit(limit: u32) -> i64 {
     match limit {
         0 => DEFAULT_LIMIT as i64,
         n => n.min(MAX_LIMIT) as i64,
