@@ -28,12 +28,21 @@ pub fn locked_connectors(
         .collect()
 }
 
-pub fn hash_password(password: &str) -> Result<String, String> {
+/// Hashing a password failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    /// argon2 refused the input or its parameters; the text is argon2's.
+    #[error(transparent)]
+    Argon2(#[from] argon2::password_hash::Error),
+}
+
+/// An argon2id PHC string of `password` with a fresh random salt.
+pub fn hash_password(password: &str) -> Result<String, HashError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(HashError::from)
 }
 
 /// Constant-time verification against a stored PHC string. A missing or malformed hash never

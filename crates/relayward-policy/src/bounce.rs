@@ -1,7 +1,7 @@
 //! Bounce classification: what a remote server's reply to a delivery attempt, or a recipient of
 //! a returned DSN, says about the mail ([`BounceClass`]). One classifier serves delivery (which
 //! destinations to slow down), the suppression list (hard bounces), the tenants' reputation and
-//! the abuse detector ([`crate::counters::classify_remote_reply`] delegates here).
+//! the abuse detector ([`crate::remote_reply::classify_remote_reply`] delegates here).
 //!
 //! The rules are data: `contrib/bounce-rules.toml` at the top of the source tree is the
 //! built-in set, compiled in; an operator's file of the same form is tried before it. A rule
@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::counters::RemoteClass;
+use crate::remote_reply::RemoteClass;
 
 /// The built-in rules (one definition: the file operators read and copy from).
 const BUILTIN_RULES: &str = include_str!("../../../contrib/bounce-rules.toml");

@@ -50,20 +50,38 @@ pub fn lookup_keys(presented: &str) -> impl Iterator<Item = String> + '_ {
     std::iter::once(presented.to_string()).chain(wildcard)
 }
 
+/// Why a connector certificate name is refused; the text names it and says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertNameError {
+    #[error("{name:?}: a wildcard is allowed only as the whole first label (*.example.com)")]
+    MisplacedWildcard { name: String },
+    #[error("{name:?}: needs at least two labels")]
+    TooFewLabels { name: String },
+    #[error("{name:?}: longer than 253 characters")]
+    TooLong { name: String },
+    #[error("{name:?}: {label:?} is not a DNS label (lowercase letters, digits, hyphens)")]
+    BadLabel { name: String, label: String },
+}
+
+/// For callers that carry the reason as text (the admin API's validation details).
+impl From<CertNameError> for String {
+    fn from(e: CertNameError) -> String {
+        e.to_string()
+    }
+}
+
 /// Syntax of a connector certificate name, lowercase: a DNS name of at least two labels,
-/// optionally `*.` followed by one. The error says what is wrong.
-pub fn validate(name: &str) -> Result<(), String> {
+/// optionally `*.` followed by one.
+pub fn validate(name: &str) -> Result<(), CertNameError> {
     let b = base(name);
     if b.contains('*') {
-        return Err(format!(
-            "{name:?}: a wildcard is allowed only as the whole first label (*.example.com)"
-        ));
+        return Err(CertNameError::MisplacedWildcard { name: name.into() });
     }
     if !b.contains('.') {
-        return Err(format!("{name:?}: needs at least two labels"));
+        return Err(CertNameError::TooFewLabels { name: name.into() });
     }
     if b.len() > 253 {
-        return Err(format!("{name:?}: longer than 253 characters"));
+        return Err(CertNameError::TooLong { name: name.into() });
     }
     for label in b.split('.') {
         let ok = !label.is_empty()
@@ -74,9 +92,10 @@ pub fn validate(name: &str) -> Result<(), String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!(
-                "{name:?}: {label:?} is not a DNS label (lowercase letters, digits, hyphens)"
-            ));
+            return Err(CertNameError::BadLabel {
+                name: name.into(),
+                label: label.into(),
+            });
         }
     }
     Ok(())
@@ -146,5 +165,37 @@ mod tests {
         assert!(validate("*.example").is_err());
         assert!(validate("localhost").is_err());
         assert!(validate("a_b.example").is_err());
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let text = |n: &str| validate(n).unwrap_err().to_string();
+        assert_eq!(
+            text("m*.contoso.example"),
+            "\"m*.contoso.example\": a wildcard is allowed only as the whole first label \
+             (*.example.com)"
+        );
+        assert_eq!(
+            text("localhost"),
+            "\"localhost\": needs at least two labels"
+        );
+        assert_eq!(
+            text(&format!("{}.example", "a.".repeat(130))),
+            format!(
+                "{:?}: longer than 253 characters",
+                format!("{}.example", "a.".repeat(130))
+            )
+        );
+        assert_eq!(
+            validate("a_b.example"),
+            Err(CertNameError::BadLabel {
+                name: "a_b.example".into(),
+                label: "a_b".into()
+            })
+        );
+        assert_eq!(
+            text("a_b.example"),
+            "\"a_b.example\": \"a_b\" is not a DNS label (lowercase letters, digits, hyphens)"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod directory;
 pub mod evidence;
 pub mod limits;
 pub mod relay;
+pub mod remote_reply;
 pub mod report;
 pub mod reputation;
 pub mod suppression;

@@ -60,11 +60,22 @@ impl Default for ReputationConfig {
     }
 }
 
+/// Why a `[reputation]` section is refused; the text names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ReputationConfigError {
+    /// The operator's bounce rules file cannot be read or compiled.
+    #[error("reputation.bounce_rules: {0}")]
+    BounceRules(#[source] crate::bounce::BounceRulesError),
+    /// A rate's warn, act and block levels are not ordered within [0, 1].
+    #[error("reputation: {rate}_warn <= {rate}_act <= {rate}_block, each between 0 and 1")]
+    Thresholds { rate: &'static str },
+}
+
 impl ReputationConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ReputationConfigError> {
         if let Some(path) = &self.bounce_rules {
             crate::bounce::BounceClassifier::with_extra_file(path)
-                .map_err(|e| format!("reputation.bounce_rules: {e}"))?;
+                .map_err(ReputationConfigError::BounceRules)?;
         }
         for (name, warn, act, block) in [
             (
@@ -83,9 +94,7 @@ impl ReputationConfig {
             let ordered =
                 (0.0..=1.0).contains(&warn) && warn <= act && act <= block && block <= 1.0;
             if !ordered {
-                return Err(format!(
-                    "reputation: {name}_warn <= {name}_act <= {name}_block, each between 0 and 1"
-                ));
+                return Err(ReputationConfigError::Thresholds { rate: name });
             }
         }
         Ok(())
@@ -586,6 +595,9 @@ mod tests {
             bounce_act: 0.01,
             ..ReputationConfig::default()
         };
-        assert!(bad.validate().is_err());
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "reputation: bounce_warn <= bounce_act <= bounce_block, each between 0 and 1"
+        );
     }
 }

@@ -159,6 +159,17 @@ impl fmt::Display for EgressUsed {
     }
 }
 
+/// Why a connection leaves unbound (from any local address) instead of from its egress pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnboundReason {
+    /// No pool of that name is configured.
+    #[error("no pool named {0}")]
+    NoPool(String),
+    /// The pool has no address of the target's family (`"IPv4"` or `"IPv6"`).
+    #[error("no {family} address in pool {pool}")]
+    NoAddressOfFamily { pool: String, family: &'static str },
+}
+
 /// The configured pools' addresses, handed out in turn per pool and address family.
 #[derive(Debug, Default)]
 pub struct SourceAddresses {
@@ -196,7 +207,7 @@ impl SourceAddresses {
     /// The addresses of `pool` to bind for a connection to `target`: the next in turn first,
     /// then the others (tried when one cannot be bound). `Err`: the connection stays unbound,
     /// and why.
-    pub fn for_target(&self, pool: &str, target: IpAddr) -> Result<Vec<IpAddr>, String> {
+    pub fn for_target(&self, pool: &str, target: IpAddr) -> Result<Vec<IpAddr>, UnboundReason> {
         let (list, next) = self.family(pool, target)?;
         let start = next.fetch_add(1, Ordering::Relaxed) % list.len();
         Ok(list[start..]
@@ -208,12 +219,16 @@ impl SourceAddresses {
 
     /// Why a connection from `pool` to `target` is not bound, if it is not.
     pub fn unbound_reason(&self, pool: &str, target: IpAddr) -> Option<String> {
-        self.family(pool, target).err()
+        self.family(pool, target).err().map(|e| e.to_string())
     }
 
-    fn family(&self, pool: &str, target: IpAddr) -> Result<(&[IpAddr], &AtomicUsize), String> {
+    fn family(
+        &self,
+        pool: &str,
+        target: IpAddr,
+    ) -> Result<(&[IpAddr], &AtomicUsize), UnboundReason> {
         let Some(p) = self.pools.get(pool) else {
-            return Err(format!("no pool named {pool}"));
+            return Err(UnboundReason::NoPool(pool.into()));
         };
         let (list, next, family) = if target.is_ipv4() {
             (&p.v4, &p.next_v4, "IPv4")
@@ -221,7 +236,10 @@ impl SourceAddresses {
             (&p.v6, &p.next_v6, "IPv6")
         };
         if list.is_empty() {
-            return Err(format!("no {family} address in pool {pool}"));
+            return Err(UnboundReason::NoAddressOfFamily {
+                pool: pool.into(),
+                family,
+            });
         }
         Ok((list, next))
     }
@@ -403,7 +421,14 @@ mod tests {
         );
         assert_eq!(
             sources.for_target("high_risk", v6),
-            Err("no IPv6 address in pool high_risk".to_string())
+            Err(UnboundReason::NoAddressOfFamily {
+                pool: "high_risk".into(),
+                family: "IPv6"
+            })
+        );
+        assert_eq!(
+            sources.unbound_reason("high_risk", v6).as_deref(),
+            Some("no IPv6 address in pool high_risk")
         );
         assert_eq!(
             sources.for_target("default", v6).map(|_| ()),
@@ -412,7 +437,11 @@ mod tests {
         );
         assert_eq!(
             sources.for_target("forwarding", v4),
-            Err("no pool named forwarding".to_string())
+            Err(UnboundReason::NoPool("forwarding".into()))
+        );
+        assert_eq!(
+            sources.unbound_reason("forwarding", v4).as_deref(),
+            Some("no pool named forwarding")
         );
     }
 

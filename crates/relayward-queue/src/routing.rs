@@ -94,14 +94,48 @@ pub enum RouteError {
 pub struct Router {
     /// An error when the resolver could not be built (no system configuration): every MX lookup
     /// then defers with that reason.
-    resolver: Result<TokioResolver, String>,
+    resolver: Result<TokioResolver, ResolverError>,
     config: Arc<DeliveryConfig>,
     /// TLS client configurations of the tenant routes that verify, built once.
-    verified_tls: std::collections::HashMap<i64, Result<Arc<rustls::ClientConfig>, String>>,
+    verified_tls:
+        std::collections::HashMap<i64, Result<Arc<rustls::ClientConfig>, tls::TlsConfigError>>,
+}
+
+/// Why no DNS resolver could be built; MX delivery then defers with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolverError {
+    /// The system's resolver configuration (`/etc/resolv.conf`) cannot be read or used.
+    #[error("system DNS configuration: {0}")]
+    SystemConfig(String),
+    /// The resolver refused its options.
+    #[error("DNS resolver: {0}")]
+    Build(String),
+}
+
+/// Why a `host:port` setting (a smart host, a tenant route) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostPortError {
+    #[error("bad host {0:?}")]
+    BadHost(String),
+    #[error("bad port in {0:?}")]
+    BadPort(String),
+    #[error("empty host")]
+    Empty,
+}
+
+/// Why a hop has no address to connect to; the text is the reply quoted in the DSN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HopAddressError {
+    /// The host name has no A or AAAA records.
+    #[error("{host}: host has no address records")]
+    NoAddress { host: String },
+    /// The lookup itself failed (time-out, server failure, no resolver).
+    #[error("{host}: DNS lookup failed: {reason}")]
+    LookupFailed { host: String, reason: String },
 }
 
 /// The resolver: `server` receives every query, or the system configuration is used.
-pub fn build_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, String> {
+pub fn build_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, ResolverError> {
     let mut opts = ResolverOpts::default();
     opts.timeout = Duration::from_secs(3);
     opts.attempts = 2;
@@ -117,25 +151,27 @@ pub fn build_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, Strin
                 TokioRuntimeProvider::default(),
             )
         }
-        None => Resolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?,
+        None => {
+            Resolver::builder_tokio().map_err(|e| ResolverError::SystemConfig(e.to_string()))?
+        }
     };
     builder
         .with_options(opts)
         .build()
-        .map_err(|e| format!("DNS resolver: {e}"))
+        .map_err(|e| ResolverError::Build(e.to_string()))
 }
 
 /// Parses `host:port`, `[v6]:port`, `v4:port` or a bare host (port `default_port`).
-pub fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+pub fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), HostPortError> {
     let s = s.trim();
     if let Some(rest) = s.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("bad host {s:?}"))?;
+            .ok_or_else(|| HostPortError::BadHost(s.into()))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("bad port in {s:?}"))?,
+            Some(p) => p.parse().map_err(|_| HostPortError::BadPort(s.into()))?,
             None if after.is_empty() => default_port,
-            None => return Err(format!("bad host {s:?}")),
+            None => return Err(HostPortError::BadHost(s.into())),
         };
         return Ok((host.to_string(), port));
     }
@@ -145,10 +181,10 @@ pub fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), Stri
     match s.rsplit_once(':') {
         Some((host, port)) => Ok((
             host.to_string(),
-            port.parse().map_err(|_| format!("bad port in {s:?}"))?,
+            port.parse().map_err(|_| HostPortError::BadPort(s.into()))?,
         )),
         None if !s.is_empty() => Ok((s.to_string(), default_port)),
-        None => Err("empty host".into()),
+        None => Err(HostPortError::Empty),
     }
 }
 
@@ -350,7 +386,7 @@ impl Router {
         let resolver = self
             .resolver
             .as_ref()
-            .map_err(|e| AddrError::Failed(e.clone()))?;
+            .map_err(|e| AddrError::Failed(e.to_string()))?;
         match resolver.lookup_ip(fqdn.as_str()).await {
             Ok(lookup) => Ok(lookup.iter().collect()),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Err(AddrError::NotFound),
@@ -359,16 +395,21 @@ impl Router {
     }
 
     /// Socket addresses of one hop.
-    pub async fn hop_addresses(&self, hop: &Hop) -> Result<Vec<SocketAddr>, String> {
+    pub async fn hop_addresses(&self, hop: &Hop) -> Result<Vec<SocketAddr>, HopAddressError> {
         let ips = match &hop.addrs {
             Some(ips) => ips.clone(),
             None => match self.addresses(&hop.name).await {
                 Ok(ips) if !ips.is_empty() => ips,
                 Ok(_) | Err(AddrError::NotFound) => {
-                    return Err(format!("{}: host has no address records", hop.name))
+                    return Err(HopAddressError::NoAddress {
+                        host: hop.name.clone(),
+                    })
                 }
-                Err(AddrError::Failed(e)) => {
-                    return Err(format!("{}: DNS lookup failed: {e}", hop.name))
+                Err(AddrError::Failed(reason)) => {
+                    return Err(HopAddressError::LookupFailed {
+                        host: hop.name.clone(),
+                        reason,
+                    })
                 }
             },
         };
@@ -429,7 +470,19 @@ mod tests {
             parse_host_port("127.0.0.1:26", 25).unwrap(),
             ("127.0.0.1".into(), 26)
         );
-        assert!(parse_host_port("a:b", 25).is_err());
+        assert_eq!(
+            parse_host_port("a:b", 25),
+            Err(HostPortError::BadPort("a:b".into()))
+        );
+        assert_eq!(
+            parse_host_port("[::1]x", 25),
+            Err(HostPortError::BadHost("[::1]x".into()))
+        );
+        assert_eq!(parse_host_port(" ", 25), Err(HostPortError::Empty));
+        assert_eq!(
+            parse_host_port("[::1", 25).unwrap_err().to_string(),
+            "bad host \"[::1\""
+        );
     }
 
     #[test]

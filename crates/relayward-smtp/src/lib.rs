@@ -26,7 +26,8 @@ mod tls;
 
 pub use auth_guard::AuthLockoutEvent;
 pub use inbound::srs_role::{
-    FeedbackError, FeedbackMessage, ReturnRecipient, ReturnedMessage, SrsReturn, SrsRole,
+    FeedbackError, FeedbackMessage, ReturnRecipient, ReturnedMessage, SrsReturn, SrsReverseError,
+    SrsRole,
 };
 pub use tls::{load_tls, ServerTls};
 

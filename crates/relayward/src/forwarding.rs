@@ -424,10 +424,18 @@ impl SrsReturn for ReturnSink {
         self.srs().domain()
     }
 
-    fn reverse(&self, address: &str) -> Result<String, String> {
+    fn reverse(&self, address: &str) -> Result<String, relayward_smtp::SrsReverseError> {
+        use relayward_queue::srs::SrsError as E;
+        use relayward_smtp::SrsReverseError as R;
         self.srs()
             .reverse(address, now_secs())
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                E::BadHash => R::BadHash,
+                E::Expired => R::Expired,
+                E::Malformed(what) => R::Malformed(what.into()),
+                E::NotSrs => R::NotSrs,
+                E::Config(why) => R::Config(why),
+            })
     }
 
     fn feedback_address(&self) -> Option<&str> {
@@ -444,13 +452,12 @@ impl SrsReturn for ReturnSink {
         }
     }
 
-    async fn enqueue(&self, msg: ReturnedMessage) -> Result<(), String> {
+    async fn enqueue(&self, msg: ReturnedMessage) -> Result<(), relayward_smtp::EnqueueError> {
         let now = relayward_core::now();
         let envelope = Envelope {
-            queue_id: msg
-                .queue_id
-                .parse()
-                .map_err(|e| format!("bad queue id: {e}"))?,
+            queue_id: msg.queue_id.parse().map_err(|e| {
+                relayward_smtp::EnqueueError::Unavailable(format!("bad queue id: {e}"))
+            })?,
             received_at: msg.received_at,
             tenant_id: None,
             connector_id: None,
@@ -491,7 +498,7 @@ impl SrsReturn for ReturnSink {
         self.spool
             .store_async(id, envelope, msg.data)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| relayward_smtp::EnqueueError::Unavailable(e.to_string()))?;
         self.scheduler.submit(id);
         if let Some((intake, head)) = report {
             tokio::spawn(async move { intake.returned(&head).await });

@@ -351,7 +351,7 @@ impl Outbound {
             .await
             .map_err(|e| HopFailure {
                 status: "4.4.4".into(),
-                reply: e,
+                reply: e.to_string(),
                 remote: None,
             })?;
         let mut last = None;
@@ -452,7 +452,7 @@ impl Outbound {
             Err(why) => {
                 *source = Source {
                     ip: None,
-                    unbound: Some(why),
+                    unbound: Some(why.to_string()),
                 };
                 return Connection::connect(addr, host, None, timeouts).await;
             }

@@ -7,7 +7,7 @@
 //! at least bound to the key the server presented. Only a route that asks for it (`require_tls` +
 //! `verify_tls`) gets full chain and name verification; MTA-STS and DANE are not implemented.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -74,28 +74,59 @@ pub fn opportunistic() -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// Why a verifying client configuration cannot be built; deliveries that need it defer.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// The CA file cannot be read, or holds something that is not a PEM certificate.
+    #[error("{}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate of the CA file is not a usable trust anchor.
+    #[error("{}: {source}", path.display())]
+    CaCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{}: no certificates", path.display())]
+    NoCertificates { path: PathBuf },
+    /// rustls refused the configuration itself.
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
 /// Client configuration that verifies the chain against `ca_file` (PEM) or the webpki roots.
-pub fn verified(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+pub fn verified(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let ca_file = |source| TlsConfigError::CaFile {
+                path: path.to_path_buf(),
+                source,
+            };
+            let certs = CertificateDer::pem_file_iter(path).map_err(ca_file)?;
             for cert in certs {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                let cert = cert.map_err(ca_file)?;
                 roots
                     .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|source| TlsConfigError::CaCertificate {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
             }
             if roots.is_empty() {
-                return Err(format!("{}: no certificates", path.display()));
+                return Err(TlsConfigError::NoCertificates {
+                    path: path.to_path_buf(),
+                });
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))

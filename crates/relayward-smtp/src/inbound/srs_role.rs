@@ -28,7 +28,7 @@ use super::data::{content_checks, write_received};
 use super::mail::extract_path;
 use super::session::Session;
 use super::{sender_text, Decision, Exit, State, Transaction};
-use crate::IncomingRecipient;
+use crate::{EnqueueError, IncomingRecipient};
 
 /// Local parts of the senders a bounce may come from besides the null sender (RFC 3464 DSNs
 /// are sent with `MAIL FROM:<>`; some MTAs use their postmaster address instead).
@@ -47,12 +47,12 @@ const NOTIFY_FLAGS: u64 = smtp_proto::RCPT_NOTIFY_SUCCESS
 pub trait SrsReturn: Send + Sync + 'static {
     /// The SRS domain, lowercase: the only domain RCPT TO may name.
     fn domain(&self) -> &str;
-    /// The address an SRS address (as received, `local@domain`) stands for; `Err(reason)` when
-    /// it is forged, expired, malformed or not an SRS address at all (the reason goes to the
-    /// trace, never to the client).
-    fn reverse(&self, address: &str) -> Result<String, String>;
+    /// The address an SRS address (as received, `local@domain`) stands for; `Err` when it is
+    /// forged, expired, malformed or not an SRS address at all (the reason goes to the trace,
+    /// never to the client).
+    fn reverse(&self, address: &str) -> Result<String, SrsReverseError>;
     /// Spools the returned message. Ok only once it is durably on disk.
-    async fn enqueue(&self, msg: ReturnedMessage) -> Result<(), String>;
+    async fn enqueue(&self, msg: ReturnedMessage) -> Result<(), EnqueueError>;
     /// The feedback-loop address (lowercase `local@domain`) where receiving providers send
     /// spam complaints as ARF reports (RFC 5965); `None`: none taken here.
     fn feedback_address(&self) -> Option<&str> {
@@ -62,6 +62,42 @@ pub trait SrsReturn: Send + Sync + 'static {
     /// goes to the trace: which tenant, which message, or why it could not be attributed).
     async fn feedback(&self, _report: FeedbackMessage) -> Result<String, FeedbackError> {
         Err(FeedbackError::NotTaken)
+    }
+}
+
+/// Why an address in the SRS domain does not lead back to a sender. The text goes to the
+/// trace; the client only learns that the address is not a valid SRS address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SrsReverseError {
+    /// The hash matches none of the relay's secrets (forged, or signed with a secret since
+    /// removed).
+    #[error("SRS hash invalid")]
+    BadHash,
+    /// The SRS0 day stamp is older than the relay keeps its addresses valid.
+    #[error("SRS timestamp out of date")]
+    Expired,
+    /// An SRS address that cannot be parsed; the text says what is missing.
+    #[error("malformed address: {0}")]
+    Malformed(String),
+    /// Not an SRS0/SRS1 address at all.
+    #[error("not an SRS address")]
+    NotSrs,
+    /// The relay's SRS configuration refused it.
+    #[error("invalid SRS configuration: {0}")]
+    Config(String),
+}
+
+impl SrsReverseError {
+    /// The reply to the RCPT TO that named the address: the same for every kind, so that a
+    /// prober learns nothing about the relay's secrets or clock.
+    pub fn reply(&self) -> Reply {
+        match self {
+            SrsReverseError::BadHash
+            | SrsReverseError::Expired
+            | SrsReverseError::Malformed(_)
+            | SrsReverseError::NotSrs
+            | SrsReverseError::Config(_) => reply::SRS_BAD_RECIPIENT,
+        }
     }
 }
 
@@ -336,7 +372,7 @@ impl State {
             .role
             .handler
             .reverse(&srs_address)
-            .map_err(|why| (reply::SRS_BAD_RECIPIENT, shown(), Some(why)))?;
+            .map_err(|why| (why.reply(), shown(), Some(why.to_string())))?;
         // The original sender as it was received (a quoted local part included).
         let o_split = original.rsplit_once('@').and_then(|(l, d)| {
             let d = normalize_domain(d).ok()?;
@@ -524,7 +560,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Ok(Err(e)) => {
                 tracing::warn!(queue_id = %queue_id, error = %e, "enqueue of an SRS return failed");
-                refuse(st, &reply::LOCAL_PROBLEM, "enqueue failed");
+                refuse(st, &e.reply(), "enqueue failed");
             }
             Err(_) => {
                 tracing::warn!(queue_id = %queue_id, "enqueue of an SRS return timed out");
@@ -568,6 +604,23 @@ mod tests {
     }
 
     #[test]
+    fn every_reverse_failure_is_the_same_refusal() {
+        for e in [
+            SrsReverseError::BadHash,
+            SrsReverseError::Expired,
+            SrsReverseError::Malformed("no hash in SRS0 address".into()),
+            SrsReverseError::NotSrs,
+            SrsReverseError::Config("no secret".into()),
+        ] {
+            assert_eq!(e.reply(), reply::SRS_BAD_RECIPIENT, "{e}");
+        }
+        assert_eq!(
+            SrsReverseError::Malformed("no host in SRS0 address".into()).to_string(),
+            "malformed address: no host in SRS0 address"
+        );
+    }
+
+    #[test]
     fn rate_is_per_source_and_minute() {
         struct Nothing;
         #[async_trait]
@@ -575,10 +628,10 @@ mod tests {
             fn domain(&self) -> &str {
                 "srs.example"
             }
-            fn reverse(&self, _: &str) -> Result<String, String> {
-                Err("no".into())
+            fn reverse(&self, _: &str) -> Result<String, SrsReverseError> {
+                Err(SrsReverseError::NotSrs)
             }
-            async fn enqueue(&self, _: ReturnedMessage) -> Result<(), String> {
+            async fn enqueue(&self, _: ReturnedMessage) -> Result<(), EnqueueError> {
                 Ok(())
             }
         }

@@ -123,7 +123,8 @@ pub struct DkimCheck {
 
 impl DkimCheck {
     pub fn new(cfg: &DkimVerifyConfig, resolver: Option<SocketAddr>) -> Result<DkimCheck, String> {
-        let resolver = relayward_queue::routing::build_resolver(resolver)?;
+        let resolver =
+            relayward_queue::routing::build_resolver(resolver).map_err(|e| e.to_string())?;
         Ok(DkimCheck {
             auth: MessageAuthenticator(resolver),
             cache: TxtCache::new(cfg.cache_entries),

@@ -7,7 +7,9 @@ use relayward_core::{AuditEntry, TenantId, TenantState, Timestamp};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::{audit_and_bump, audit_from_row, insert_audit, parse_col, require_tenant};
+use super::audit::{audit_and_bump, audit_from_row, insert_audit};
+use super::directory::require_tenant;
+use super::parse_col;
 use crate::{
     NewSenderRestriction, NewTransition, Result, SenderRestrictionRecord, StoreError,
     TenantStatusRecord, TransitionRecord,

@@ -6,7 +6,8 @@ use relayward_core::{now, TenantId};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Row, SqlitePool};
 
-use super::{audit_and_bump, require_tenant};
+use super::audit::audit_and_bump;
+use super::directory::require_tenant;
 use crate::{DkimKeyRecord, Result, StoreError};
 
 macro_rules! dkim_cols {

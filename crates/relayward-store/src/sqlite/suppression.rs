@@ -6,7 +6,9 @@ use relayward_core::{Suppression, SuppressionSource, SuppressionUpdates, TenantI
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Row, SqlitePool};
 
-use super::{insert_audit, parse_col, require_tenant};
+use super::audit::insert_audit;
+use super::directory::require_tenant;
+use super::parse_col;
 use crate::{Result, StoreError};
 
 macro_rules! suppression_cols {

@@ -1,0 +1,628 @@
+//! Inbound connectors: how a tenant's mail reaches the relay (IP ranges, certificate name, SMTP
+//! AUTH) and what it may send.
+
+use ipnet::IpNet;
+use relayward_core::{now, Connector, ConnectorId, ConnectorKind, Tenant, TenantId, Timestamp};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::Row;
+
+use super::audit::audit_and_bump;
+use super::directory::require_tenant;
+use super::{parse_col, SqliteStore};
+use crate::{NewConnector, Result, StoreError};
+
+macro_rules! connector_cols {
+    () => {
+        "id, tenant_id, name, kind, ip_ranges, cert_name, auth_user, auth_password_hash, \
+         require_tls, enabled, allow_unregistered, restrict_domains_to_ips, \
+         restrict_domains_to_cert, blocked, created_at, created_by, updated_at, updated_by, \
+         last_used_at"
+    };
+}
+pub(super) use connector_cols;
+
+fn ip_ranges_to_json(ranges: &[IpNet]) -> String {
+    let texts: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
+    serde_json::to_string(&texts).expect("a list of strings serializes")
+}
+
+fn ip_ranges_from_json(json: &str) -> Result<Vec<IpNet>> {
+    let texts: Vec<String> = serde_json::from_str(json)
+        .map_err(|e| StoreError::Backend(format!("bad value in column ip_ranges: {e}")))?;
+    texts
+        .iter()
+        .map(|t| {
+            t.parse()
+                .map_err(|e| StoreError::Backend(format!("bad CIDR {t:?} in ip_ranges: {e}")))
+        })
+        .collect()
+}
+
+pub(super) fn connector_from_row(row: &SqliteRow) -> Result<Connector> {
+    let ranges: String = row.try_get("ip_ranges")?;
+    Ok(Connector {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        kind: parse_col::<ConnectorKind>(row, "kind")?,
+        ip_ranges: ip_ranges_from_json(&ranges)?,
+        cert_name: row.try_get("cert_name")?,
+        auth_user: row.try_get("auth_user")?,
+        auth_password_hash: row.try_get("auth_password_hash")?,
+        require_tls: row.try_get("require_tls")?,
+        enabled: row.try_get("enabled")?,
+        allow_unregistered: row.try_get("allow_unregistered")?,
+        restrict_domains_to_ips: row.try_get("restrict_domains_to_ips")?,
+        restrict_domains_to_cert: row.try_get("restrict_domains_to_cert")?,
+        blocked: row.try_get("blocked")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        updated_at: row.try_get("updated_at")?,
+        updated_by: row.try_get("updated_by")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+async fn connector_by_id(
+    conn: &mut SqliteConnection,
+    id: ConnectorId,
+) -> Result<Option<Connector>> {
+    sqlx::query(concat!(
+        "SELECT ",
+        connector_cols!(),
+        " FROM connectors WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(connector_from_row)
+    .transpose()
+}
+
+/// Conflicts on a connector's unique keys, ignoring the connector `except` itself.
+async fn check_connector_unique(
+    conn: &mut SqliteConnection,
+    tenant: &Tenant,
+    name: &str,
+    auth_user: Option<&str>,
+    except: ConnectorId,
+) -> Result<()> {
+    let dup = sqlx::query("SELECT id FROM connectors WHERE tenant_id = ? AND name = ? AND id <> ?")
+        .bind(tenant.id)
+        .bind(name)
+        .bind(except)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if dup.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "connector {name} already exists for tenant {}",
+            tenant.name
+        )));
+    }
+    if let Some(user) = auth_user {
+        let dup = sqlx::query("SELECT id FROM connectors WHERE auth_user = ? AND id <> ?")
+            .bind(user)
+            .bind(except)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if dup.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "auth user {user} is already used by another connector"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn opt_text(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("none")
+}
+
+fn ranges_text(ranges: &[IpNet]) -> String {
+    if ranges.is_empty() {
+        "none".into()
+    } else {
+        ranges
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Short human text of what an update changes. Never includes the password hash.
+fn connector_diff(old: &Connector, new: &Connector) -> String {
+    let mut changes = Vec::new();
+    macro_rules! field {
+        ($f:ident) => {
+            if old.$f != new.$f {
+                changes.push(format!("{} {} -> {}", stringify!($f), old.$f, new.$f));
+            }
+        };
+    }
+    if old.name != new.name {
+        changes.push(format!("name {} -> {}", old.name, new.name));
+    }
+    field!(kind);
+    if old.ip_ranges != new.ip_ranges {
+        changes.push(format!(
+            "ip_ranges {} -> {}",
+            ranges_text(&old.ip_ranges),
+            ranges_text(&new.ip_ranges)
+        ));
+    }
+    if old.cert_name != new.cert_name {
+        changes.push(format!(
+            "cert_name {} -> {}",
+            opt_text(&old.cert_name),
+            opt_text(&new.cert_name)
+        ));
+    }
+    if old.auth_user != new.auth_user {
+        changes.push(format!(
+            "auth_user {} -> {}",
+            opt_text(&old.auth_user),
+            opt_text(&new.auth_user)
+        ));
+    }
+    if old.auth_password_hash != new.auth_password_hash {
+        changes.push(
+            match new.auth_password_hash {
+                Some(_) => "password set",
+                None => "password removed",
+            }
+            .to_string(),
+        );
+    }
+    field!(require_tls);
+    field!(enabled);
+    field!(allow_unregistered);
+    field!(restrict_domains_to_ips);
+    field!(restrict_domains_to_cert);
+    field!(blocked);
+    if changes.is_empty() {
+        "no changes".into()
+    } else {
+        changes.join("; ")
+    }
+}
+
+pub(super) async fn add_connector(
+    store: &SqliteStore,
+    c: NewConnector,
+    actor: &str,
+) -> Result<Connector> {
+    let name = c.name.trim();
+    if name.is_empty() {
+        return Err(StoreError::Invalid("connector name is empty".into()));
+    }
+    let at = now();
+    let ranges = ip_ranges_to_json(&c.ip_ranges);
+    let mut tx = store.write_tx().await?;
+    let tenant = require_tenant(&mut tx, c.tenant_id).await?;
+    check_connector_unique(&mut tx, &tenant, name, c.auth_user.as_deref(), 0).await?;
+    let id: i64 = sqlx::query(
+        "INSERT INTO connectors (tenant_id, name, kind, ip_ranges, cert_name, auth_user, \
+         auth_password_hash, require_tls, enabled, allow_unregistered, \
+         restrict_domains_to_ips, restrict_domains_to_cert, blocked, created_at, created_by, \
+         updated_at, updated_by, last_used_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(tenant.id)
+    .bind(name)
+    .bind(c.kind.as_str())
+    .bind(&ranges)
+    .bind(&c.cert_name)
+    .bind(&c.auth_user)
+    .bind(&c.auth_password_hash)
+    .bind(c.require_tls)
+    .bind(true)
+    .bind(c.allow_unregistered)
+    .bind(c.restrict_domains_to_ips)
+    .bind(c.restrict_domains_to_cert)
+    .bind(false)
+    .bind(at)
+    .bind(actor)
+    .bind(at)
+    .bind(actor)
+    .bind(None::<i64>)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("id")?;
+
+    let mut detail = format!(
+        "added to tenant {}; kind {}; ip_ranges {}",
+        tenant.name,
+        c.kind,
+        ranges_text(&c.ip_ranges)
+    );
+    if let Some(cert) = &c.cert_name {
+        detail.push_str(&format!("; cert_name {cert}"));
+    }
+    if let Some(user) = &c.auth_user {
+        detail.push_str(&format!("; auth_user {user}"));
+    }
+    if c.auth_password_hash.is_some() {
+        detail.push_str("; password set");
+    }
+    for (flag, on) in [
+        ("require_tls", c.require_tls),
+        ("allow_unregistered", c.allow_unregistered),
+        ("restrict_domains_to_ips", c.restrict_domains_to_ips),
+        ("restrict_domains_to_cert", c.restrict_domains_to_cert),
+    ] {
+        if on {
+            detail.push_str("; ");
+            detail.push_str(flag);
+        }
+    }
+    audit_and_bump(
+        &mut tx,
+        actor,
+        "connector.add",
+        Some(tenant.id),
+        &format!("connector {name}"),
+        &detail,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Connector {
+        id,
+        tenant_id: tenant.id,
+        name: name.to_string(),
+        kind: c.kind,
+        ip_ranges: c.ip_ranges,
+        cert_name: c.cert_name,
+        auth_user: c.auth_user,
+        auth_password_hash: c.auth_password_hash,
+        require_tls: c.require_tls,
+        enabled: true,
+        allow_unregistered: c.allow_unregistered,
+        restrict_domains_to_ips: c.restrict_domains_to_ips,
+        restrict_domains_to_cert: c.restrict_domains_to_cert,
+        blocked: false,
+        created_at: at,
+        created_by: actor.to_string(),
+        updated_at: at,
+        updated_by: actor.to_string(),
+        last_used_at: None,
+    })
+}
+
+pub(super) async fn list_connectors(
+    store: &SqliteStore,
+    tenant: Option<TenantId>,
+) -> Result<Vec<Connector>> {
+    let rows = match tenant {
+        Some(t) => {
+            sqlx::query(concat!(
+                "SELECT ",
+                connector_cols!(),
+                " FROM connectors WHERE tenant_id = ? ORDER BY id"
+            ))
+            .bind(t)
+            .fetch_all(&store.pool)
+            .await?
+        }
+        None => {
+            sqlx::query(concat!(
+                "SELECT ",
+                connector_cols!(),
+                " FROM connectors ORDER BY id"
+            ))
+            .fetch_all(&store.pool)
+            .await?
+        }
+    };
+    rows.iter().map(connector_from_row).collect()
+}
+
+pub(super) async fn get_connector(
+    store: &SqliteStore,
+    id: ConnectorId,
+) -> Result<Option<Connector>> {
+    let mut conn = store.pool.acquire().await?;
+    connector_by_id(&mut conn, id).await
+}
+
+pub(super) async fn update_connector(
+    store: &SqliteStore,
+    c: &Connector,
+    actor: &str,
+) -> Result<()> {
+    let name = c.name.trim();
+    if name.is_empty() {
+        return Err(StoreError::Invalid("connector name is empty".into()));
+    }
+    let at = now();
+    let mut tx = store.write_tx().await?;
+    let old = connector_by_id(&mut tx, c.id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("connector {}", c.id)))?;
+    if old.tenant_id != c.tenant_id {
+        return Err(StoreError::Invalid(format!(
+            "connector {} belongs to tenant {} and cannot move to tenant {}",
+            old.name, old.tenant_id, c.tenant_id
+        )));
+    }
+    let tenant = require_tenant(&mut tx, old.tenant_id).await?;
+    check_connector_unique(&mut tx, &tenant, name, c.auth_user.as_deref(), c.id).await?;
+    sqlx::query(
+        "UPDATE connectors SET name = ?, kind = ?, ip_ranges = ?, cert_name = ?, \
+         auth_user = ?, auth_password_hash = ?, require_tls = ?, enabled = ?, \
+         allow_unregistered = ?, restrict_domains_to_ips = ?, restrict_domains_to_cert = ?, \
+         blocked = ?, updated_at = ?, updated_by = ? WHERE id = ?",
+    )
+    .bind(name)
+    .bind(c.kind.as_str())
+    .bind(ip_ranges_to_json(&c.ip_ranges))
+    .bind(&c.cert_name)
+    .bind(&c.auth_user)
+    .bind(&c.auth_password_hash)
+    .bind(c.require_tls)
+    .bind(c.enabled)
+    .bind(c.allow_unregistered)
+    .bind(c.restrict_domains_to_ips)
+    .bind(c.restrict_domains_to_cert)
+    .bind(c.blocked)
+    .bind(at)
+    .bind(actor)
+    .bind(c.id)
+    .execute(&mut *tx)
+    .await?;
+    let mut new = c.clone();
+    new.name = name.to_string();
+    let detail = connector_diff(&old, &new);
+    audit_and_bump(
+        &mut tx,
+        actor,
+        "connector.update",
+        Some(old.tenant_id),
+        &format!("connector {}", old.name),
+        &detail,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn delete_connector(
+    store: &SqliteStore,
+    id: ConnectorId,
+    actor: &str,
+) -> Result<()> {
+    let mut tx = store.write_tx().await?;
+    let old = connector_by_id(&mut tx, id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("connector {id}")))?;
+    sqlx::query("DELETE FROM connectors WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit_and_bump(
+        &mut tx,
+        actor,
+        "connector.delete",
+        Some(old.tenant_id),
+        &format!("connector {}", old.name),
+        &format!("deleted ({})", old.kind),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn touch_connectors(
+    store: &SqliteStore,
+    used: &[(ConnectorId, Timestamp)],
+) -> Result<()> {
+    if used.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.write_tx().await?;
+    for (id, at) in used {
+        sqlx::query(
+            "UPDATE connectors SET last_used_at = ? \
+             WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite::tests::{last_audit, new_connector, store};
+    use crate::Store;
+
+    #[tokio::test]
+    async fn connectors_crud_conflicts_audit_version_touch() {
+        let (_dir, s, _) = store().await;
+        let acme = s.create_tenant("acme", &[], "op").await.unwrap();
+        let other = s.create_tenant("other", &[], "op").await.unwrap();
+        let v = s.directory_version().await.unwrap();
+
+        let secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$SECRETHASHVALUE";
+        let c = s
+            .add_connector(
+                NewConnector {
+                    auth_user: Some("acme-relay".into()),
+                    auth_password_hash: Some(secret_hash.into()),
+                    cert_name: Some("mail.acme.example".into()),
+                    require_tls: true,
+                    ..new_connector(acme.id, "onprem")
+                },
+                "alice",
+            )
+            .await
+            .unwrap();
+        assert!(c.enabled && !c.blocked);
+        assert_eq!(c.created_by, "alice");
+        assert_eq!(c.last_used_at, None);
+        assert_eq!(s.get_connector(c.id).await.unwrap(), Some(c.clone()));
+        assert_eq!(s.directory_version().await.unwrap(), v + 1);
+        let a = last_audit(&s).await;
+        assert_eq!(
+            (
+                a.actor.as_str(),
+                a.action.as_str(),
+                a.tenant_id,
+                a.object.as_str()
+            ),
+            ("alice", "connector.add", Some(acme.id), "connector onprem")
+        );
+        assert!(a.detail.contains("192.0.2.0/24"), "{}", a.detail);
+        assert!(!a.detail.contains("argon2") && !a.detail.contains("SECRET"));
+
+        // Conflicts: same (tenant, name); auth_user used anywhere.
+        let err = s
+            .add_connector(new_connector(acme.id, "onprem"), "alice")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m.contains("connector onprem")),
+            "{err}"
+        );
+        let err = s
+            .add_connector(
+                NewConnector {
+                    auth_user: Some("acme-relay".into()),
+                    ..new_connector(other.id, "x")
+                },
+                "alice",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m.contains("auth user acme-relay")),
+            "{err}"
+        );
+        assert!(matches!(
+            s.add_connector(new_connector(4242, "x"), "alice").await,
+            Err(StoreError::NotFound(m)) if m == "tenant 4242"
+        ));
+        // Same name in another tenant is fine; so are several connectors without auth_user.
+        let c2 = s
+            .add_connector(new_connector(other.id, "onprem"), "bob")
+            .await
+            .unwrap();
+        let c3 = s
+            .add_connector(new_connector(other.id, "partner"), "bob")
+            .await
+            .unwrap();
+        assert_eq!(s.list_connectors(None).await.unwrap().len(), 3);
+        assert_eq!(s.list_connectors(Some(other.id)).await.unwrap().len(), 2);
+        assert_eq!(s.directory_version().await.unwrap(), v + 3);
+
+        // Update: every mutable field.
+        let mut u = c.clone();
+        u.name = "onprem-2".into();
+        u.kind = ConnectorKind::Partner;
+        u.ip_ranges = vec!["198.51.100.7/32".parse().unwrap()];
+        u.cert_name = None;
+        u.auth_user = Some("acme-relay-2".into());
+        u.auth_password_hash = Some("$argon2id$NEWHASH".into());
+        u.require_tls = false;
+        u.enabled = false;
+        u.allow_unregistered = true;
+        u.restrict_domains_to_ips = true;
+        u.restrict_domains_to_cert = true;
+        u.blocked = true;
+        s.update_connector(&u, "carol").await.unwrap();
+        let got = s.get_connector(c.id).await.unwrap().unwrap();
+        assert_eq!(got.updated_by, "carol");
+        assert_eq!(got.created_by, "alice");
+        let mut expect = u.clone();
+        expect.updated_at = got.updated_at;
+        expect.updated_by = "carol".into();
+        assert_eq!(got, expect);
+        assert_eq!(s.directory_version().await.unwrap(), v + 4);
+        let a = last_audit(&s).await;
+        assert_eq!(
+            (a.actor.as_str(), a.action.as_str(), a.object.as_str()),
+            ("carol", "connector.update", "connector onprem")
+        );
+        assert!(a.detail.contains("name onprem -> onprem-2"), "{}", a.detail);
+        assert!(a.detail.contains("blocked false -> true"), "{}", a.detail);
+        assert!(a.detail.contains("password set"), "{}", a.detail);
+        assert!(!a.detail.contains("argon2") && !a.detail.contains("NEWHASH"));
+
+        // Update conflicts and errors.
+        let mut dup = c3.clone();
+        dup.name = "onprem".into();
+        assert!(matches!(
+            s.update_connector(&dup, "carol").await,
+            Err(StoreError::Conflict(_))
+        ));
+        let mut dup = c3.clone();
+        dup.auth_user = Some("acme-relay-2".into());
+        assert!(matches!(
+            s.update_connector(&dup, "carol").await,
+            Err(StoreError::Conflict(_))
+        ));
+        let mut moved = c3.clone();
+        moved.tenant_id = acme.id;
+        assert!(matches!(
+            s.update_connector(&moved, "carol").await,
+            Err(StoreError::Invalid(_))
+        ));
+        let mut missing = c3.clone();
+        missing.id = 9999;
+        assert!(matches!(
+            s.update_connector(&missing, "carol").await,
+            Err(StoreError::NotFound(m)) if m == "connector 9999"
+        ));
+        assert_eq!(s.directory_version().await.unwrap(), v + 4);
+
+        // Touch: last_used_at only goes forward; no audit, no version bump.
+        let audits = s.list_audit(None, 1000).await.unwrap().len();
+        s.touch_connectors(&[(c2.id, 1000), (c3.id, 2000), (9999, 5)])
+            .await
+            .unwrap();
+        s.touch_connectors(&[(c2.id, 500), (c3.id, 3000)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_connector(c2.id).await.unwrap().unwrap().last_used_at,
+            Some(1000)
+        );
+        assert_eq!(
+            s.get_connector(c3.id).await.unwrap().unwrap().last_used_at,
+            Some(3000)
+        );
+        assert_eq!(s.directory_version().await.unwrap(), v + 4);
+        assert_eq!(s.list_audit(None, 1000).await.unwrap().len(), audits);
+        // Touch does not change updated_at/by.
+        assert_eq!(
+            s.get_connector(c2.id).await.unwrap().unwrap().updated_by,
+            "bob"
+        );
+
+        // Delete.
+        s.delete_connector(c2.id, "dave").await.unwrap();
+        assert_eq!(s.get_connector(c2.id).await.unwrap(), None);
+        assert_eq!(s.directory_version().await.unwrap(), v + 5);
+        let a = last_audit(&s).await;
+        assert_eq!(
+            (a.actor.as_str(), a.action.as_str(), a.tenant_id),
+            ("dave", "connector.delete", Some(other.id))
+        );
+        assert!(matches!(
+            s.delete_connector(c2.id, "dave").await,
+            Err(StoreError::NotFound(_))
+        ));
+        // Ids are not reused after a delete.
+        let c4 = s
+            .add_connector(new_connector(other.id, "again"), "bob")
+            .await
+            .unwrap();
+        assert!(c4.id > c3.id);
+    }
+}
