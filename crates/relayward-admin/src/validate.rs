@@ -77,27 +77,8 @@ pub fn email(field: &str, input: &str) -> Result<String, ApiError> {
 }
 
 pub fn tenant_name(field: &str, name: &str) -> Result<String, ApiError> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(ApiError::invalid(
-            field,
-            "a tenant name must be 1 to 64 characters",
-        ));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(ApiError::invalid(
-            field,
-            "a tenant name may contain only letters, digits, '-', '_' and '.'",
-        ));
-    }
-    if name.chars().all(|c| c.is_ascii_digit()) {
-        return Err(ApiError::invalid(
-            field,
-            "a tenant name cannot be all digits (it would read as an id)",
-        ));
-    }
+    relayward_policy::ownership::tenant_name(name)
+        .map_err(|e| ApiError::invalid(field, e.to_string()))?;
     Ok(name.to_string())
 }
 

@@ -21,7 +21,7 @@ impl TxtRecord {
         TxtRecord {
             name: d.domain.clone(),
             record_type: "TXT".into(),
-            value: format!("relayward-verification={}", d.verification_token),
+            value: relayward_policy::ownership::verification_value(&d.verification_token),
         }
     }
 }

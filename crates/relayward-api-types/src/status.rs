@@ -106,7 +106,8 @@ pub struct QueuedMessage {
     /// Empty for the null sender.
     pub sender: String,
     /// registered, unregistered or null.
-    pub sender_class: String,
+    #[schema(value_type = String)]
+    pub sender_class: relayward_core::SenderClass,
     pub message_id: Option<String>,
     pub size: u64,
     pub held: bool,

@@ -64,12 +64,6 @@ pub enum CertNameError {
 }
 
 /// For callers that carry the reason as text (the admin API's validation details).
-impl From<CertNameError> for String {
-    fn from(e: CertNameError) -> String {
-        e.to_string()
-    }
-}
-
 /// Syntax of a connector certificate name, lowercase: a DNS name of at least two labels,
 /// optionally `*.` followed by one.
 pub fn validate(name: &str) -> Result<(), CertNameError> {

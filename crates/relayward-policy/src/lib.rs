@@ -11,6 +11,7 @@ pub mod diagnose;
 pub mod directory;
 pub mod evidence;
 pub mod limits;
+pub mod ownership;
 pub mod relay;
 pub mod remote_reply;
 pub mod report;

@@ -211,7 +211,7 @@ pub fn trace_event(kind: TraceKind, env: &Envelope, recipient: Option<&str>) -> 
             .unwrap_or_else(|| env.sender.clone()),
     );
     ev.recipient = recipient.map(str::to_string);
-    ev.sender_class = env.sender_class.parse().ok();
+    ev.sender_class = Some(env.sender_class);
     ev
 }
 

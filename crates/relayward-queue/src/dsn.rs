@@ -261,7 +261,7 @@ pub fn envelope(id: QueueId, hostname: &str, to: &str, body: &[u8]) -> Envelope 
         tls: false,
         sender: String::new(),
         original_sender: None,
-        sender_class: "null".into(),
+        sender_class: relayward_core::SenderClass::Null,
         header_from_mismatch: false,
         spam_verdict: false,
         message_id: Some(format!("<{id}@{hostname}>")),

@@ -284,7 +284,7 @@ mod tests {
         let mut e = crate::dsn::envelope(id, "relay.test", "bob@dest.example", b"x");
         e.tenant_id = Some(7);
         e.sender = "alice@acme.example".into();
-        e.sender_class = "registered".into();
+        e.sender_class = relayward_core::SenderClass::Registered;
         e
     }
 

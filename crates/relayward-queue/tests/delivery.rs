@@ -928,7 +928,7 @@ async fn bench_smart_host_5k() {
             tls: false,
             sender: "alice@origin.test".into(),
             original_sender: None,
-            sender_class: "registered".into(),
+            sender_class: relayward_core::SenderClass::Registered,
             header_from_mismatch: false,
             spam_verdict: false,
             message_id: None,

@@ -27,7 +27,7 @@ fn envelope(id: QueueId, rcpt: &str, size: usize) -> Envelope {
         tls: false,
         sender: "alice@origin.test".into(),
         original_sender: None,
-        sender_class: "registered".into(),
+        sender_class: relayward_core::SenderClass::Registered,
         header_from_mismatch: false,
         spam_verdict: false,
         message_id: None,

@@ -258,7 +258,9 @@ impl Forwarding {
     pub async fn prepare(&self, env: &mut Envelope, data: &mut Vec<u8>) -> Option<TraceEvent> {
         let mut notes = Vec::new();
         if let Some(srs) = &self.srs {
-            if env.sender_class == "unregistered" && !env.sender.is_empty() {
+            if env.sender_class == relayward_core::SenderClass::Unregistered
+                && !env.sender.is_empty()
+            {
                 match srs.forward(&env.sender, now_secs()) {
                     Ok(rewritten) if rewritten != env.sender => {
                         notes.push(format!("srs: envelope sender rewritten to {rewritten}"));
@@ -467,7 +469,7 @@ impl SrsReturn for ReturnSink {
             tls: msg.tls,
             sender: String::new(),
             original_sender: None,
-            sender_class: "null".into(),
+            sender_class: relayward_core::SenderClass::Null,
             header_from_mismatch: false,
             spam_verdict: false,
             message_id: msg.message_id,

@@ -703,7 +703,9 @@ async fn b_burst_through_certificate_connector_is_blocked_within_budget() {
     let mut unheld = Vec::new();
     for id in spool.scan().unwrap() {
         let env = spool.read_envelope(&id).unwrap();
-        if env.tenant_id == Some(tenant) && env.sender_class == "unregistered" {
+        if env.tenant_id == Some(tenant)
+            && env.sender_class == relayward_core::SenderClass::Unregistered
+        {
             if env.held {
                 held += 1;
             } else {

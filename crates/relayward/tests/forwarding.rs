@@ -363,7 +363,7 @@ async fn forwarded_mail_is_srs_rewritten_and_its_bounce_returns_to_the_original_
     let env = h.relay().spool.read_envelope(&id).unwrap();
     assert_eq!(env.sender, srs_address);
     assert_eq!(env.original_sender.as_deref(), Some("alice@orig.example"));
-    assert_eq!(env.sender_class, "unregistered");
+    assert_eq!(env.sender_class, relayward_core::SenderClass::Unregistered);
 
     // ...and so does the trace: the rewrite is recorded under the original sender.
     let deadline = Instant::now() + Duration::from_secs(10);

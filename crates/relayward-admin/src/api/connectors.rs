@@ -86,7 +86,8 @@ fn cert_name(input: &str) -> ApiResult<String> {
     };
     let base = validate::domain("cert_name", rest)?;
     let name = if wild { format!("*.{base}") } else { base };
-    relayward_policy::cert_name::validate(&name).map_err(|e| ApiError::invalid("cert_name", e))?;
+    relayward_policy::cert_name::validate(&name)
+        .map_err(|e| ApiError::invalid("cert_name", e.to_string()))?;
     Ok(name)
 }
 

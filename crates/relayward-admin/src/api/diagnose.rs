@@ -26,7 +26,7 @@ pub fn question(dir: &Directory, r: &DiagnoseRequest) -> Result<Question, ApiErr
     if let Some(name) = &r.cert_name {
         let name = name.trim().to_ascii_lowercase();
         relayward_policy::cert_name::validate(&name)
-            .map_err(|e| ApiError::invalid("cert_name", e))?;
+            .map_err(|e| ApiError::invalid("cert_name", e.to_string()))?;
         facts.cert_names = vec![name];
         facts.tls = true;
     }

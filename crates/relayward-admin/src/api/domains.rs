@@ -15,6 +15,7 @@ use crate::{dns, validate, AppState};
 pub use relayward_api_types::domains::{
     AddDomain, DomainView, TxtRecord, VerifyResult, VerifyStatus,
 };
+use relayward_policy::ownership::TxtCheck;
 
 async fn domain_for(
     state: &AppState,
@@ -203,7 +204,8 @@ pub(crate) async fn verify(
         }
     };
     let n = records.len();
-    if records.iter().any(|txt| txt.trim() == expected.value) {
+    let check = relayward_policy::ownership::check_txt(&records, &d.verification_token);
+    if check == TxtCheck::Verified {
         if !d.verified {
             state
                 .store()
@@ -220,7 +222,7 @@ pub(crate) async fn verify(
             ),
         )));
     }
-    if n == 0 {
+    if check == TxtCheck::NotFound {
         return Ok(Json(result(
             VerifyStatus::NotFound,
             d.verified,
@@ -231,9 +233,7 @@ pub(crate) async fn verify(
             ),
         )));
     }
-    let other_token = records
-        .iter()
-        .any(|txt| txt.trim().starts_with("relayward-verification="));
+    let other_token = check == TxtCheck::WrongToken { other_token: true };
     Ok(Json(result(
         VerifyStatus::WrongToken,
         d.verified,

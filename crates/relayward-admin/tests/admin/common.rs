@@ -72,7 +72,7 @@ impl FakeControl {
             connector_id: None,
             client_ip: "192.0.2.10".into(),
             sender: "sender@example.net".into(),
-            sender_class: "registered".into(),
+            sender_class: relayward_core::SenderClass::Registered,
             message_id: Some(format!("<{queue_id}@example.net>")),
             size: 1234,
             held: false,

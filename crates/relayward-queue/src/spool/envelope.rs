@@ -78,8 +78,8 @@ pub struct Envelope {
     /// unregistered sender): the trace and DSNs use it.
     #[serde(default)]
     pub original_sender: Option<String>,
-    /// registered | unregistered | null
-    pub sender_class: String,
+    /// Stored as `registered`, `unregistered` or `null`.
+    pub sender_class: relayward_core::SenderClass,
     #[serde(default)]
     pub header_from_mismatch: bool,
     /// The content scanner accepted the message with a spam verdict (a header added or the

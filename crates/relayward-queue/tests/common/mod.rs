@@ -173,11 +173,10 @@ pub fn store(
         sender: sender.into(),
         original_sender: None,
         sender_class: if sender.is_empty() {
-            "null"
+            relayward_core::SenderClass::Null
         } else {
-            "registered"
-        }
-        .into(),
+            relayward_core::SenderClass::Registered
+        },
         header_from_mismatch: false,
         spam_verdict: false,
         message_id: Some(format!("<{id}@client.test>")),

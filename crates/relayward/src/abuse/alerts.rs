@@ -183,7 +183,7 @@ impl Alerts {
             tls: false,
             sender: self.from.clone(),
             original_sender: None,
-            sender_class: "registered".into(),
+            sender_class: relayward_core::SenderClass::Registered,
             header_from_mismatch: false,
             spam_verdict: false,
             message_id: Some(format!("<{id}@{}>", self.hostname)),

@@ -24,7 +24,7 @@ impl Abuse {
                     };
                     if env.tenant_id == Some(tenant)
                         && !env.held
-                        && (matches!(env.sender_class.as_str(), "unregistered" | "null")
+                        && (env.sender_class != relayward_core::SenderClass::Registered
                             || env.header_from_mismatch)
                         && env.recipients.iter().any(|r| !r.status.is_final())
                     {

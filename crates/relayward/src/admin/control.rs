@@ -173,7 +173,7 @@ impl Control {
             connector_id: env.connector_id,
             client_ip: env.client_ip.clone(),
             sender: env.sender.clone(),
-            sender_class: env.sender_class.clone(),
+            sender_class: env.sender_class,
             message_id: env.message_id.clone(),
             size: env.size,
             held: env.held,

@@ -1,0 +1,174 @@
+//! Where sessions and deliveries report: the trace writer (batched, off the SMTP path), the
+//! connectors' last use, and the abuse detector's view of delivery replies and AUTH lockouts.
+
+use super::*;
+
+/// The scheduler's trace events go to the trace writer, and each attempt's remote reply to the
+/// abuse detector.
+pub(super) struct DeliveryTap {
+    pub(super) events: Arc<EventWriter>,
+    /// Weak: the detector holds the scheduler (holds, alert emails).
+    pub(super) abuse: std::sync::Weak<Abuse>,
+}
+
+impl relayward_queue::DeliveryEvents for DeliveryTap {
+    fn trace(&self, event: TraceEvent) {
+        if let Some(abuse) = self.abuse.upgrade() {
+            abuse.delivery_event(&event);
+        }
+        relayward_queue::DeliveryEvents::trace(&*self.events, event)
+    }
+}
+
+/// What SMTP sessions report: trace and connector use to the writer, AUTH lockouts to the
+/// abuse detector (audit and alert).
+pub(super) struct SessionEvents {
+    pub(super) events: Arc<EventWriter>,
+    pub(super) abuse: std::sync::Weak<Abuse>,
+}
+
+impl relayward_smtp::Events for SessionEvents {
+    fn trace(&self, event: TraceEvent) {
+        // Mail the tenant's restriction state refused is counted for the evidence.
+        if let (TraceKind::Refused, Some(tenant), Some(text)) =
+            (event.kind, event.tenant_id, event.reply.as_deref())
+        {
+            let state_refusal = [reply::BLOCKED_UNREGISTERED, reply::TENANT_BLOCKED]
+                .iter()
+                .any(|r| text.starts_with(&r.to_string()));
+            if state_refusal {
+                if let Some(abuse) = self.abuse.upgrade() {
+                    abuse.refused(tenant, event.connector_id);
+                }
+            }
+        }
+        relayward_smtp::Events::trace(&*self.events, event)
+    }
+
+    fn connector_used(&self, connector: i64) {
+        self.events.connector_used(connector)
+    }
+
+    fn auth_locked(&self, event: relayward_smtp::AuthLockoutEvent) {
+        if let Some(abuse) = self.abuse.upgrade() {
+            abuse.auth_locked(event);
+        }
+    }
+}
+
+const CONNECTOR_TOUCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Writes the connectors' last use gathered since the previous call.
+pub(super) async fn touch_used(store: &dyn Store, used: &Mutex<HashMap<ConnectorId, i64>>) {
+    let used: Vec<(ConnectorId, i64)> = used
+        .lock()
+        .map(|mut m| m.drain().collect())
+        .unwrap_or_default();
+    if !used.is_empty() {
+        if let Err(e) = store.touch_connectors(&used).await {
+            tracing::warn!(error = %e, "connector last-use update failed");
+        }
+    }
+}
+
+/// Trace events and connector use, written to the store in batches off the SMTP path.
+pub struct EventWriter {
+    tx: mpsc::Sender<Batch>,
+    used: Arc<Mutex<HashMap<ConnectorId, i64>>>,
+}
+
+enum Batch {
+    Event(Box<TraceEvent>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl EventWriter {
+    pub fn start(store: Arc<dyn Store>) -> EventWriter {
+        let (tx, mut rx) = mpsc::channel::<Batch>(65_536);
+        let used: Arc<Mutex<HashMap<ConnectorId, i64>>> = Arc::default();
+        let used_bg = used.clone();
+        tokio::spawn(async move {
+            let mut buf: Vec<TraceEvent> = Vec::with_capacity(512);
+            // Connector use reaches the store within this long even when nothing else
+            // happens after a connector's only message (the "unused" audit flag relies on it).
+            let mut touch = tokio::time::interval(CONNECTOR_TOUCH_EVERY);
+            touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let first = tokio::select! {
+                    b = rx.recv() => match b {
+                        Some(b) => Some(b),
+                        None => break,
+                    },
+                    _ = touch.tick() => None,
+                };
+                let mut waiters = Vec::new();
+                let mut push = |b: Batch, buf: &mut Vec<TraceEvent>| match b {
+                    Batch::Event(e) => buf.push(*e),
+                    Batch::Flush(w) => waiters.push(w),
+                };
+                let Some(first) = first else {
+                    touch_used(&*store, &used_bg).await;
+                    continue;
+                };
+                push(first, &mut buf);
+                while buf.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(b) => push(b, &mut buf),
+                        Err(_) => break,
+                    }
+                }
+                if !buf.is_empty() {
+                    let started = std::time::Instant::now();
+                    let written = store.record_trace(&buf).await;
+                    metrics::histogram!("relayward_store_trace_write_seconds")
+                        .record(started.elapsed());
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, events = buf.len(), "trace write failed");
+                    }
+                    buf.clear();
+                }
+                if !waiters.is_empty() {
+                    touch_used(&*store, &used_bg).await;
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+            touch_used(&*store, &used_bg).await;
+        });
+        EventWriter { tx, used }
+    }
+
+    /// Events waiting to be written.
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Batch::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl relayward_queue::DeliveryEvents for EventWriter {
+    fn trace(&self, event: TraceEvent) {
+        relayward_smtp::Events::trace(self, event)
+    }
+}
+
+impl relayward_smtp::Events for EventWriter {
+    fn trace(&self, event: TraceEvent) {
+        crate::metrics::count_trace(&event);
+        if self.tx.try_send(Batch::Event(Box::new(event))).is_err() {
+            tracing::warn!("trace queue full: event dropped");
+        }
+    }
+
+    fn connector_used(&self, connector: i64) {
+        if let Ok(mut m) = self.used.lock() {
+            m.insert(connector, relayward_core::now());
+        }
+    }
+}
