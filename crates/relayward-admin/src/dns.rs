@@ -1,5 +1,6 @@
-//! The DNS TXT lookup behind domain verification, for the API's verify route and the binary's
-//! `domain verify` alike: one configured server (tests run theirs on loopback) or the system's.
+//! The DNS TXT lookup behind domain verification (the API's verify route, which the CLI's
+//! `domain verify` calls too): one configured server (tests run theirs on loopback) or the
+//! system's.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,7 +20,19 @@ pub struct DnsSettings {
     pub attempts: usize,
 }
 
-fn resolver(settings: &DnsSettings) -> Result<TokioResolver, String> {
+/// Why DNS said nothing about the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// No resolver could be set up (the system's configuration, or the configured server).
+    #[error("{0}")]
+    Resolver(String),
+    #[error("DNS lookup of {0} TXT timed out")]
+    Timeout(String),
+    #[error("DNS lookup of {domain} TXT failed: {detail}")]
+    Failed { domain: String, detail: String },
+}
+
+fn resolver(settings: &DnsSettings) -> Result<TokioResolver, DnsError> {
     let mut opts = ResolverOpts::default();
     opts.timeout = settings.timeout;
     opts.attempts = settings.attempts;
@@ -36,25 +49,26 @@ fn resolver(settings: &DnsSettings) -> Result<TokioResolver, String> {
                 TokioRuntimeProvider::default(),
             )
         }
-        None => Resolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?,
+        None => Resolver::builder_tokio()
+            .map_err(|e| DnsError::Resolver(format!("system DNS configuration: {e}")))?,
     };
     builder
         .with_options(opts)
         .build()
-        .map_err(|e| format!("DNS resolver: {e}"))
+        .map_err(|e| DnsError::Resolver(format!("DNS resolver: {e}")))
 }
 
 /// The TXT strings published at `domain` (A-labels), each record's strings joined. `Ok` with an
 /// empty list: the name has no TXT record (or does not exist). `Err`: DNS could not be asked or
 /// did not answer in time, which says nothing about the record.
-pub async fn lookup_txt(settings: &DnsSettings, domain: &str) -> Result<Vec<String>, String> {
+pub async fn lookup_txt(settings: &DnsSettings, domain: &str) -> Result<Vec<String>, DnsError> {
     let resolver = resolver(settings)?;
     let name = format!("{domain}.");
     // Hickory's own timeouts apply per attempt; this bounds the whole lookup whatever happens.
     let budget = settings.timeout * (settings.attempts.max(1) as u32 + 1);
     let lookup = match tokio::time::timeout(budget, resolver.txt_lookup(name.as_str())).await {
         Ok(result) => result,
-        Err(_) => return Err(format!("DNS lookup of {domain} TXT timed out")),
+        Err(_) => return Err(DnsError::Timeout(domain.to_string())),
     };
     match lookup {
         Ok(lookup) => Ok(lookup
@@ -71,6 +85,9 @@ pub async fn lookup_txt(settings: &DnsSettings, domain: &str) -> Result<Vec<Stri
             })
             .collect()),
         Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-        Err(e) => Err(format!("DNS lookup of {domain} TXT failed: {e}")),
+        Err(e) => Err(DnsError::Failed {
+            domain: domain.to_string(),
+            detail: e.to_string(),
+        }),
     }
 }

@@ -513,13 +513,20 @@ impl Admin {
 
     /// `Ok(false)`: the sender has no standing restriction at this tenant.
     pub async fn lift_sender_restriction(&self, tenant: i64, sender: &str) -> Result<bool> {
+        self.delete_if_present(path![
+            "v1",
+            "tenants",
+            tenant,
+            "sender-restrictions",
+            sender
+        ])
+        .await
+    }
+
+    /// DELETE `path`; `Ok(false)` when there was nothing to delete (404).
+    async fn delete_if_present(&self, path: Vec<String>) -> Result<bool> {
         match self
-            .try_call::<serde_json::Value>(
-                Method::DELETE,
-                path!["v1", "tenants", tenant, "sender-restrictions", sender],
-                Vec::new(),
-                None::<&()>,
-            )
+            .try_call::<serde_json::Value>(Method::DELETE, path, Vec::new(), None::<&()>)
             .await?
         {
             Ok(_) => Ok(true),
@@ -551,14 +558,7 @@ impl Admin {
     pub async fn remove_suppression(&self, tenant: Option<i64>, address: &str) -> Result<bool> {
         let mut path = Self::suppression_path(tenant);
         path.push(address.to_string());
-        match self
-            .try_call::<serde_json::Value>(Method::DELETE, path, Vec::new(), None::<&()>)
-            .await?
-        {
-            Ok(_) => Ok(true),
-            Err(p) if p.status == 404 => Ok(false),
-            Err(p) => Err(ClientError::Refused(p)),
-        }
+        self.delete_if_present(path).await
     }
 
     // -----------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! per-tenant sender limits and forwarded-domain declarations. The store does not interpret
 //! the JSON: it is the policy crate's to read.
 
-use relayward_core::{TenantId, TenantState};
+use relayward_core::{ConnectorId, TenantId, TenantState, Timestamp};
 
 /// A tenant's restriction status as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,19 @@ pub struct TransitionRecord {
     pub probation_until_ms: Option<i64>,
     pub evidence: String,
     pub attestation: Option<String>,
+}
+
+/// A change to a connector, from the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorChangeRecord {
+    /// `None` for a change recorded before audit entries kept the connector's id, to a
+    /// connector deleted since.
+    pub connector_id: Option<ConnectorId>,
+    pub at: Timestamp,
+    pub actor: String,
+    /// `connector.add`, `connector.update` or `connector.delete`.
+    pub action: String,
+    pub detail: String,
 }
 
 /// A sender refused with 5.1.8 by the per-sender limits.

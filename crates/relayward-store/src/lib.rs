@@ -13,8 +13,8 @@ pub mod abuse;
 pub mod sqlite;
 
 pub use abuse::{
-    NewSenderRestriction, NewTransition, SenderRestrictionRecord, TenantStatusRecord,
-    TransitionRecord,
+    ConnectorChangeRecord, NewSenderRestriction, NewTransition, SenderRestrictionRecord,
+    TenantStatusRecord, TransitionRecord,
 };
 pub use sqlite::SqliteStore;
 
@@ -150,13 +150,13 @@ pub trait Store: Send + Sync + 'static {
     /// A tenant's transitions, newest first, at most `limit` (0 means 100).
     async fn list_transitions(&self, tenant: TenantId, limit: u32)
         -> Result<Vec<TransitionRecord>>;
-    /// Audit entries about the tenant's connectors (`connector.*`) at or after `since`, newest
-    /// first.
+    /// Changes to the tenant's connectors (their `connector.*` audit entries) at or after
+    /// `since`, newest first.
     async fn connector_changes(
         &self,
         tenant: TenantId,
         since: Timestamp,
-    ) -> Result<Vec<AuditEntry>>;
+    ) -> Result<Vec<ConnectorChangeRecord>>;
     /// Records a sender restriction (audited, version bump); returns its id.
     async fn add_sender_restriction(&self, r: &NewSenderRestriction, actor: &str) -> Result<i64>;
     /// Lifts the standing restrictions of `sender` (of `tenant`, or of every tenant) at

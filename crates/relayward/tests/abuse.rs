@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+mod common;
+
 use relayward::abuse::alerts;
-use relayward::cli;
 use relayward::clock::{Clock, ManualClock};
 use relayward::config::{Config, ListenerConfig};
 use relayward::serve::{start_with, Running, StartOptions};
@@ -152,12 +152,6 @@ impl Hook {
 // ---------------------------------------------------------------------------------------------
 // The relay under test
 
-#[derive(Parser, Debug)]
-struct Admin {
-    #[command(subcommand)]
-    cmd: cli::AdminCmd,
-}
-
 struct Harness {
     _dir: tempfile::TempDir,
     config: Config,
@@ -257,46 +251,17 @@ impl Harness {
 
     /// Runs an admin command through the CLI's own functions, on the simulated clock.
     async fn cli(&self, args: &[&str]) -> anyhow::Result<()> {
-        let cmd = Admin::try_parse_from(std::iter::once("relayward").chain(args.iter().copied()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let clock: Arc<dyn Clock> = self.clock.clone();
-        let admin = cli::local_at(&self.config, clock).await?;
-        cli::run(&admin, Some(&self.config), cmd.cmd).await
+        common::in_process::admin(&self.config, self.clock.clone(), args).await
     }
 
     async fn ok(&self, args: &[&str]) {
-        if let Err(e) = self.cli(args).await {
-            panic!("relayward {args:?}: {e:#}");
-        }
+        common::in_process::admin_ok(&self.config, self.clock.clone(), args).await
     }
 
     /// Tenant `name` with domain `<name>.example` and an IP connector for `ip` that may relay
     /// unregistered senders (a hybrid server that forwards).
     async fn tenant(&self, name: &str, ip: &str) -> i64 {
-        let admin = format!("admin@{name}.example");
-        self.ok(&["tenant", "add", name, "--admin-email", &admin])
-            .await;
-        self.ok(&[
-            "domain",
-            "add",
-            name,
-            &format!("{name}.example"),
-            "--verified",
-        ])
-        .await;
-        self.ok(&[
-            "connector",
-            "add",
-            name,
-            "--name",
-            "onprem",
-            "--kind",
-            "on-premises",
-            "--ip",
-            &format!("{ip}/32"),
-            "--allow-unregistered",
-        ])
-        .await;
+        common::in_process::hybrid_tenant(&self.config, self.clock.clone(), name, ip).await;
         let id = self.store().find_tenant(name).await.unwrap().unwrap().id;
         self.wait_tenant_state(id, TenantState::Active).await;
         id

@@ -5,21 +5,16 @@
 //! The relay runs in-process; its next hop is an in-test sink on loopback.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use relayward::cli;
+mod common;
+
 use relayward::clock::{Clock, SystemClock};
 use relayward::config::{Config, ListenerConfig};
 use relayward::serve::{start_with, Running, StartOptions};
 use relayward_core::{TenantState, TraceKind, TraceQuery};
 use relayward_testkit::{SmtpClient, SmtpSink};
-
-#[derive(Parser, Debug)]
-struct Admin {
-    #[command(subcommand)]
-    cmd: cli::AdminCmd,
-}
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -54,39 +49,10 @@ impl Harness {
         }
     }
 
-    async fn cli(&self, args: &[&str]) {
-        let cmd = Admin::try_parse_from(std::iter::once("relayward").chain(args.iter().copied()))
-            .unwrap();
-        let admin = cli::local(&self.config).await.unwrap();
-        let r = cli::run(&admin, Some(&self.config), cmd.cmd).await;
-        if let Err(e) = r {
-            panic!("relayward {args:?}: {e:#}");
-        }
-    }
-
     /// Tenant `name`, its verified domain `<name>.example`, an IP connector for `ip` allowed
     /// to relay unregistered senders; waits until the running relay knows it.
     async fn tenant(&self, name: &str, ip: &str) -> i64 {
-        let admin = format!("admin@{name}.example");
-        self.cli(&["tenant", "add", name, "--admin-email", &admin])
-            .await;
-        let domain = format!("{name}.example");
-        self.cli(&["domain", "add", name, &domain, "--verified"])
-            .await;
-        let cidr = format!("{ip}/32");
-        self.cli(&[
-            "connector",
-            "add",
-            name,
-            "--name",
-            "onprem",
-            "--kind",
-            "on-premises",
-            "--ip",
-            &cidr,
-            "--allow-unregistered",
-        ])
-        .await;
+        common::in_process::hybrid_tenant(&self.config, Arc::new(SystemClock), name, ip).await;
         let id = self
             .relay
             .store

@@ -183,6 +183,20 @@ fn classify_line(line: &[u8], after_crlf: bool) -> DataLine<'_> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Answers 354 and reads the message after what `data` holds (the trace header the relay
+    /// prepends). `Err`: the connection is gone.
+    pub(super) async fn start_and_receive_data(
+        &mut self,
+        data: &mut Vec<u8>,
+        limit: u64,
+    ) -> Result<Received, ()> {
+        self.st.write_reply(&reply::START_DATA);
+        if self.flush().await.is_err() {
+            return Err(());
+        }
+        self.receive_data(data, limit).await
+    }
+
     /// Read message data up to the end of data ("." CRLF after CRLF) into `data`. `Err` means
     /// the connection is gone (a timeout has been answered already).
     pub(super) async fn receive_data(
@@ -299,12 +313,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             &date,
         );
         let header_len = data.len();
-
-        st.write_reply(&reply::START_DATA);
-        if self.flush().await.is_err() {
-            return Some(Exit::Close);
-        }
-        let received = match self.receive_data(&mut data, config.max_message_size).await {
+        let received = match self
+            .start_and_receive_data(&mut data, config.max_message_size)
+            .await
+        {
             Ok(r) => r,
             Err(()) => return Some(Exit::Close),
         };

@@ -440,11 +440,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             &date,
         );
         let header_len = data.len();
-        st.write_reply(&reply::START_DATA);
-        if self.flush().await.is_err() {
-            return Some(Exit::Close);
-        }
-        let received = match self.receive_data(&mut data, config.max_message_size).await {
+        let received = match self
+            .start_and_receive_data(&mut data, config.max_message_size)
+            .await
+        {
             Ok(r) => r,
             Err(()) => return Some(Exit::Close),
         };

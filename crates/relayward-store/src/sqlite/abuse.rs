@@ -3,11 +3,13 @@
 //! of the backend: writes run inside the caller's `BEGIN IMMEDIATE` transaction, every change is
 //! audited, and changes the running relay must see bump the directory version.
 
-use relayward_core::{AuditEntry, TenantId, TenantState, Timestamp};
+use relayward_core::{TenantId, TenantState, Timestamp};
+
+use crate::ConnectorChangeRecord;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::audit::{audit_and_bump, audit_from_row, insert_audit};
+use super::audit::{audit_and_bump, insert_audit};
 use super::directory::require_tenant;
 use super::parse_col;
 use crate::{
@@ -164,9 +166,9 @@ pub(super) async fn connector_changes(
     pool: &SqlitePool,
     tenant: TenantId,
     since: Timestamp,
-) -> Result<Vec<AuditEntry>> {
+) -> Result<Vec<ConnectorChangeRecord>> {
     sqlx::query(
-        "SELECT id, at, actor, action, tenant_id, object, detail FROM audit_log \
+        "SELECT connector_id, at, actor, action, detail FROM audit_log \
          WHERE tenant_id = ? AND action LIKE 'connector.%' AND at >= ? \
          ORDER BY id DESC LIMIT 1000",
     )
@@ -175,7 +177,15 @@ pub(super) async fn connector_changes(
     .fetch_all(pool)
     .await?
     .iter()
-    .map(audit_from_row)
+    .map(|row| {
+        Ok(ConnectorChangeRecord {
+            connector_id: row.try_get("connector_id")?,
+            at: row.try_get("at")?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            detail: row.try_get("detail")?,
+        })
+    })
     .collect()
 }
 
@@ -621,6 +631,12 @@ mod tests {
         assert!(changes[0]
             .detail
             .contains("allow_unregistered false -> true"));
+        // Each names the connector by id, a deleted one too.
+        assert!(changes.iter().all(|ch| ch.connector_id == Some(c.id)));
+        s.delete_connector(c.id, "cli:admin").await.unwrap();
+        let changes = s.connector_changes(a.id, 0).await.unwrap();
+        assert_eq!(changes[0].action, "connector.delete");
+        assert_eq!(changes[0].connector_id, Some(c.id));
         assert!(s
             .connector_changes(a.id, relayward_core::now() + 10)
             .await

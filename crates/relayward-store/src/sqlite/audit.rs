@@ -1,7 +1,7 @@
 //! The audit log. A directory change writes its entry in the transaction that makes it (with the
 //! version bump, see [`audit_and_bump`]); other actions are recorded on their own.
 
-use relayward_core::{now, AuditEntry, TenantId};
+use relayward_core::{now, AuditEntry, ConnectorId, TenantId};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
@@ -40,6 +40,36 @@ pub(super) async fn insert_audit(
     .bind(detail)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// The tail of a change to connector `connector`: its audit entry, which names the connector by
+/// id as well as by name, and the version bump.
+pub(super) async fn connector_audit_and_bump(
+    conn: &mut SqliteConnection,
+    actor: &str,
+    action: &str,
+    tenant: TenantId,
+    connector: ConnectorId,
+    name: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, tenant_id, object, detail, connector_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(now())
+    .bind(actor)
+    .bind(action)
+    .bind(tenant)
+    .bind(format!("connector {name}"))
+    .bind(detail)
+    .bind(connector)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

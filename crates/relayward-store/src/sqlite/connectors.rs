@@ -6,9 +6,9 @@ use relayward_core::{now, Connector, ConnectorId, ConnectorKind, Tenant, TenantI
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
-use super::audit::audit_and_bump;
+use super::audit::connector_audit_and_bump;
 use super::directory::require_tenant;
-use super::{parse_col, SqliteStore};
+use super::{parse_col, rows_by_tenant, SqliteStore};
 use crate::{NewConnector, Result, StoreError};
 
 macro_rules! connector_cols {
@@ -257,12 +257,13 @@ pub(super) async fn add_connector(
             detail.push_str(flag);
         }
     }
-    audit_and_bump(
+    connector_audit_and_bump(
         &mut tx,
         actor,
         "connector.add",
-        Some(tenant.id),
-        &format!("connector {name}"),
+        tenant.id,
+        id,
+        name,
         &detail,
     )
     .await?;
@@ -294,27 +295,17 @@ pub(super) async fn list_connectors(
     store: &SqliteStore,
     tenant: Option<TenantId>,
 ) -> Result<Vec<Connector>> {
-    let rows = match tenant {
-        Some(t) => {
-            sqlx::query(concat!(
-                "SELECT ",
-                connector_cols!(),
-                " FROM connectors WHERE tenant_id = ? ORDER BY id"
-            ))
-            .bind(t)
-            .fetch_all(&store.pool)
-            .await?
-        }
-        None => {
-            sqlx::query(concat!(
-                "SELECT ",
-                connector_cols!(),
-                " FROM connectors ORDER BY id"
-            ))
-            .fetch_all(&store.pool)
-            .await?
-        }
-    };
+    let rows = rows_by_tenant(
+        store,
+        tenant,
+        concat!(
+            "SELECT ",
+            connector_cols!(),
+            " FROM connectors WHERE tenant_id = ? ORDER BY id"
+        ),
+        concat!("SELECT ", connector_cols!(), " FROM connectors ORDER BY id"),
+    )
+    .await?;
     rows.iter().map(connector_from_row).collect()
 }
 
@@ -374,12 +365,13 @@ pub(super) async fn update_connector(
     let mut new = c.clone();
     new.name = name.to_string();
     let detail = connector_diff(&old, &new);
-    audit_and_bump(
+    connector_audit_and_bump(
         &mut tx,
         actor,
         "connector.update",
-        Some(old.tenant_id),
-        &format!("connector {}", old.name),
+        old.tenant_id,
+        old.id,
+        &old.name,
         &detail,
     )
     .await?;
@@ -400,12 +392,13 @@ pub(super) async fn delete_connector(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit_and_bump(
+    connector_audit_and_bump(
         &mut tx,
         actor,
         "connector.delete",
-        Some(old.tenant_id),
-        &format!("connector {}", old.name),
+        old.tenant_id,
+        old.id,
+        &old.name,
         &format!("deleted ({})", old.kind),
     )
     .await?;

@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use super::audit::audit_and_bump;
 use super::connectors::{connector_cols, connector_from_row};
-use super::{parse_col, SqliteStore};
+use super::{parse_col, rows_by_tenant, SqliteStore};
 use crate::{NewDomain, Result, StoreError};
 
 macro_rules! tenant_cols {
@@ -357,27 +357,21 @@ pub(super) async fn list_domains(
     store: &SqliteStore,
     tenant: Option<TenantId>,
 ) -> Result<Vec<AcceptedDomain>> {
-    let rows = match tenant {
-        Some(t) => {
-            sqlx::query(concat!(
-                "SELECT ",
-                domain_cols!(),
-                " FROM accepted_domains WHERE tenant_id = ? ORDER BY domain, id"
-            ))
-            .bind(t)
-            .fetch_all(&store.pool)
-            .await?
-        }
-        None => {
-            sqlx::query(concat!(
-                "SELECT ",
-                domain_cols!(),
-                " FROM accepted_domains ORDER BY tenant_id, domain, id"
-            ))
-            .fetch_all(&store.pool)
-            .await?
-        }
-    };
+    let rows = rows_by_tenant(
+        store,
+        tenant,
+        concat!(
+            "SELECT ",
+            domain_cols!(),
+            " FROM accepted_domains WHERE tenant_id = ? ORDER BY domain, id"
+        ),
+        concat!(
+            "SELECT ",
+            domain_cols!(),
+            " FROM accepted_domains ORDER BY tenant_id, domain, id"
+        ),
+    )
+    .await?;
     rows.iter().map(domain_from_row).collect()
 }
 

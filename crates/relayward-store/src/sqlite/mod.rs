@@ -164,6 +164,20 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), sqlx::migrate::Migra
     MIGRATOR.run_direct(None, conn, false).await
 }
 
+/// A listing of one tenant's rows (`one`, with the tenant id bound) or of every tenant's
+/// (`all`).
+async fn rows_by_tenant(
+    store: &SqliteStore,
+    tenant: Option<TenantId>,
+    one: &'static str,
+    all: &'static str,
+) -> Result<Vec<SqliteRow>> {
+    Ok(match tenant {
+        Some(t) => sqlx::query(one).bind(t).fetch_all(&store.pool).await?,
+        None => sqlx::query(all).fetch_all(&store.pool).await?,
+    })
+}
+
 fn is_busy(e: &sqlx::Error) -> bool {
     match e.as_database_error() {
         // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
@@ -346,7 +360,7 @@ impl Store for SqliteStore {
         &self,
         tenant: TenantId,
         since: Timestamp,
-    ) -> Result<Vec<AuditEntry>> {
+    ) -> Result<Vec<crate::ConnectorChangeRecord>> {
         abuse::connector_changes(&self.pool, tenant, since).await
     }
 

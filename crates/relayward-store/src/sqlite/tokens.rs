@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::audit::insert_audit;
 use super::directory::require_tenant;
-use super::SqliteStore;
+use super::{rows_by_tenant, SqliteStore};
 use crate::{ApiToken, TokenId, TokenScope};
 use crate::{Result, StoreError};
 
@@ -105,27 +105,17 @@ pub(super) async fn list_tokens(
     store: &SqliteStore,
     tenant: Option<TenantId>,
 ) -> Result<Vec<ApiToken>> {
-    let rows = match tenant {
-        Some(t) => {
-            sqlx::query(concat!(
-                "SELECT ",
-                token_cols!(),
-                " FROM api_tokens WHERE tenant_id = ? ORDER BY id"
-            ))
-            .bind(t)
-            .fetch_all(&store.pool)
-            .await?
-        }
-        None => {
-            sqlx::query(concat!(
-                "SELECT ",
-                token_cols!(),
-                " FROM api_tokens ORDER BY id"
-            ))
-            .fetch_all(&store.pool)
-            .await?
-        }
-    };
+    let rows = rows_by_tenant(
+        store,
+        tenant,
+        concat!(
+            "SELECT ",
+            token_cols!(),
+            " FROM api_tokens WHERE tenant_id = ? ORDER BY id"
+        ),
+        concat!("SELECT ", token_cols!(), " FROM api_tokens ORDER BY id"),
+    )
+    .await?;
     rows.iter().map(token_from_row).collect()
 }
 

@@ -19,7 +19,7 @@ impl Abuse {
             .flatten()
             .map(|c| (c.id, c.name.clone()))
             .collect();
-        evidence.connector_changes = self.connector_changes(t.tenant, t.at_ms, &names).await;
+        evidence.connector_changes = self.connector_changes(t.tenant, t.at_ms).await;
         let evidence_json = serde_json::to_string(&evidence).unwrap_or_else(|_| "{}".into());
         let record = NewTransition {
             tenant_id: t.tenant,
@@ -92,23 +92,19 @@ impl Abuse {
         &self,
         tenant: TenantId,
         at_ms: i64,
-        names: &HashMap<ConnectorId, String>,
     ) -> Vec<ConnectorChange> {
         let since = at_ms.div_euclid(1000) - relayward_policy::connector_audit::RECENT_SECS;
-        let by_name: HashMap<&str, ConnectorId> =
-            names.iter().map(|(id, n)| (n.as_str(), *id)).collect();
         match self.store.connector_changes(tenant, since).await {
             Ok(entries) => entries
                 .into_iter()
-                .map(|e| {
-                    let name = e.object.strip_prefix("connector ").unwrap_or(&e.object);
-                    ConnectorChange {
-                        connector: by_name.get(name).copied().unwrap_or(0),
-                        at_ms: e.at.saturating_mul(1000),
-                        actor: e.actor,
-                        action: e.action,
-                        detail: e.detail,
-                    }
+                .map(|e| ConnectorChange {
+                    // 0: a change recorded before the audit log kept connector ids, to a
+                    // connector deleted since.
+                    connector: e.connector_id.unwrap_or(0),
+                    at_ms: e.at.saturating_mul(1000),
+                    actor: e.actor,
+                    action: e.action,
+                    detail: e.detail,
                 })
                 .collect(),
             Err(e) => {

@@ -2,6 +2,8 @@
 //! `serve` as a child process that tests can SIGKILL and restart.
 #![allow(dead_code)]
 
+pub mod in_process;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
