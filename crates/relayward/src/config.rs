@@ -247,26 +247,25 @@ pub struct TenantRouteConfig {
 }
 
 impl Default for DeliveryConfig {
+    /// The queue's own defaults, in the file's units: one table of them.
     fn default() -> Self {
+        let q = relayward_queue::DeliveryConfig::default();
         DeliveryConfig {
             smart_host: None,
-            mx_port: 25,
+            mx_port: q.mx_port,
             dns_resolver: None,
-            retry_schedule_secs: vec![60, 300, 900, 1800, 3600, 7200, 14400],
-            max_lifetime_secs: 3 * 24 * 3600,
-            delay_warning_secs: 4 * 3600,
-            connect_timeout_secs: 30,
-            command_timeout_secs: 300,
-            data_timeout_secs: 600,
-            max_workers: 64,
-            max_per_destination: 16,
+            retry_schedule_secs: q.retry_schedule.iter().map(|d| d.as_secs()).collect(),
+            max_lifetime_secs: q.max_lifetime.as_secs(),
+            delay_warning_secs: q.delay_warning.map_or(0, |d| d.as_secs()),
+            connect_timeout_secs: q.connect_timeout.as_secs(),
+            command_timeout_secs: q.command_timeout.as_secs(),
+            data_timeout_secs: q.data_timeout.as_secs(),
+            max_workers: q.max_workers,
+            max_per_destination: q.max_per_destination,
             postmaster: None,
             tenant_routes: Vec::new(),
-            throttle_rate_per_minute: relayward_queue::throttle::ThrottleConfig::default()
-                .rate_per_minute,
-            throttle_restore_secs: relayward_queue::throttle::ThrottleConfig::default()
-                .restore_after
-                .as_secs(),
+            throttle_rate_per_minute: q.throttle.rate_per_minute,
+            throttle_restore_secs: q.throttle.restore_after.as_secs(),
         }
     }
 }
@@ -295,21 +294,22 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        let smtp_defaults = relayward_smtp::SmtpConfig::default();
+        // The SMTP layer's own defaults, in the file's units: one table of them.
+        let d = relayward_smtp::SmtpConfig::default();
         LimitsConfig {
-            max_message_size: 35 * 1024 * 1024,
-            max_recipients: 1000,
-            max_connections: 10_000,
-            max_connections_per_ip: 100,
-            max_errors: 10,
-            max_received_headers: 50,
-            max_pipelined: smtp_defaults.max_pipelined,
-            bare_line_ends: smtp_defaults.bare_line_ends,
-            auth_max_failures: smtp_defaults.auth_lockout.max_failures,
-            auth_lockout_secs: smtp_defaults.auth_lockout.window.as_secs(),
-            command_timeout_secs: 300,
-            data_block_timeout_secs: 180,
-            data_termination_timeout_secs: 600,
+            max_message_size: d.max_message_size,
+            max_recipients: d.max_recipients,
+            max_connections: d.max_connections,
+            max_connections_per_ip: d.max_connections_per_ip,
+            max_errors: d.max_errors,
+            max_received_headers: d.max_received_headers,
+            max_pipelined: d.max_pipelined,
+            bare_line_ends: d.bare_line_ends,
+            auth_max_failures: d.auth_lockout.max_failures,
+            auth_lockout_secs: d.auth_lockout.window.as_secs(),
+            command_timeout_secs: d.timeouts.command.as_secs(),
+            data_block_timeout_secs: d.timeouts.data_block.as_secs(),
+            data_termination_timeout_secs: d.timeouts.data_termination.as_secs(),
         }
     }
 }
