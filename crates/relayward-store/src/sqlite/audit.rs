@@ -28,9 +28,22 @@ pub(super) async fn insert_audit(
     object: &str,
     detail: &str,
 ) -> Result<()> {
+    insert_row(conn, actor, action, tenant, None, object, detail).await
+}
+
+/// One audit entry; `connector`: the connector it is about, by id.
+async fn insert_row(
+    conn: &mut SqliteConnection,
+    actor: &str,
+    action: &str,
+    tenant: Option<TenantId>,
+    connector: Option<ConnectorId>,
+    object: &str,
+    detail: &str,
+) -> Result<()> {
     sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, tenant_id, object, detail) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (at, actor, action, tenant_id, object, detail, connector_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(now())
     .bind(actor)
@@ -38,8 +51,17 @@ pub(super) async fn insert_audit(
     .bind(tenant)
     .bind(object)
     .bind(detail)
+    .bind(connector)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// The directory changed: every relay reloads it.
+async fn bump_version(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -54,23 +76,18 @@ pub(super) async fn connector_audit_and_bump(
     name: &str,
     detail: &str,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, tenant_id, object, detail, connector_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    let object = format!("connector {name}");
+    insert_row(
+        conn,
+        actor,
+        action,
+        Some(tenant),
+        Some(connector),
+        &object,
+        detail,
     )
-    .bind(now())
-    .bind(actor)
-    .bind(action)
-    .bind(tenant)
-    .bind(format!("connector {name}"))
-    .bind(detail)
-    .bind(connector)
-    .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    bump_version(conn).await
 }
 
 /// The tail of every directory change: its audit entry and the version bump.
@@ -83,10 +100,7 @@ pub(super) async fn audit_and_bump(
     detail: &str,
 ) -> Result<()> {
     insert_audit(conn, actor, action, tenant, object, detail).await?;
-    sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    bump_version(conn).await
 }
 
 pub(super) async fn audit(

@@ -69,6 +69,14 @@ pub enum DomainCmd {
     },
 }
 
+/// The id of the tenant's connector called `name`, if one is named.
+async fn connector_id(admin: &Admin, t: &TenantView, name: Option<&str>) -> Result<Option<i64>> {
+    Ok(match name {
+        Some(name) => Some(admin.connector_named(t, name).await?.id),
+        None => None,
+    })
+}
+
 pub async fn run(admin: &Admin, cmd: DomainCmd) -> Result<()> {
     match cmd {
         DomainCmd::DkimKey(_) => unreachable!("answered on the local host"),
@@ -181,10 +189,7 @@ pub async fn run(admin: &Admin, cmd: DomainCmd) -> Result<()> {
             connector,
         } => {
             let t = admin.tenant_named(&tenant).await?;
-            let connector_id = match connector {
-                Some(name) => Some(admin.connector_named(&t, &name).await?.id),
-                None => None,
-            };
+            let connector_id = connector_id(admin, &t, connector.as_deref()).await?;
             admin
                 .declare_header_from(
                     t.id,
@@ -206,10 +211,7 @@ pub async fn run(admin: &Admin, cmd: DomainCmd) -> Result<()> {
             connector,
         } => {
             let t = admin.tenant_named(&tenant).await?;
-            let connector_id = match connector {
-                Some(name) => Some(admin.connector_named(&t, &name).await?.id),
-                None => None,
-            };
+            let connector_id = connector_id(admin, &t, connector.as_deref()).await?;
             admin
                 .withdraw_header_from(t.id, &domain, connector_id)
                 .await?;
