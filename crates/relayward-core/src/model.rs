@@ -8,9 +8,55 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-pub type TenantId = i64;
-pub type DomainId = i64;
-pub type ConnectorId = i64;
+macro_rules! id_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(
+            Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        #[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(transparent))]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map($name)
+            }
+        }
+
+        impl From<i64> for $name {
+            fn from(id: i64) -> Self {
+                $name(id)
+            }
+        }
+
+        impl From<$name> for i64 {
+            fn from(id: $name) -> i64 {
+                id.0
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// A tenant's id: a number in every external form (JSON, TOML, SQLite, API paths).
+    TenantId
+);
+id_newtype!(
+    /// An accepted domain's id: a number in every external form.
+    DomainId
+);
+id_newtype!(
+    /// A connector's id: a number in every external form.
+    ConnectorId
+);
 
 /// Seconds since the Unix epoch, UTC.
 pub type Timestamp = i64;

@@ -289,7 +289,7 @@ async fn cross_process() {
         )
         .await
         .unwrap();
-        s.touch_connectors(&[(1, i)]).await.unwrap();
+        s.touch_connectors(&[(ConnectorId(1), i)]).await.unwrap();
         let dir = s.load_directory().await.unwrap();
         assert!(dir.domains.len() as i64 > i);
         i += 1;
