@@ -297,7 +297,7 @@ pub fn token_info(t: &ApiToken) -> TokenInfo {
     TokenInfo {
         id: t.id,
         scope: t.scope.kind().to_string(),
-        tenant_id: t.scope.tenant(),
+        tenant_id: t.scope.tenant().map(i64::from),
         label: t.label.clone(),
         token_prefix: format!("{TOKEN_PREFIX}{}_", t.id),
         created_at: t.created_at,
@@ -351,6 +351,9 @@ mod tests {
     #[test]
     fn actors() {
         assert_eq!(token_actor(3, TokenScope::Operator), "token:3/operator");
-        assert_eq!(token_actor(4, TokenScope::Tenant(9)), "token:4/tenant:9");
+        assert_eq!(
+            token_actor(4, TokenScope::Tenant(TenantId(9))),
+            "token:4/tenant:9"
+        );
     }
 }

@@ -25,7 +25,7 @@ impl From<AuditEntry> for AuditView {
             at: e.at,
             actor: e.actor,
             action: e.action,
-            tenant_id: e.tenant_id,
+            tenant_id: e.tenant_id.map(i64::from),
             object: e.object,
             detail: e.detail,
         }

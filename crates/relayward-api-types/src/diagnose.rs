@@ -69,8 +69,8 @@ impl DiagnosisView {
             reply: d.reply.to_string(),
             reason: d.reason.map(str::to_string),
             explanation: d.explanation.clone(),
-            tenant_id: d.attributed.map(|a| a.tenant_id),
-            connector_id: d.attributed.map(|a| a.connector_id),
+            tenant_id: d.attributed.map(|a| a.tenant_id.0),
+            connector_id: d.attributed.map(|a| a.connector_id.0),
             method: d.attributed.map(|a| a.method.as_str().to_string()),
             sender_class: d.class.map(|c| c.as_str().to_string()),
         }

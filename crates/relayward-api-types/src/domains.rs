@@ -49,8 +49,8 @@ pub struct DomainView {
 impl From<&AcceptedDomain> for DomainView {
     fn from(d: &AcceptedDomain) -> Self {
         DomainView {
-            id: d.id,
-            tenant_id: d.tenant_id,
+            id: d.id.0,
+            tenant_id: d.tenant_id.0,
             domain: d.domain.clone(),
             kind: d.kind.as_str().to_string(),
             match_subdomains: d.match_subdomains,

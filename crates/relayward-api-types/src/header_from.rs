@@ -19,7 +19,7 @@ impl From<&HeaderFromAllowed> for HeaderFromView {
     fn from(a: &HeaderFromAllowed) -> Self {
         HeaderFromView {
             domain: a.domain.clone(),
-            connector_id: a.connector_id,
+            connector_id: a.connector_id.map(i64::from),
             declared_at: a.declared_at,
             declared_by: a.declared_by.clone(),
         }

@@ -25,7 +25,7 @@ pub struct SuppressionView {
 impl From<Suppression> for SuppressionView {
     fn from(s: Suppression) -> Self {
         SuppressionView {
-            tenant_id: s.tenant_id,
+            tenant_id: s.tenant_id.map(i64::from),
             address: s.address,
             source: s.source,
             reason: s.reason,

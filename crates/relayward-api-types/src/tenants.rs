@@ -18,7 +18,7 @@ pub struct TenantView {
 impl From<Tenant> for TenantView {
     fn from(t: Tenant) -> Self {
         TenantView {
-            id: t.id,
+            id: t.id.0,
             name: t.name,
             state: t.state,
             admin_emails: t.admin_emails,

@@ -8,9 +8,55 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-pub type TenantId = i64;
-pub type DomainId = i64;
-pub type ConnectorId = i64;
+macro_rules! id_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(
+            Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        #[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(transparent))]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map($name)
+            }
+        }
+
+        impl From<i64> for $name {
+            fn from(id: i64) -> Self {
+                $name(id)
+            }
+        }
+
+        impl From<$name> for i64 {
+            fn from(id: $name) -> i64 {
+                id.0
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// A tenant's id: a number in every external form (JSON, TOML, SQLite, API paths).
+    TenantId
+);
+id_newtype!(
+    /// An accepted domain's id: a number in every external form.
+    DomainId
+);
+id_newtype!(
+    /// A connector's id: a number in every external form.
+    ConnectorId
+);
 
 /// Seconds since the Unix epoch, UTC.
 pub type Timestamp = i64;
@@ -334,4 +380,59 @@ pub struct ReputationHour {
     pub bounces: u32,
     /// Spam complaints.
     pub complaints: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn ids_are_plain_numbers_in_every_external_form() {
+        assert_eq!(TenantId(42).to_string(), "42");
+        assert_eq!("42".parse::<ConnectorId>().unwrap(), ConnectorId(42));
+        assert!("x".parse::<DomainId>().is_err());
+        assert_eq!(i64::from(DomainId(-3)), -3);
+
+        assert_eq!(serde_json::to_string(&TenantId(7)).unwrap(), "7");
+        assert_eq!(serde_json::from_str::<TenantId>("7").unwrap(), TenantId(7));
+        let some: Option<ConnectorId> = Some(ConnectorId(9));
+        assert_eq!(serde_json::to_string(&some).unwrap(), "9");
+        // As map keys, as in the detector's per-connector counts.
+        let counts = BTreeMap::from([(ConnectorId(4), 2u64)]);
+        let text = serde_json::to_string(&counts).unwrap();
+        assert_eq!(text, r#"{"4":2}"#);
+        assert_eq!(
+            serde_json::from_str::<BTreeMap<ConnectorId, u64>>(&text).unwrap(),
+            counts
+        );
+
+        let h = HeaderFromAllowed {
+            tenant_id: TenantId(1),
+            domain: "partner.example".into(),
+            connector_id: Some(ConnectorId(2)),
+            declared_at: 3,
+            declared_by: "op".into(),
+        };
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"tenant_id": 1, "domain": "partner.example", "connector_id": 2,
+                "declared_at": 3, "declared_by": "op"})
+        );
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Pins {
+            tenant: TenantId,
+            pools: BTreeMap<TenantId, String>,
+        }
+        let pins = Pins {
+            tenant: TenantId(5),
+            pools: BTreeMap::from([(TenantId(6), "p".to_string())]),
+        };
+        let text = toml::to_string(&pins).unwrap();
+        assert_eq!(text, "tenant = 5\n\n[pools]\n6 = \"p\"\n");
+        assert_eq!(toml::from_str::<Pins>(&text).unwrap(), pins);
+    }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use relayward_core::{
-    AcceptedDomain, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainKind, Tenant,
-    TenantState, TraceEvent,
+    AcceptedDomain, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId, DomainKind,
+    Tenant, TenantId, TenantState, TraceEvent,
 };
 use relayward_policy::{Directory, SharedDirectory};
 use relayward_smtp::{
@@ -66,8 +66,8 @@ fn cheap_hash() -> String {
 
 fn connector(id: i64, tenant_id: i64, ip: Option<&str>) -> Connector {
     Connector {
-        id,
-        tenant_id,
+        id: ConnectorId(id),
+        tenant_id: TenantId(tenant_id),
         name: format!("connector{id}"),
         kind: ConnectorKind::OnPremises,
         ip_ranges: ip.iter().map(|s| s.parse().expect("CIDR")).collect(),
@@ -90,8 +90,8 @@ fn connector(id: i64, tenant_id: i64, ip: Option<&str>) -> Connector {
 
 fn domain(id: i64, tenant_id: i64, name: &str, verified: bool) -> AcceptedDomain {
     AcceptedDomain {
-        id,
-        tenant_id,
+        id: DomainId(id),
+        tenant_id: TenantId(tenant_id),
         domain: name.into(),
         kind: DomainKind::Authoritative,
         match_subdomains: false,
@@ -115,7 +115,7 @@ fn directory() -> Arc<SharedDirectory> {
         let mut shared = connector(3, 2, Some("127.0.0.1/32"));
         shared.allow_unregistered = true;
         let tenant = |id: i64| Tenant {
-            id,
+            id: TenantId(id),
             name: format!("tenant{id}"),
             state: TenantState::Active,
             admin_emails: vec![],

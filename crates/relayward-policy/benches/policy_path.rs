@@ -30,7 +30,7 @@ fn directory() -> Directory {
     };
     for t in 1..=TENANTS {
         data.tenants.push(Tenant {
-            id: t,
+            id: TenantId(t),
             name: format!("tenant{t}"),
             state: TenantState::Active,
             admin_emails: vec![],
@@ -38,8 +38,8 @@ fn directory() -> Directory {
         });
         for d in 0..DOMAINS_PER_TENANT {
             data.domains.push(AcceptedDomain {
-                id: t * DOMAINS_PER_TENANT + d,
-                tenant_id: t,
+                id: DomainId(t * DOMAINS_PER_TENANT + d),
+                tenant_id: TenantId(t),
                 domain: format!("d{d}.tenant{t}.example"),
                 kind: DomainKind::Authoritative,
                 match_subdomains: d == 0,
@@ -50,8 +50,8 @@ fn directory() -> Directory {
             });
         }
         data.connectors.push(Connector {
-            id: t,
-            tenant_id: t,
+            id: ConnectorId(t),
+            tenant_id: TenantId(t),
             name: "onprem".into(),
             kind: ConnectorKind::OnPremises,
             ip_ranges: vec![ipnet::IpNet::from(tenant_ip(t))],
@@ -134,7 +134,10 @@ impl Fixture {
             },
         );
         let status = TenantStatus::active(0);
-        std::hint::black_box(self.detector.evaluate(now_ms, t, &status, &snapshot));
+        std::hint::black_box(
+            self.detector
+                .evaluate(now_ms, TenantId(t), &status, &snapshot),
+        );
     }
 }
 

@@ -98,12 +98,12 @@ pub fn audit(c: &Connector, now: Timestamp, facts: &AuditFacts) -> ConnectorAudi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relayward_core::ConnectorKind;
+    use relayward_core::{ConnectorKind, TenantId};
 
     fn connector(ranges: &[&str]) -> Connector {
         Connector {
-            id: 1,
-            tenant_id: 1,
+            id: ConnectorId(1),
+            tenant_id: TenantId(1),
             name: "c".into(),
             kind: ConnectorKind::OnPremises,
             ip_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),

@@ -431,22 +431,28 @@ mod tests {
         };
         let shared = SharedDirectory::new(Directory::new(DirectoryData {
             version: 7,
-            tenants: vec![tenant(1, "a"), tenant(2, "b")],
+            tenants: vec![tenant(TenantId(1), "a"), tenant(TenantId(2), "b")],
             ..Default::default()
         }));
         let before = shared.current();
-        assert!(shared.set_tenant_state(1, TenantState::BlockedUnregistered));
+        assert!(shared.set_tenant_state(TenantId(1), TenantState::BlockedUnregistered));
         let after = shared.current();
         assert_eq!(
-            after.tenant(1).unwrap().state,
+            after.tenant(TenantId(1)).unwrap().state,
             TenantState::BlockedUnregistered
         );
-        assert_eq!(after.tenant(2).unwrap().state, TenantState::Active);
+        assert_eq!(
+            after.tenant(TenantId(2)).unwrap().state,
+            TenantState::Active
+        );
         assert_eq!(after.version, 7);
         // Readers holding the old snapshot keep a consistent view.
-        assert_eq!(before.tenant(1).unwrap().state, TenantState::Active);
-        assert!(!shared.set_tenant_state(1, TenantState::BlockedUnregistered));
-        assert!(!shared.set_tenant_state(9, TenantState::BlockedAll));
+        assert_eq!(
+            before.tenant(TenantId(1)).unwrap().state,
+            TenantState::Active
+        );
+        assert!(!shared.set_tenant_state(TenantId(1), TenantState::BlockedUnregistered));
+        assert!(!shared.set_tenant_state(TenantId(9), TenantState::BlockedAll));
         assert_eq!(shared.current().tenants().count(), 2);
     }
 }

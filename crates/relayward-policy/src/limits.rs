@@ -250,7 +250,7 @@ impl SenderLimiter {
 mod tests {
     use super::*;
     use crate::counters::{CountersConfig, InProcessCounters, MessageEvent};
-    use relayward_core::SenderClass;
+    use relayward_core::{ConnectorId, SenderClass};
 
     /// 2026-01-01T12:30:20Z: mid-minute, mid-hour, mid-day.
     const NOON: i64 = 1_767_225_600_000 + 12 * HOUR_MS + 30 * MINUTE_MS + 20_000;
@@ -259,7 +259,7 @@ mod tests {
         let counters = Arc::new(InProcessCounters::new(CountersConfig::default()));
         let limiter = SenderLimiter::new(counters.clone(), SenderLimits::default());
         limiter.set_tenant_limits(
-            1,
+            TenantId(1),
             Some(SenderLimits {
                 action,
                 ..SenderLimits::default()
@@ -276,13 +276,13 @@ mod tests {
         sender: &Address,
         rcpts: &[Address],
     ) -> SenderDecision {
-        let d = limiter.check_sender(now, 1, sender, rcpts.len());
+        let d = limiter.check_sender(now, TenantId(1), sender, rcpts.len());
         if !matches!(d, SenderDecision::Restrict { .. }) {
             counters.record(
                 now,
                 &MessageEvent {
-                    tenant: 1,
-                    connector: 1,
+                    tenant: TenantId(1),
+                    connector: ConnectorId(1),
                     class: SenderClass::Registered,
                     sender: Some(sender),
                     mismatch: false,
@@ -382,8 +382,8 @@ mod tests {
             send(&c, &l, NOON + 3 * DAY_MS, &s, &rcpts[..1]),
             SenderDecision::Restrict { until_ms: None, .. }
         ));
-        assert_eq!(l.restrictions(NOON + 3 * DAY_MS, 1).len(), 1);
-        let lifted = l.lift(1, &s).expect("was restricted");
+        assert_eq!(l.restrictions(NOON + 3 * DAY_MS, TenantId(1)).len(), 1);
+        let lifted = l.lift(TenantId(1), &s).expect("was restricted");
         assert_eq!(lifted.limit, Limit::ExternalRecipientsPerHour);
         assert_eq!(
             send(&c, &l, NOON + 3 * DAY_MS + 1, &s, &rcpts[..1]),
@@ -402,7 +402,7 @@ mod tests {
         let mut alerts = Vec::new();
         let mut t = NOON - 6 * HOUR_MS;
         for _ in 0..120 {
-            let d = l.check_sender(t, 1, &s, rcpts.len());
+            let d = l.check_sender(t, TenantId(1), &s, rcpts.len());
             if let SenderDecision::Alert { .. } = &d {
                 alerts.push(d.clone());
             }
@@ -410,8 +410,8 @@ mod tests {
             c.record(
                 t,
                 &MessageEvent {
-                    tenant: 1,
-                    connector: 1,
+                    tenant: TenantId(1),
+                    connector: ConnectorId(1),
                     class: SenderClass::Registered,
                     sender: Some(&s),
                     mismatch: false,
@@ -439,7 +439,7 @@ mod tests {
             }
             _ => unreachable!(),
         }
-        assert!(l.restrictions(t, 1).is_empty());
+        assert!(l.restrictions(t, TenantId(1)).is_empty());
     }
 
     #[test]

@@ -586,7 +586,7 @@ mod tests {
 
     fn tenant(id: i64, state: TenantState) -> Tenant {
         Tenant {
-            id,
+            id: TenantId(id),
             name: format!("t{id}"),
             state,
             admin_emails: vec![],
@@ -596,8 +596,8 @@ mod tests {
 
     fn domain(id: i64, tenant_id: i64, d: &str, verified: bool, subs: bool) -> AcceptedDomain {
         AcceptedDomain {
-            id,
-            tenant_id,
+            id: DomainId(id),
+            tenant_id: TenantId(tenant_id),
             domain: d.into(),
             kind: DomainKind::Authoritative,
             match_subdomains: subs,
@@ -610,8 +610,8 @@ mod tests {
 
     fn connector(id: i64, tenant_id: i64, ips: &[&str]) -> Connector {
         Connector {
-            id,
-            tenant_id,
+            id: ConnectorId(id),
+            tenant_id: TenantId(tenant_id),
             name: format!("c{id}"),
             kind: ConnectorKind::OnPremises,
             ip_ranges: ips.iter().map(|s| s.parse().unwrap()).collect(),
@@ -678,7 +678,10 @@ mod tests {
         for ip in ["127.0.0.2", "2001:db8::5", "::ffff:127.0.0.2"] {
             match attribute(&d, &facts(ip)) {
                 Attribution::Attributed(a) => {
-                    assert_eq!((a.tenant_id, a.connector_id, a.method), (1, 1, Method::Ip))
+                    assert_eq!(
+                        (a.tenant_id, a.connector_id, a.method),
+                        (TenantId(1), ConnectorId(1), Method::Ip)
+                    )
                 }
                 other => panic!("{ip}: {other:?}"),
             }
@@ -701,7 +704,7 @@ mod tests {
         assert!(matches!(
             attribute(&d, &f),
             Attribution::Attributed(Attributed {
-                tenant_id: 2,
+                tenant_id: TenantId(2),
                 method: Method::Certificate,
                 ..
             })
@@ -778,7 +781,10 @@ mod tests {
         assert!(matches!(
             out,
             MailOutcome::Accepted {
-                attributed: Attributed { tenant_id: 3, .. },
+                attributed: Attributed {
+                    tenant_id: TenantId(3),
+                    ..
+                },
                 ..
             }
         ));
@@ -889,7 +895,7 @@ mod tests {
         data.connectors[0].ip_ranges = vec![];
         let d = Directory::new(data);
         let mut f = facts("203.0.113.9");
-        f.auth_connector = Some(1);
+        f.auth_connector = Some(ConnectorId(1));
         let a = attribute(&d, &f);
         assert!(matches!(
             a,
@@ -961,8 +967,8 @@ mod tests {
             header_from_allowed: Vec::new(),
         };
         let via = |c: i64| Attributed {
-            tenant_id: 1,
-            connector_id: c,
+            tenant_id: TenantId(1),
+            connector_id: ConnectorId(c),
             method: Method::Ip,
         };
         let d = Directory::new(data.clone());
@@ -989,9 +995,9 @@ mod tests {
         ));
         // Declared for connector 1 only: aligned there, a mismatch elsewhere.
         data.header_from_allowed.push(HeaderFromAllowed {
-            tenant_id: 1,
+            tenant_id: TenantId(1),
             domain: "partner.example".into(),
-            connector_id: Some(1),
+            connector_id: Some(ConnectorId(1)),
             declared_at: 0,
             declared_by: "t".into(),
         });

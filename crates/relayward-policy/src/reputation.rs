@@ -509,10 +509,10 @@ mod tests {
             } else {
                 Outcome::Delivered
             };
-            changes.extend(rep.record(t, now, o));
+            changes.extend(rep.record(TenantId(t), now, o));
         }
         assert!(changes.is_empty(), "{changes:?}");
-        assert_eq!(rep.status(t, now).level, ReputationLevel::Good);
+        assert_eq!(rep.status(TenantId(t), now).level, ReputationLevel::Good);
         // 40 more at the same rate: 100 messages, 10 bounces -> act.
         for i in 0..40 {
             let o = if i % 10 == 0 {
@@ -520,14 +520,14 @@ mod tests {
             } else {
                 Outcome::Delivered
             };
-            changes.extend(rep.record(t, now, o));
+            changes.extend(rep.record(TenantId(t), now, o));
         }
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(changes[0].to, ReputationLevel::Act);
         assert!(changes[0].status.reasons[0].contains("bounce rate 10.00 %"));
-        assert_eq!(rep.level(t), ReputationLevel::Act);
+        assert_eq!(rep.level(TenantId(t)), ReputationLevel::Act);
         // One complaint in 100 is 1 %: block.
-        let c = rep.record(t, now, Outcome::Complaint).unwrap();
+        let c = rep.record(TenantId(t), now, Outcome::Complaint).unwrap();
         assert_eq!(
             (c.from, c.to),
             (ReputationLevel::Act, ReputationLevel::Block)
@@ -537,14 +537,14 @@ mod tests {
         assert_eq!(signals[0].rule, Rule::ComplaintRate);
         // A day later the 24 h window is empty and the week alone still counts.
         let later = now + 25 * HOUR_MS;
-        assert_eq!(rep.status(t, later).day.messages, 0);
-        assert_eq!(rep.status(t, later).level, ReputationLevel::Block);
+        assert_eq!(rep.status(TenantId(t), later).day.messages, 0);
+        assert_eq!(rep.status(TenantId(t), later).level, ReputationLevel::Block);
         // After 7 days everything is gone.
         let gone = now + 8 * 24 * HOUR_MS;
         let changes = rep.refresh(gone);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].to, ReputationLevel::Good);
-        assert_eq!(rep.status(t, gone), ReputationStatus::default());
+        assert_eq!(rep.status(TenantId(t), gone), ReputationStatus::default());
     }
 
     #[test]
@@ -552,12 +552,12 @@ mod tests {
         let rep = Reputation::new(small());
         let now = 10 * HOUR_MS;
         for _ in 0..90 {
-            rep.record(3, now, Outcome::Delivered);
+            rep.record(TenantId(3), now, Outcome::Delivered);
         }
         for _ in 0..10 {
-            rep.record(3, now + HOUR_MS, Outcome::HardBounce);
+            rep.record(TenantId(3), now + HOUR_MS, Outcome::HardBounce);
         }
-        rep.record(3, now + HOUR_MS, Outcome::Complaint);
+        rep.record(TenantId(3), now + HOUR_MS, Outcome::Complaint);
         let mut rows = rep.take_unwritten();
         rows.sort_by_key(|r| r.hour);
         assert_eq!(rows.len(), 2);
@@ -568,8 +568,11 @@ mod tests {
         let again = Reputation::new(small());
         again.load(&rows);
         again.settle(now + HOUR_MS);
-        assert_eq!(again.status(3, now + HOUR_MS), rep.status(3, now + HOUR_MS));
-        assert_eq!(again.level(3), ReputationLevel::Block);
+        assert_eq!(
+            again.status(TenantId(3), now + HOUR_MS),
+            rep.status(TenantId(3), now + HOUR_MS)
+        );
+        assert_eq!(again.level(TenantId(3)), ReputationLevel::Block);
         assert!(again.refresh(now + HOUR_MS).is_empty());
         assert!(again.take_unwritten().is_empty());
         // Counts the store did not take go out with the next batch.
@@ -582,12 +585,12 @@ mod tests {
         let rep = Reputation::new(small());
         let now = 5 * HOUR_MS;
         for _ in 0..188 {
-            rep.record(1, now, Outcome::Delivered);
+            rep.record(TenantId(1), now, Outcome::Delivered);
         }
         for _ in 0..12 {
-            rep.record(1, now, Outcome::HardBounce);
+            rep.record(TenantId(1), now, Outcome::HardBounce);
         }
-        let s = rep.status(1, now);
+        let s = rep.status(TenantId(1), now);
         assert_eq!(s.level, ReputationLevel::Warn, "{s:?}");
         assert!((s.day.bounce_rate - 0.06).abs() < 1e-9);
         assert!(ReputationConfig::default().validate().is_ok());

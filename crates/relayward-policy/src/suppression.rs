@@ -215,6 +215,7 @@ impl SuppressionList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relayward_core::ConnectorId;
 
     fn addr(s: &str) -> Address {
         Address::parse(s, true).unwrap()
@@ -238,21 +239,29 @@ mod tests {
         list.apply(&SuppressionUpdates {
             version: 3,
             changed: vec![
-                entry(Some(1), "gone@example.org", Some(1000)),
+                entry(Some(TenantId(1)), "gone@example.org", Some(1000)),
                 entry(None, "trap@example.org", None),
             ],
             removed: vec![],
         });
         assert_eq!(list.version(), 3);
-        let hit = list.check(1, &addr("Gone@Example.ORG"), 500).unwrap();
-        assert_eq!(hit.tenant, Some(1));
+        let hit = list
+            .check(TenantId(1), &addr("Gone@Example.ORG"), 500)
+            .unwrap();
+        assert_eq!(hit.tenant, Some(TenantId(1)));
         assert_eq!(
             hit.describe(),
             "list=tenant source=hard_bounce since=100 until=1000"
         );
-        assert!(list.check(2, &addr("gone@example.org"), 500).is_none());
-        assert!(list.check(1, &addr("gone@example.org"), 1000).is_none());
-        let global = list.check(2, &addr("trap@example.org"), 10_000).unwrap();
+        assert!(list
+            .check(TenantId(2), &addr("gone@example.org"), 500)
+            .is_none());
+        assert!(list
+            .check(TenantId(1), &addr("gone@example.org"), 1000)
+            .is_none());
+        let global = list
+            .check(TenantId(2), &addr("trap@example.org"), 10_000)
+            .unwrap();
         assert_eq!(global.tenant, None);
         assert!(global.describe().starts_with("list=global "));
         assert_eq!(
@@ -260,13 +269,15 @@ mod tests {
             "reason=suppressed list=global source=hard_bounce since=100 until=removed \
              ip=127.0.0.1 tls=no"
         );
-        assert!(list.check(1, &addr("other@example.org"), 500).is_none());
+        assert!(list
+            .check(TenantId(1), &addr("other@example.org"), 500)
+            .is_none());
         assert_eq!(
             global
                 .refusal(
                     Attributed {
-                        tenant_id: 2,
-                        connector_id: 7,
+                        tenant_id: TenantId(2),
+                        connector_id: ConnectorId(7),
                         method: crate::Method::Ip
                     },
                     Some(SenderClass::Registered)
@@ -280,22 +291,30 @@ mod tests {
     #[test]
     fn the_store_replaces_and_removes_while_local_inserts_keep_the_longer_entry() {
         let list = SuppressionList::new();
-        list.insert(&entry(Some(1), "a@example.org", Some(1000)));
-        list.insert(&entry(Some(1), "a@example.org", Some(500)));
-        assert!(list.check(1, &addr("a@example.org"), 800).is_some());
-        list.insert(&entry(Some(1), "a@example.org", Some(2000)));
-        assert!(list.check(1, &addr("a@example.org"), 1500).is_some());
-        list.insert(&entry(Some(2), "a@example.org", Some(2000)));
+        list.insert(&entry(Some(TenantId(1)), "a@example.org", Some(1000)));
+        list.insert(&entry(Some(TenantId(1)), "a@example.org", Some(500)));
+        assert!(list
+            .check(TenantId(1), &addr("a@example.org"), 800)
+            .is_some());
+        list.insert(&entry(Some(TenantId(1)), "a@example.org", Some(2000)));
+        assert!(list
+            .check(TenantId(1), &addr("a@example.org"), 1500)
+            .is_some());
+        list.insert(&entry(Some(TenantId(2)), "a@example.org", Some(2000)));
         assert_eq!(list.len(), 2);
 
         // The store's word is final, shorter or not.
         list.apply(&SuppressionUpdates {
             version: 5,
-            changed: vec![entry(Some(1), "a@example.org", Some(600))],
-            removed: vec![(Some(2), "a@example.org".into())],
+            changed: vec![entry(Some(TenantId(1)), "a@example.org", Some(600))],
+            removed: vec![(Some(TenantId(2)), "a@example.org".into())],
         });
-        assert!(list.check(1, &addr("a@example.org"), 700).is_none());
-        assert!(list.check(2, &addr("a@example.org"), 100).is_none());
+        assert!(list
+            .check(TenantId(1), &addr("a@example.org"), 700)
+            .is_none());
+        assert!(list
+            .check(TenantId(2), &addr("a@example.org"), 100)
+            .is_none());
         assert_eq!(list.len(), 1);
 
         list.prune(600);

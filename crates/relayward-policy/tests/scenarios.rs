@@ -21,9 +21,9 @@ use relayward_policy::detector::{Detector, DetectorConfig, TenantStatus, Transit
 
 /// Thursday 2026-01-01 00:00 UTC.
 const T0: i64 = 1_767_225_600_000;
-const TENANT: TenantId = 42;
+const TENANT: TenantId = TenantId(42);
 /// The tenant's connector of long standing.
-const MAIN: ConnectorId = 7;
+const MAIN: ConnectorId = ConnectorId(7);
 const REGISTERED: &str = "tenant.example";
 
 // ---------------------------------------------------------------------------------------------
@@ -667,7 +667,11 @@ fn scenarios() -> Vec<Row> {
                 spam(rng, MAIN, &format!("a{i}@split{}.example", i % 40))
             });
             let mut b = attack(rng, s + 300, 8.0, 600, |rng, i| {
-                spam(rng, 8, &format!("b{i}@other{}.example", i % 40))
+                spam(
+                    rng,
+                    ConnectorId(8),
+                    &format!("b{i}@other{}.example", i % 40),
+                )
             });
             a.append(&mut b);
             a
@@ -677,10 +681,14 @@ fn scenarios() -> Vec<Row> {
         "new connector created, then used (DKIM-signed own domains)",
         true,
         compromise(108, |rng, s| {
-            let mut ev = vec![(s - 10 * MINUTE_MS, Ev::ConnectorChanged(9))];
+            let mut ev = vec![(s - 10 * MINUTE_MS, Ev::ConnectorChanged(ConnectorId(9)))];
             ev.extend(attack(rng, s, 6.0, 1800, |rng, i| Msg {
                 dkim_pass: true,
-                ..spam(rng, 9, &format!("hello@fresh{}.example", i % 6))
+                ..spam(
+                    rng,
+                    ConnectorId(9),
+                    &format!("hello@fresh{}.example", i % 6),
+                )
             }));
             ev
         }),
@@ -770,11 +778,11 @@ fn scenarios() -> Vec<Row> {
         let p = Profile::university();
         sim.run(traffic(&mut rng, &p, T0, 7 * 24, 1.0));
         let moved = Profile {
-            connector: 11,
+            connector: ConnectorId(11),
             ..p.clone()
         };
         let at = T0 + 7 * DAY_MS;
-        let mut ev = vec![(at - MINUTE_MS, Ev::ConnectorChanged(11))];
+        let mut ev = vec![(at - MINUTE_MS, Ev::ConnectorChanged(ConnectorId(11)))];
         ev.append(&mut traffic(&mut rng, &moved, at, 3 * 24, 1.0));
         sim.run(ev);
         row("migration to a new connector (university)", false, sim.out);

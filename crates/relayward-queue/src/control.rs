@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use relayward_core::{TraceEvent, TraceKind};
+use relayward_core::{ConnectorId, TenantId, TraceEvent, TraceKind};
 
 use crate::config::DeliveryConfig;
 use crate::dsn::{self, DsnAction, DsnRecipient};
@@ -201,8 +201,8 @@ pub fn trace_event(kind: TraceKind, env: &Envelope, recipient: Option<&str>) -> 
     let mut ev = TraceEvent::new(kind);
     ev.queue_id = Some(env.queue_id.to_string());
     ev.message_id = env.message_id.clone();
-    ev.tenant_id = env.tenant_id;
-    ev.connector_id = env.connector_id;
+    ev.tenant_id = env.tenant_id.map(TenantId);
+    ev.connector_id = env.connector_id.map(ConnectorId);
     ev.client_ip = Some(env.client_ip.clone());
     // The sender as received: an SRS rewriting is an envelope detail, the story is the sender's.
     ev.sender = Some(

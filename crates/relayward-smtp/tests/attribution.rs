@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use relayward_core::{SenderClass, TenantState, TraceKind};
+use relayward_core::{ConnectorId, SenderClass, TenantId, TenantState, TraceKind};
 use relayward_policy::{Directory, Method};
 use relayward_smtp::ListenerConfig;
 
@@ -33,7 +33,10 @@ async fn ip_attribution_registered_sender_is_queued() {
     c.expect_closed().await;
 
     let m = &t.sink.messages()[0];
-    assert_eq!((m.tenant_id, m.connector_id, m.method), (1, 1, Method::Ip));
+    assert_eq!(
+        (m.tenant_id, m.connector_id, m.method),
+        (TenantId(1), ConnectorId(1), Method::Ip)
+    );
     assert_eq!(m.sender_class, SenderClass::Registered);
     assert_eq!(m.sender.as_ref().unwrap().to_string(), "a@alpha.example");
     assert_eq!(m.helo, "mx.alpha.example");
@@ -46,10 +49,13 @@ async fn ip_attribution_registered_sender_is_queued() {
     let ev = &received[0];
     assert_eq!(ev.queue_id.as_deref(), Some("Q000001"));
     assert_eq!(ev.message_id.as_deref(), Some("m1@test"));
-    assert_eq!((ev.tenant_id, ev.connector_id), (Some(1), Some(1)));
+    assert_eq!(
+        (ev.tenant_id, ev.connector_id),
+        (Some(TenantId(1)), Some(ConnectorId(1)))
+    );
     assert_eq!(ev.recipient.as_deref(), Some("r@dest.example"));
     assert_eq!(ev.sender_class, Some(SenderClass::Registered));
-    assert_eq!(*t.events.used.lock().unwrap(), vec![1]);
+    assert_eq!(*t.events.used.lock().unwrap(), vec![ConnectorId(1)]);
 }
 
 #[tokio::test]
@@ -77,7 +83,7 @@ async fn unregistered_and_null_senders_refused_on_ip_connector() {
         .unwrap();
     assert_eq!(ev.reply.as_deref(), Some(RELAY_DENIED));
     assert_eq!(ev.client_ip.as_deref(), Some(ALPHA_IP));
-    assert_eq!(ev.tenant_id, Some(1));
+    assert_eq!(ev.tenant_id, Some(TenantId(1)));
     assert!(refused.iter().any(|e| e.sender.as_deref() == Some("<>")));
 }
 
@@ -167,7 +173,7 @@ async fn shared_ip_decided_by_recipient_domain_and_relay_tricks_fail() {
     c.send("Subject: x\r\n\r\nhi\r\n").await;
     assert!(c.cmd(".").await.starts_with("250 2.0.0 Ok: queued as"));
     let m = &t.sink.messages()[0];
-    assert_eq!((m.tenant_id, m.connector_id), (5, 6));
+    assert_eq!((m.tenant_id, m.connector_id), (TenantId(5), ConnectorId(6)));
     assert_eq!(m.sender_class, SenderClass::Unregistered);
     let domains: Vec<_> = m
         .recipients
@@ -223,7 +229,7 @@ async fn certificate_attribution_relays_unregistered_sender() {
     let m = &msgs[0];
     assert_eq!(
         (m.tenant_id, m.connector_id, m.method),
-        (2, 2, Method::Certificate)
+        (TenantId(2), ConnectorId(2), Method::Certificate)
     );
     assert_eq!(m.sender_class, SenderClass::Unregistered);
     assert!(m.tls);
@@ -285,7 +291,7 @@ async fn untrusted_client_certificate_attributes_nothing_and_says_why() {
         "{detail}"
     );
     // It is shown to the tenant whose connector has that certificate name.
-    assert_eq!(refused.tenant_id, Some(2));
+    assert_eq!(refused.tenant_id, Some(TenantId(2)));
 }
 
 #[tokio::test]
@@ -363,7 +369,7 @@ async fn auth_plain_after_starttls() {
     let m = &t.sink.messages()[0];
     assert_eq!(
         (m.tenant_id, m.connector_id, m.method),
-        (3, 3, Method::Auth)
+        (TenantId(3), ConnectorId(3), Method::Auth)
     );
     assert_eq!(m.auth_user.as_deref(), Some(GAMMA_USER));
     assert!(String::from_utf8_lossy(&m.data).contains(" with ESMTPSA id "));

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use relayward_core::TraceKind;
+use relayward_core::{TenantId, TraceKind};
 use relayward_smtp::SmtpConfig;
 
 async fn alpha_session(t: &TestServer) -> Client {
@@ -561,7 +561,7 @@ async fn mail_loop_detected() {
         ev.reply.as_deref(),
         Some("554 5.4.6 Too many hops, mail loop detected")
     );
-    assert_eq!(ev.tenant_id, Some(1));
+    assert_eq!(ev.tenant_id, Some(TenantId(1)));
     assert_eq!(ev.sender.as_deref(), Some("a@alpha.example"));
 }
 

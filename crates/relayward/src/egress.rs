@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use std::sync::Weak;
 
 use anyhow::{anyhow, bail, Result};
+use relayward_core::TenantId;
 use relayward_queue::egress::ROUTED_POOLS;
 use relayward_queue::{EgressPool, EgressRisk};
 use relayward_store::Store;
@@ -127,7 +128,7 @@ pub async fn tenant_pools(
                 .find_tenant(t)
                 .await?
                 .ok_or_else(|| anyhow!("egress_pool {:?}: no tenant {t:?}", p.name))?;
-            if let Some(other) = pinned.insert(tenant.id, p.name.clone()) {
+            if let Some(other) = pinned.insert(tenant.id.0, p.name.clone()) {
                 if other != p.name {
                     bail!(
                         "tenant {} is pinned to egress_pool {other:?} and {:?}",
@@ -167,7 +168,7 @@ impl EgressRisk for TenantRisk {
     fn high_risk(&self, tenant: i64) -> bool {
         self.0
             .upgrade()
-            .is_some_and(|abuse| abuse.high_risk_routing(tenant))
+            .is_some_and(|abuse| abuse.high_risk_routing(TenantId(tenant)))
     }
 }
 

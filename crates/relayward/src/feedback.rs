@@ -174,7 +174,7 @@ impl FeedbackIntake {
             }
         }
         tracing::info!(
-            tenant = original.tenant,
+            tenant = original.tenant.0,
             original_queue_id = original.queue_id.as_deref().unwrap_or("-"),
             feedback_type = %kind,
             counted,
@@ -258,7 +258,7 @@ impl FeedbackIntake {
                 )
                 .await
             {
-                tracing::warn!(tenant = original.tenant, error = %e, "bounced recipient not suppressed");
+                tracing::warn!(tenant = original.tenant.0, error = %e, "bounced recipient not suppressed");
             }
         }
     }

@@ -25,7 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use clap::Subcommand;
 use mail_parser::{HeaderName, MessageParser};
-use relayward_core::{normalize_domain, TraceEvent, TraceKind};
+use relayward_core::{normalize_domain, TenantId, TraceEvent, TraceKind};
 use relayward_policy::SharedDirectory;
 use relayward_queue::srs::{Srs, SrsConfig, DEFAULT_HASH_LENGTH, DEFAULT_MAX_AGE_DAYS};
 use relayward_queue::{Envelope, Recipient, RecipientStatus, Scheduler, Spool};
@@ -310,7 +310,7 @@ impl Forwarding {
     fn signing_key(&self, env: &Envelope, data: &[u8]) -> Option<Arc<DomainKey>> {
         if let (Some(tenant), Some(from)) = (env.tenant_id, self.header_from_domain(data)) {
             let dir = self.directory.current();
-            if let Some(k) = self.dkim.for_tenant(&dir, tenant, &from) {
+            if let Some(k) = self.dkim.for_tenant(&dir, TenantId(tenant), &from) {
                 return Some(k);
             }
         }

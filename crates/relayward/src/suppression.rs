@@ -92,7 +92,7 @@ impl Suppressions {
         };
         self.list.insert(&entry);
         let stored = self.store.add_suppression(&entry, RELAY_ACTOR).await?;
-        tracing::info!(tenant = ?tenant, recipient = %stored.address, source = %source,
+        tracing::info!(tenant = ?tenant.map(i64::from), recipient = %stored.address, source = %source,
             "recipient suppressed");
         Ok(stored)
     }
@@ -137,11 +137,11 @@ impl Suppressions {
             expires_at: self.expiry(at),
         };
         self.list.insert(&entry);
-        tracing::info!(tenant, recipient = %entry.address, reply,
+        tracing::info!(tenant = tenant.0, recipient = %entry.address, reply,
             "recipient suppressed after a hard bounce");
         if self.writes.try_send(entry).is_err() {
             tracing::warn!(
-                tenant,
+                tenant = tenant.0,
                 recipient,
                 "suppression not stored (writer busy or stopped); in force until restart"
             );

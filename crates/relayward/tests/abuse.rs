@@ -15,7 +15,7 @@ use relayward::abuse::alerts;
 use relayward::clock::{Clock, ManualClock};
 use relayward::config::{Config, ListenerConfig};
 use relayward::serve::{start_with, Running, StartOptions};
-use relayward_core::TenantState;
+use relayward_core::{TenantId, TenantState};
 use relayward_policy::counters::Counters;
 use relayward_store::Store;
 use relayward_testkit::{DnsServer, SmtpClient, SmtpSink, TestPki};
@@ -260,7 +260,7 @@ impl Harness {
 
     /// Tenant `name` with domain `<name>.example` and an IP connector for `ip` that may relay
     /// unregistered senders (a hybrid server that forwards).
-    async fn tenant(&self, name: &str, ip: &str) -> i64 {
+    async fn tenant(&self, name: &str, ip: &str) -> TenantId {
         common::in_process::hybrid_tenant(&self.config, self.clock.clone(), name, ip).await;
         let id = self.store().find_tenant(name).await.unwrap().unwrap().id;
         self.wait_tenant_state(id, TenantState::Active).await;
@@ -269,7 +269,7 @@ impl Harness {
 
     /// Until the running relay's directory shows `state` for the tenant, and every change made
     /// so far (connectors added right after the tenant, say).
-    async fn wait_tenant_state(&self, tenant: i64, state: TenantState) {
+    async fn wait_tenant_state(&self, tenant: TenantId, state: TenantState) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let now = self.relay().directory.current();
@@ -668,7 +668,7 @@ async fn b_burst_through_certificate_connector_is_blocked_within_budget() {
     let mut unheld = Vec::new();
     for id in spool.scan().unwrap() {
         let env = spool.read_envelope(&id).unwrap();
-        if env.tenant_id == Some(tenant)
+        if env.tenant_id == Some(tenant.0)
             && env.sender_class == relayward_core::SenderClass::Unregistered
         {
             if env.held {
@@ -1347,7 +1347,7 @@ async fn f_header_from_spoofing_is_blocked_and_refused_at_data() {
         .unwrap()
         .into_iter()
         .filter_map(|id| spool.read_envelope(&id).ok())
-        .filter(|e| e.tenant_id == Some(tenant) && e.header_from_mismatch && !e.held)
+        .filter(|e| e.tenant_id == Some(tenant.0) && e.header_from_mismatch && !e.held)
         .filter(|e| e.recipients.iter().any(|r| !r.status.is_final()))
         .map(|e| e.queue_id.to_string())
         .collect();

@@ -17,7 +17,7 @@ use relayward::clock::{Clock, ManualClock};
 use relayward::config::{Config, ListenerConfig};
 use relayward::serve::{start_with, Running, StartOptions};
 use relayward_admin::TokenScope;
-use relayward_core::TenantState;
+use relayward_core::{TenantId, TenantState};
 use relayward_testkit::{DnsServer, SmtpClient, SmtpSink};
 use serde_json::{json, Value};
 
@@ -424,7 +424,12 @@ async fn a_tenant_admin_does_the_whole_way_back_through_the_api_alone() {
         .await;
     assert_eq!(status["state"], "under_review", "{status}");
     assert_eq!(
-        h.relay.directory.current().tenant(tenant).unwrap().state,
+        h.relay
+            .directory
+            .current()
+            .tenant(TenantId(tenant))
+            .unwrap()
+            .state,
         TenantState::UnderReview
     );
     // Under review, unregistered senders stay refused.
@@ -477,7 +482,10 @@ async fn a_tenant_admin_does_the_whole_way_back_through_the_api_alone() {
     .await;
     assert!(accepted(&r), "{r}");
     onprem.quit().await.ok();
-    assert_eq!(h.relay.abuse.status(tenant).state, TenantState::Probation);
+    assert_eq!(
+        h.relay.abuse.status(TenantId(tenant)).state,
+        TenantState::Probation
+    );
 
     // Every step is in the audit log under the token that made it.
     let log = api
@@ -507,7 +515,7 @@ async fn a_tenant_admin_does_the_whole_way_back_through_the_api_alone() {
             && e["actor"].as_str().unwrap().ends_with("/operator")),
         "{log}"
     );
-    let transitions = store.list_transitions(tenant, 0).await.unwrap();
+    let transitions = store.list_transitions(TenantId(tenant), 0).await.unwrap();
     let path: Vec<(TenantState, String)> = transitions
         .iter()
         .rev()

@@ -4,6 +4,7 @@
 
 mod common;
 
+use relayward_core::TenantId;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -163,10 +164,14 @@ async fn metrics_move_with_real_sessions_and_need_an_operator_token() {
         json!({"name": "onprem", "kind": "on-premises", "ip_ranges": ["127.0.0.9/32"]}),
     )
     .await;
-    let (_, tenant_token) =
-        relayward_admin::create_token(&*store, TokenScope::Tenant(tenant), "ops tenant", "test")
-            .await
-            .unwrap();
+    let (_, tenant_token) = relayward_admin::create_token(
+        &*store,
+        TokenScope::Tenant(TenantId(tenant)),
+        "ops tenant",
+        "test",
+    )
+    .await
+    .unwrap();
 
     // Access: an operator token, nothing less.
     assert_eq!(r.get("/metrics", None).await.0, 401);

@@ -13,7 +13,7 @@ mod common;
 use relayward::clock::{Clock, SystemClock};
 use relayward::config::{Config, ListenerConfig};
 use relayward::serve::{start_with, Running, StartOptions};
-use relayward_core::{TenantState, TraceKind, TraceQuery};
+use relayward_core::{TenantId, TenantState, TraceKind, TraceQuery};
 use relayward_testkit::{SmtpClient, SmtpSink};
 
 struct Harness {
@@ -68,7 +68,7 @@ impl Harness {
             assert!(Instant::now() < deadline, "directory not reloaded");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        id
+        id.0
     }
 
     async fn session(&self, ip: &str) -> SmtpClient {
@@ -121,7 +121,7 @@ impl Harness {
             .relay
             .store
             .search_trace(&TraceQuery {
-                tenant_id: Some(tenant),
+                tenant_id: Some(TenantId(tenant)),
                 limit: 1000,
                 ..TraceQuery::default()
             })
@@ -351,7 +351,7 @@ async fn complaints_route_to_high_risk_then_block() {
     )
     .await;
     assert_eq!(code, 250, "{text}");
-    let status = h.relay.abuse.reputation_status(tenant);
+    let status = h.relay.abuse.reputation_status(TenantId(tenant));
     assert_eq!(status.day.complaints, 1, "{status:?}");
     assert_eq!(
         status.level,
@@ -359,7 +359,11 @@ async fn complaints_route_to_high_risk_then_block() {
         "{status:?}"
     );
     assert_eq!(
-        h.relay.abuse.reputation_status(other).day.complaints,
+        h.relay
+            .abuse
+            .reputation_status(TenantId(other))
+            .day
+            .complaints,
         0,
         "another tenant's rates are untouched"
     );
@@ -379,7 +383,14 @@ async fn complaints_route_to_high_risk_then_block() {
     )
     .await;
     assert_eq!(code, 250, "{text}");
-    assert_eq!(h.relay.abuse.reputation_status(tenant).day.complaints, 1);
+    assert_eq!(
+        h.relay
+            .abuse
+            .reputation_status(TenantId(tenant))
+            .day
+            .complaints,
+        1
+    );
     // The complaining recipient is suppressed for this tenant.
     let r = send(
         &mut c,
@@ -393,7 +404,10 @@ async fn complaints_route_to_high_risk_then_block() {
         "{r}"
     );
     // Still active, but its mail now leaves from the high-risk pool.
-    assert_eq!(h.relay.abuse.status(tenant).state, TenantState::Active);
+    assert_eq!(
+        h.relay.abuse.status(TenantId(tenant)).state,
+        TenantState::Active
+    );
     let r = send(
         &mut c,
         "deals@gardenshop.example",
@@ -437,7 +451,7 @@ async fn complaints_route_to_high_risk_then_block() {
     .await;
     assert_eq!(code, 250, "{text}");
     let deadline = Instant::now() + Duration::from_secs(1);
-    while h.relay.abuse.status(tenant).state != TenantState::BlockedUnregistered {
+    while h.relay.abuse.status(TenantId(tenant)).state != TenantState::BlockedUnregistered {
         assert!(Instant::now() < deadline, "not blocked within a second");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -463,7 +477,12 @@ async fn complaints_route_to_high_risk_then_block() {
 
     // The evidence carries the rates.
     h.relay.abuse.idle().await;
-    let transitions = h.relay.store.list_transitions(tenant, 10).await.unwrap();
+    let transitions = h
+        .relay
+        .store
+        .list_transitions(TenantId(tenant), 10)
+        .await
+        .unwrap();
     let t = transitions
         .iter()
         .find(|t| t.to == TenantState::BlockedUnregistered)
@@ -559,7 +578,14 @@ async fn a_returned_dsn_counts_and_suppresses() {
     h.delivered_to("orders@shop.example").await;
     // ...and counts against the tenant, whose next message to that address is refused.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while h.relay.abuse.reputation_status(tenant).day.bounces == 0 {
+    while h
+        .relay
+        .abuse
+        .reputation_status(TenantId(tenant))
+        .day
+        .bounces
+        == 0
+    {
         assert!(
             Instant::now() < deadline,
             "the returned bounce was not counted"
@@ -615,7 +641,7 @@ async fn hard_bounces_make_the_bounce_rate() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = h.relay.abuse.reputation_status(tenant);
+        let s = h.relay.abuse.reputation_status(TenantId(tenant));
         if s.day.messages >= 10 {
             assert_eq!(s.day.bounces, 3, "{s:?}");
             assert_eq!(s.day.messages, 10, "{s:?}");
@@ -629,10 +655,10 @@ async fn hard_bounces_make_the_bounce_rate() {
         assert!(Instant::now() < deadline, "outcomes not counted: {s:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(h.relay.abuse.high_risk_routing(tenant));
+    assert!(h.relay.abuse.high_risk_routing(TenantId(tenant)));
     let (_, token) = relayward_admin::create_token(
         &*h.relay.store,
-        relayward_admin::TokenScope::Tenant(tenant),
+        relayward_admin::TokenScope::Tenant(TenantId(tenant)),
         "reputation test",
         "test",
     )
@@ -655,7 +681,7 @@ async fn hard_bounces_make_the_bounce_rate() {
     let _ = c.quit().await;
 
     // The counts outlive a restart, and the CLI reads them from the store without the relay.
-    let before = h.relay.abuse.reputation_status(tenant);
+    let before = h.relay.abuse.reputation_status(TenantId(tenant));
     let Harness {
         _dir,
         config,
@@ -667,7 +693,7 @@ async fn hard_bounces_make_the_bounce_rate() {
     let stored = relayward::abuse::reputation_from_store(
         &*relayward_store::open(&config.store_url()).await.unwrap(),
         &config,
-        tenant,
+        TenantId(tenant),
         now,
     )
     .await
@@ -676,7 +702,7 @@ async fn hard_bounces_make_the_bounce_rate() {
     let relay = start_with(config.clone(), StartOptions::default())
         .await
         .unwrap();
-    assert_eq!(relay.abuse.reputation_status(tenant), before);
-    assert!(relay.abuse.high_risk_routing(tenant));
+    assert_eq!(relay.abuse.reputation_status(TenantId(tenant)), before);
+    assert!(relay.abuse.high_risk_routing(TenantId(tenant)));
     relay.shutdown().await;
 }

@@ -13,7 +13,7 @@ use relayward::clock::{Clock, ManualClock, SystemClock};
 use relayward::config::{Config, ListenerConfig};
 use relayward::serve::{start_with, Running, StartOptions};
 use relayward_admin::TokenScope;
-use relayward_core::{TenantState, TraceQuery};
+use relayward_core::{TenantId, TenantState, TraceQuery};
 use relayward_policy::counters::Counters;
 use relayward_testkit::{SmtpClient, SmtpSink};
 use serde_json::json;
@@ -232,7 +232,7 @@ async fn rspamd_verdicts_decide_mark_trace_and_feed_the_detector() {
     loop {
         let ev = store
             .search_trace(&TraceQuery {
-                tenant_id: Some(tenant),
+                tenant_id: Some(TenantId(tenant)),
                 ..Default::default()
             })
             .await
@@ -264,14 +264,19 @@ async fn rspamd_verdicts_decide_mark_trace_and_feed_the_detector() {
     }
     relay.abuse.idle().await;
     let now = relay.abuse.now_ms();
-    let hour = relay.abuse.counters().snapshot(now, tenant).windows.hour;
+    let hour = relay
+        .abuse
+        .counters()
+        .snapshot(now, TenantId(tenant))
+        .windows
+        .hour;
     assert_eq!((hour.scanned, hour.scan_spam), (14, 13), "{hour:?}");
     assert_eq!(
-        relay.abuse.status(tenant).state,
+        relay.abuse.status(TenantId(tenant)).state,
         TenantState::BlockedUnregistered
     );
     let block = store
-        .list_transitions(tenant, 0)
+        .list_transitions(TenantId(tenant), 0)
         .await
         .unwrap()
         .into_iter()

@@ -25,7 +25,7 @@ use relayward::clock::{Clock, ManualClock, SystemClock};
 use relayward::config::{Config, ListenerConfig};
 use relayward::serve::{start_with, Running, StartOptions};
 use relayward_admin::TokenScope;
-use relayward_core::{SenderClass, TenantState, TraceEvent, TraceKind};
+use relayward_core::{SenderClass, TenantId, TenantState, TraceEvent, TraceKind};
 use relayward_policy::limits::{LimitAction, SenderLimits};
 use relayward_testkit::{DnsServer, SmtpClient, SmtpSink};
 use serde_json::{json, Value};
@@ -193,7 +193,7 @@ fn history(tenant: i64, now_ms: i64) -> Vec<TraceEvent> {
         for i in 0..(registered + null) {
             let mut e = TraceEvent::new(TraceKind::Received);
             e.at_ms = start + 60_000 * (i + 1);
-            e.tenant_id = Some(tenant);
+            e.tenant_id = Some(TenantId(tenant));
             e.queue_id = Some(format!("H{h}X{i}"));
             e.client_ip = Some("127.0.0.7".into());
             e.sender_class = Some(if i < registered {
@@ -381,7 +381,12 @@ async fn the_admin_center_in_a_browser() {
     r.relay.abuse.idle().await;
     r.relay.flush_trace().await;
     assert_eq!(
-        store.tenant_status(contoso).await.unwrap().unwrap().state,
+        store
+            .tenant_status(TenantId(contoso))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         TenantState::BlockedUnregistered
     );
     // The admin and the operator act an hour later, for the detector: its last-hour windows
@@ -483,17 +488,25 @@ async fn the_admin_center_in_a_browser() {
 
     // What the browser did is what the relay holds now.
     assert_eq!(
-        store.tenant_status(contoso).await.unwrap().unwrap().state,
+        store
+            .tenant_status(TenantId(contoso))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         TenantState::Probation
     );
-    let domains = store.list_domains(Some(contoso)).await.unwrap();
+    let domains = store.list_domains(Some(TenantId(contoso))).await.unwrap();
     for d in spam_domains {
         assert!(
             domains.iter().any(|x| x.domain == d && x.verified),
             "{d} not verified: {domains:?}"
         );
     }
-    let connectors = store.list_connectors(Some(contoso)).await.unwrap();
+    let connectors = store
+        .list_connectors(Some(TenantId(contoso)))
+        .await
+        .unwrap();
     let legacy_connector = connectors.iter().find(|c| c.name == "legacy-smtp").unwrap();
     assert!(!legacy_connector.enabled);
     assert!(
@@ -503,7 +516,10 @@ async fn the_admin_center_in_a_browser() {
             .unwrap()
             .enabled
     );
-    let audit = store.list_audit(Some(contoso), 500).await.unwrap();
+    let audit = store
+        .list_audit(Some(TenantId(contoso)), 500)
+        .await
+        .unwrap();
     let by_tenant_admin = |action: &str| {
         audit
             .iter()
@@ -527,14 +543,14 @@ async fn the_admin_center_in_a_browser() {
     // Nothing of fabrikam changed.
     assert_eq!(
         store
-            .tenant_status(fabrikam)
+            .tenant_status(TenantId(fabrikam))
             .await
             .unwrap()
             .map_or(TenantState::Active, |s| s.state),
         TenantState::Active
     );
     assert!(store
-        .list_audit(Some(fabrikam), 100)
+        .list_audit(Some(TenantId(fabrikam)), 100)
         .await
         .unwrap()
         .iter()

@@ -12,6 +12,7 @@ use crate::extract::ApiQuery;
 use crate::problem::{ApiResult, Problem};
 use crate::AppState;
 pub use relayward_api_types::audit::AuditView;
+use relayward_core::TenantId;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -41,7 +42,7 @@ pub(crate) async fn list(
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> ApiResult<Json<Vec<AuditView>>> {
     let limit = limit("limit", params.limit, 100, 1000)?;
-    let tenant = tenant_filter(&state, &caller, params.tenant_id).await?;
+    let tenant = tenant_filter(&state, &caller, params.tenant_id.map(TenantId)).await?;
     let entries = state.store().list_audit(tenant, limit).await?;
     Ok(Json(entries.into_iter().map(AuditView::from).collect()))
 }

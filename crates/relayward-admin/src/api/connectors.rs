@@ -22,8 +22,8 @@ const NAME_MAX: usize = 64;
 
 fn view(c: &Connector, now: Timestamp, facts: &AuditFacts) -> ConnectorView {
     ConnectorView {
-        id: c.id,
-        tenant_id: c.tenant_id,
+        id: c.id.0,
+        tenant_id: c.tenant_id.0,
         name: c.name.clone(),
         kind: c.kind.as_str().to_string(),
         ip_ranges: c.ip_ranges.iter().map(|r| r.to_string()).collect(),
@@ -263,7 +263,7 @@ pub(crate) async fn create(
     let at = now();
     // Checked before the (slow) hashing, with a stand-in for the hash.
     let proposed = Connector {
-        id: 0,
+        id: ConnectorId(0),
         tenant_id: tenant.id,
         name: name.clone(),
         kind,

@@ -130,7 +130,9 @@ pub(crate) async fn post_diagnose(
     ApiJson(body): ApiJson<DiagnoseRequest>,
 ) -> ApiResult<Json<DiagnosisView>> {
     let view = run(&state, &body).await?;
-    if caller.is_operator() || (view.tenant_id.is_some() && view.tenant_id == caller.tenant()) {
+    if caller.is_operator()
+        || (view.tenant_id.is_some() && view.tenant_id == caller.tenant().map(i64::from))
+    {
         Ok(Json(view))
     } else {
         Ok(Json(view.redacted()))

@@ -89,11 +89,11 @@ pub(crate) async fn declare(
 ) -> ApiResult<(StatusCode, Json<HeaderFromView>)> {
     let t = tenant_for(&state, &caller, tenant_id).await?;
     let domain = validate::domain("domain", &body.domain)?;
-    check_connector(&state, t.id, body.connector_id).await?;
+    check_connector(&state, t.id, body.connector_id.map(ConnectorId)).await?;
     let a = HeaderFromAllowed {
         tenant_id: t.id,
         domain,
-        connector_id: body.connector_id,
+        connector_id: body.connector_id.map(ConnectorId),
         declared_at: relayward_core::now(),
         declared_by: caller.actor(),
     };
@@ -127,7 +127,12 @@ pub(crate) async fn withdraw(
     let domain = validate::domain("domain", &domain)?;
     state
         .store()
-        .disallow_header_from(t.id, &domain, filter.connector_id, &caller.actor())
+        .disallow_header_from(
+            t.id,
+            &domain,
+            filter.connector_id.map(ConnectorId),
+            &caller.actor(),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

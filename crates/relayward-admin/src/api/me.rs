@@ -19,7 +19,7 @@ pub(crate) async fn show(caller: Caller) -> Json<WhoAmI> {
     Json(WhoAmI {
         token_id: caller.token,
         scope: caller.scope.kind().to_string(),
-        tenant_id: caller.tenant(),
+        tenant_id: caller.tenant().map(i64::from),
         actor: caller.actor(),
     })
 }

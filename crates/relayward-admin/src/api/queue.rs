@@ -12,6 +12,7 @@ use crate::control::{QueueOpOutcome, QueueOperation, QueuedMessage};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::{validate, AppState};
+use relayward_core::TenantId;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +36,7 @@ async fn message_for(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Q
     match state.control().queue_show(&id).await? {
         Some(m)
             if caller.is_operator()
-                || (m.tenant_id.is_some() && m.tenant_id == caller.tenant()) =>
+                || (m.tenant_id.is_some() && m.tenant_id == caller.tenant().map(i64::from)) =>
         {
             Ok(m)
         }
@@ -75,7 +76,7 @@ async fn operate(
         .audit(
             &actor,
             &format!("queue.{}", op.as_str()),
-            m.tenant_id,
+            m.tenant_id.map(TenantId),
             &format!("message {}", m.queue_id),
             &detail,
         )
@@ -100,11 +101,11 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<QueueParams>,
 ) -> ApiResult<Json<Vec<QueuedMessage>>> {
-    let tenant = tenant_filter(&state, &caller, params.tenant_id).await?;
+    let tenant = tenant_filter(&state, &caller, params.tenant_id.map(TenantId)).await?;
     let mut messages = state.control().queue_list(tenant).await?;
     // Whatever the implementation returns, a tenant admin sees only its own.
     if let Some(t) = tenant {
-        messages.retain(|m| m.tenant_id == Some(t));
+        messages.retain(|m| m.tenant_id == Some(t.0));
     }
     Ok(Json(messages))
 }

@@ -15,6 +15,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::{validate, AppState};
 pub use relayward_api_types::tokens::{CreateToken, CreatedToken, NewTokenScope};
+use relayward_core::TenantId;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -48,7 +49,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<TokenParams>,
 ) -> ApiResult<Json<Vec<TokenInfo>>> {
-    let tenant = tenant_filter(&state, &caller, params.tenant_id).await?;
+    let tenant = tenant_filter(&state, &caller, params.tenant_id.map(TenantId)).await?;
     Ok(Json(auth::list_tokens(state.store(), tenant).await?))
 }
 
@@ -83,13 +84,13 @@ pub(crate) async fn create(
             TokenScope::Operator
         }
         NewTokenScope::Tenant => {
-            let Some(t) = body.tenant_id.or(caller.tenant()) else {
+            let Some(t) = body.tenant_id.or(caller.tenant().map(i64::from)) else {
                 return Err(ApiError::invalid(
                     "tenant_id",
                     "a tenant token needs tenant_id",
                 ));
             };
-            TokenScope::Tenant(tenant_for(&state, &caller, t).await?.id)
+            TokenScope::Tenant(tenant_for(&state, &caller, TenantId(t)).await?.id)
         }
     };
     let (id, token) = auth::create_token(state.store(), scope, &label, &caller.actor()).await?;

@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use relayward_core::{TraceEvent, TraceQuery};
+use relayward_core::{TenantId, TraceEvent, TraceQuery};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -66,7 +66,7 @@ pub(crate) async fn search(
     ApiQuery(p): ApiQuery<TraceParams>,
 ) -> ApiResult<Json<TracePage>> {
     let limit = limit("limit", p.limit, 100, 1000)?;
-    let tenant_id = tenant_filter(&state, &caller, p.tenant_id).await?;
+    let tenant_id = tenant_filter(&state, &caller, p.tenant_id.map(TenantId)).await?;
     let address = |field: &str, v: &Option<String>| -> ApiResult<Option<String>> {
         match v.as_deref().map(str::trim) {
             None => Ok(None),

@@ -96,7 +96,7 @@ pub(crate) async fn tenant(
         .collect();
     transitions.reverse();
     Ok(Json(TenantTraffic {
-        tenant_id: tenant.id,
+        tenant_id: tenant.id.0,
         from_ms,
         until_ms,
         hours: points,
@@ -129,12 +129,12 @@ pub(crate) async fn overview(
     let mut tenants: Vec<TenantTrafficTotals> = Vec::new();
     for row in &rows {
         match tenants.last_mut() {
-            Some(t) if t.tenant_id == row.tenant_id => add(&mut t.counts, row),
+            Some(t) if t.tenant_id == row.tenant_id.0 => add(&mut t.counts, row),
             _ => {
                 let mut counts = TrafficCounts::default();
                 add(&mut counts, row);
                 tenants.push(TenantTrafficTotals {
-                    tenant_id: row.tenant_id,
+                    tenant_id: row.tenant_id.0,
                     counts,
                 });
             }

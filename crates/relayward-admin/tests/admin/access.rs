@@ -3,7 +3,7 @@
 use relayward_store::Store;
 use std::collections::{BTreeSet, HashMap};
 
-use relayward_core::TenantState;
+use relayward_core::{ConnectorId, TenantState};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -482,7 +482,7 @@ async fn ids_guessed_in_sequence_answer_404() {
     let max_tenant = api.store.list_tenants().await.unwrap().len() as i64 + 3;
     for id in 1..=max_tenant {
         let r = api.get(&format!("/v1/tenants/{id}"), &b_tok).await;
-        if id == b {
+        if id == b.0 {
             assert_eq!(r.status, 200);
         } else {
             r.assert_problem(404);
@@ -500,7 +500,7 @@ async fn ids_guessed_in_sequence_answer_404() {
         assert_eq!(r.body["detail"], format!("tenant {a} not found"));
         let own = format!("/v1/tenants/{b}/connectors/{id}");
         let r = api.get(&own, &b_tok).await;
-        if own_connectors.contains(&id) {
+        if own_connectors.contains(&ConnectorId(id)) {
             assert_eq!(r.status, 200, "{own}");
         } else {
             r.assert_problem(404);

@@ -68,7 +68,7 @@ impl FakeControl {
         self.state.lock().unwrap().queue.push(QueuedMessage {
             queue_id: queue_id.into(),
             received_at: 1_700_000_000,
-            tenant_id: tenant,
+            tenant_id: tenant.map(i64::from),
             connector_id: None,
             client_ip: "192.0.2.10".into(),
             sender: "sender@example.net".into(),
@@ -131,7 +131,7 @@ impl FakeControl {
 
     fn report(&self, tenant: TenantId) -> TenantStatusReport {
         TenantStatusReport {
-            tenant_id: tenant,
+            tenant_id: tenant.0,
             state: self.state_of(tenant),
             since_ms: Some(1_700_000_000_000),
             probation_until_ms: None,
@@ -268,7 +268,7 @@ impl RelayControl for FakeControl {
         Ok(st
             .queue
             .iter()
-            .filter(|m| tenant.is_none() || m.tenant_id == tenant)
+            .filter(|m| tenant.is_none() || m.tenant_id == tenant.map(i64::from))
             .cloned()
             .collect())
     }

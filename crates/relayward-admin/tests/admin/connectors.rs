@@ -1,6 +1,6 @@
 //! Connectors: create, change, disable, delete, and the audit flags on every read.
 
-use relayward_core::{SenderClass, TraceEvent, TraceKind};
+use relayward_core::{ConnectorId, SenderClass, TraceEvent, TraceKind};
 use relayward_store::Store;
 use reqwest::Method;
 use serde_json::json;
@@ -115,7 +115,7 @@ async fn audit_flags() {
     let r = api.get(&base, &tok).await;
     let list = r.body.as_array().unwrap();
     assert_eq!(list.len(), 4);
-    let o = list.iter().find(|c| c["id"] == old.id).unwrap();
+    let o = list.iter().find(|c| c["id"] == old.id.0).unwrap();
     assert_eq!(flags(o), ["no_certificate", "unregistered_mail_24h"]);
     assert_eq!(o["audit"]["unregistered_messages_24h"], 2);
     let n = list.iter().find(|c| c["id"] == narrow).unwrap();
@@ -143,7 +143,12 @@ async fn change_disable_delete() {
     assert!(!r.text.contains("correct horse") && !r.text.contains("argon2"));
     let id = r.body["id"].as_i64().unwrap();
     let one = format!("{base}/{id}");
-    let stored = api.store.get_connector(id).await.unwrap().unwrap();
+    let stored = api
+        .store
+        .get_connector(ConnectorId(id))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(stored.auth_password_hash.unwrap().starts_with("$argon2id$"));
 
     // Partial change: absent fields stay.
@@ -214,7 +219,14 @@ async fn change_disable_delete() {
         .send(Method::POST, &format!("{one}/disable"), Some(&tok), None)
         .await;
     assert_eq!(r.body["enabled"], false, "{}", r.text);
-    assert!(!api.store.get_connector(id).await.unwrap().unwrap().enabled);
+    assert!(
+        !api.store
+            .get_connector(ConnectorId(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .enabled
+    );
     let r = api
         .send(Method::POST, &format!("{one}/enable"), Some(&tok), None)
         .await;
@@ -228,7 +240,12 @@ async fn change_disable_delete() {
 
     let r = api.delete(&one, &tok).await;
     assert_eq!(r.status, 204, "{}", r.text);
-    assert!(api.store.get_connector(id).await.unwrap().is_none());
+    assert!(api
+        .store
+        .get_connector(ConnectorId(id))
+        .await
+        .unwrap()
+        .is_none());
     let entry = api.store.list_audit(Some(a), 1).await.unwrap().remove(0);
     assert_eq!(entry.action, "connector.delete");
     api.get(&one, &tok).await.assert_problem(404);
@@ -240,7 +257,7 @@ async fn certificate_names_of_another_tenant_are_refused_and_diagnose_is_scoped(
     let api = Api::start().await;
     let (a, b) = (api.a.id, api.b.id);
     api.add_domain(a, "contoso.example", true).await;
-    let r = post(&api, a, "hybrid", "*.contoso.example").await;
+    let r = post(&api, a.0, "hybrid", "*.contoso.example").await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert!(r.body.get("warnings").is_none(), "{}", r.text);
     assert!(!flags(&r.body).contains(&"cert_name_unverified".to_string()));
@@ -249,11 +266,11 @@ async fn certificate_names_of_another_tenant_are_refused_and_diagnose_is_scoped(
         "*.contoso.example",
         "contoso.example",
     ] {
-        let r = post(&api, b, "steal", cert).await;
+        let r = post(&api, b.0, "steal", cert).await;
         assert_eq!(r.status, 409, "{cert}: {}", r.text);
         assert_eq!(r.body["field"], "cert_name", "{}", r.text);
     }
-    let r = post(&api, b, "bad", "m*.fabrikam.example").await;
+    let r = post(&api, b.0, "bad", "m*.fabrikam.example").await;
     assert_eq!(r.status, 422, "{}", r.text);
 
     // diagnose: the owner sees the steps, another tenant's admin only the reply.
@@ -283,7 +300,7 @@ async fn certificate_names_of_another_tenant_are_refused_and_diagnose_is_scoped(
 async fn post(api: &Api, tenant: i64, name: &str, cert: &str) -> Resp {
     let body = json!({"name": name, "kind": "on-premises", "cert_name": cert});
     let path = format!("/v1/tenants/{tenant}/connectors");
-    let tok = if tenant == api.a.id {
+    let tok = if tenant == api.a.id.0 {
         &api.a_admin.token
     } else {
         &api.b_admin.token

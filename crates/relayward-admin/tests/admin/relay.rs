@@ -24,7 +24,7 @@ async fn status_unblock_and_block() {
     let r = api.get(&format!("/v1/tenants/{a}/status"), &a_tok).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["state"], "blocked_unregistered");
-    assert_eq!(r.body["tenant_id"], a);
+    assert_eq!(r.body["tenant_id"], a.0);
     assert_eq!(r.body["checklist"][0], "remove the open relay");
 
     // The tenant admin may not unblock itself: 403, the relay is not asked.

@@ -34,7 +34,7 @@ async fn create_use_list_revoke() {
     assert!(secret.starts_with(&format!("rw_{id}_")));
     assert_eq!(secret.len(), format!("rw_{id}_").len() + 43);
     assert_eq!(r.body["scope"], "tenant");
-    assert_eq!(r.body["tenant_id"], a);
+    assert_eq!(r.body["tenant_id"], a.0);
     assert_eq!(r.body["label"], "deploy bot");
     assert_eq!(
         r.body["created_by"],
@@ -69,7 +69,7 @@ async fn create_use_list_revoke() {
     let r = api.get("/v1/me", &secret).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["scope"], "tenant");
-    assert_eq!(r.body["tenant_id"], a);
+    assert_eq!(r.body["tenant_id"], a.0);
     assert_eq!(r.body["actor"], format!("token:{id}/tenant:{a}"));
     api.get("/v1/tenants", &secret).await.assert_problem(403);
 
@@ -82,7 +82,7 @@ async fn create_use_list_revoke() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
-    assert_eq!(r.body["tenant_id"], a);
+    assert_eq!(r.body["tenant_id"], a.0);
     assert_eq!(r.body["created_by"], format!("token:{id}/tenant:{a}"));
     let second = r.body["token"].as_str().unwrap().to_string();
 

@@ -122,12 +122,12 @@ async fn audit_log_is_scoped() {
     assert_eq!(r.status, 200, "{}", r.text);
     let entries = r.body.as_array().unwrap();
     assert!(!entries.is_empty());
-    assert!(entries.iter().all(|e| e["tenant_id"] == a), "{}", r.text);
+    assert!(entries.iter().all(|e| e["tenant_id"] == a.0), "{}", r.text);
     assert!(entries.iter().any(|e| e["action"] == "domain.add"));
 
     let r = api.get("/v1/audit?limit=1000", &api.op.token).await;
     let all = r.body.as_array().unwrap();
-    assert!(all.iter().any(|e| e["tenant_id"] == b));
+    assert!(all.iter().any(|e| e["tenant_id"] == b.0));
     assert!(
         all.iter().any(|e| e["tenant_id"].is_null()),
         "operator token creation"

@@ -1,7 +1,7 @@
 //! Traffic per hour from the message trace: a tenant's hours with its transitions, and every
 //! tenant's totals for the operator.
 
-use relayward_core::{SenderClass, TenantState, TraceEvent, TraceKind};
+use relayward_core::{SenderClass, TenantId, TenantState, TraceEvent, TraceKind};
 use relayward_store::{NewTransition, Store};
 use serde_json::Value;
 
@@ -18,7 +18,7 @@ fn event(
 ) -> TraceEvent {
     let mut e = TraceEvent::new(kind);
     e.at_ms = at_ms;
-    e.tenant_id = Some(tenant);
+    e.tenant_id = Some(TenantId(tenant));
     e.queue_id = (!queue_id.is_empty()).then(|| queue_id.to_string());
     e.sender_class = Some(class);
     e
@@ -61,24 +61,30 @@ async fn hours_of_a_tenant_with_its_transitions_and_the_operators_totals() {
         .record_trace(&[
             // One registered message to two recipients, its delivery, two unregistered ones,
             // a bounce and three refusals, three hours ago.
-            event(three_ago + 10, Received, a, "A1", Registered),
-            event(three_ago + 10, Received, a, "A1", Registered),
-            event(three_ago + 20, Delivered, a, "A1", Registered),
-            event(three_ago + 30, Received, a, "A2", Unregistered),
-            event(three_ago + 40, Received, a, "A3", Unregistered),
-            event(three_ago + 50, Received, a, "A4", Null),
-            event(three_ago + 60, Refused, a, "", Unregistered),
-            event(three_ago + 61, Refused, a, "", Unregistered),
-            event(three_ago + 62, Refused, a, "", Null),
+            event(three_ago + 10, Received, a.0, "A1", Registered),
+            event(three_ago + 10, Received, a.0, "A1", Registered),
+            event(three_ago + 20, Delivered, a.0, "A1", Registered),
+            event(three_ago + 30, Received, a.0, "A2", Unregistered),
+            event(three_ago + 40, Received, a.0, "A3", Unregistered),
+            event(three_ago + 50, Received, a.0, "A4", Null),
+            event(three_ago + 60, Refused, a.0, "", Unregistered),
+            event(three_ago + 61, Refused, a.0, "", Unregistered),
+            event(three_ago + 62, Refused, a.0, "", Null),
             // This hour: one of each accepted class.
-            event(this_hour + 1, Received, a, "A5", Registered),
+            event(this_hour + 1, Received, a.0, "A5", Registered),
             // A day and a half ago: only in the week.
-            event(day_and_half + 5, Received, a, "A6", Unregistered),
+            event(day_and_half + 5, Received, a.0, "A6", Unregistered),
             // Two weeks ago: in neither.
-            event(this_hour - 14 * 24 * HOUR_MS, Received, a, "A7", Registered),
+            event(
+                this_hour - 14 * 24 * HOUR_MS,
+                Received,
+                a.0,
+                "A7",
+                Registered,
+            ),
             // Tenant b.
-            event(this_hour + 2, Received, b, "B1", Registered),
-            event(this_hour + 3, Refused, b, "", Unregistered),
+            event(this_hour + 2, Received, b.0, "B1", Registered),
+            event(this_hour + 3, Refused, b.0, "", Unregistered),
         ])
         .await
         .unwrap();
@@ -123,7 +129,7 @@ async fn hours_of_a_tenant_with_its_transitions_and_the_operators_totals() {
     let day = api.get(&path, &api.a_admin.token).await;
     assert_eq!(day.status, 200, "{}", day.text);
     let day = day.body;
-    assert_eq!(day["tenant_id"], a);
+    assert_eq!(day["tenant_id"], a.0);
     assert_eq!(day["until_ms"], this_hour + HOUR_MS);
     assert_eq!(day["from_ms"], this_hour + HOUR_MS - 24 * HOUR_MS);
     let hours = day["hours"].as_array().unwrap();
@@ -171,9 +177,9 @@ async fn hours_of_a_tenant_with_its_transitions_and_the_operators_totals() {
     assert_eq!(all.status, 200, "{}", all.text);
     let tenants = all.body["tenants"].as_array().unwrap().clone();
     assert_eq!(tenants.len(), 2, "{}", all.text);
-    assert_eq!(tenants[0]["tenant_id"], a);
+    assert_eq!(tenants[0]["tenant_id"], a.0);
     assert_eq!(counts(&tenants[0]), [2, 2, 1, 3]);
-    assert_eq!(tenants[1]["tenant_id"], b);
+    assert_eq!(tenants[1]["tenant_id"], b.0);
     assert_eq!(counts(&tenants[1]), [1, 0, 0, 1]);
     let week = api.get("/v1/traffic?hours=168", &api.op.token).await;
     assert_eq!(counts(&week.body["tenants"][0]), [2, 3, 1, 3]);

@@ -46,7 +46,7 @@ impl InProcessCounters {
 
     fn shard(&self, tenant: TenantId) -> MutexGuard<'_, Shard> {
         // Fibonacci hashing spreads sequential ids over the shards.
-        let h = (tenant as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = (tenant.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let i = ((h >> 32) % self.shards.len() as u64) as usize;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }

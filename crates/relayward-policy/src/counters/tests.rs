@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use relayward_core::{Address, SenderClass, TenantId};
+use relayward_core::{Address, ConnectorId, SenderClass, TenantId};
 
 use super::blocks::*;
 use super::tenant::*;
@@ -25,7 +25,7 @@ fn msg<'a>(
 ) -> MessageEvent<'a> {
     MessageEvent {
         tenant,
-        connector: 7,
+        connector: ConnectorId(7),
         class,
         sender,
         mismatch: false,
@@ -46,17 +46,20 @@ fn record_counts_every_level_and_evidence() {
     for i in 0..10 {
         c.record(
             T0 + i * 1000,
-            &msg(1, SenderClass::Registered, Some(&reg), &rcpts),
+            &msg(TenantId(1), SenderClass::Registered, Some(&reg), &rcpts),
         );
     }
     for i in 0..30 {
         let s = addr(&format!("x{i}@spam{}.example", i % 15));
         c.record(
             T0 + 10_000 + i * 100,
-            &msg(1, SenderClass::Unregistered, Some(&s), &rcpts),
+            &msg(TenantId(1), SenderClass::Unregistered, Some(&s), &rcpts),
         );
     }
-    let snap = c.record(T0 + 14_000, &msg(1, SenderClass::Null, None, &rcpts));
+    let snap = c.record(
+        T0 + 14_000,
+        &msg(TenantId(1), SenderClass::Null, None, &rcpts),
+    );
     let h = snap.windows.hour;
     assert_eq!(h.messages, 41);
     assert_eq!(h.recipients, 82);
@@ -74,11 +77,11 @@ fn record_counts_every_level_and_evidence() {
     assert_eq!(snap.connector.unwrap().windows.minute.messages, 41);
     assert!(snap.sender.is_none());
 
-    let reg_usage = c.sender_usage(T0 + 15_000, 1, "alice@tenant.example");
+    let reg_usage = c.sender_usage(T0 + 15_000, TenantId(1), "alice@tenant.example");
     assert_eq!(reg_usage.messages_last_minute, 10);
     assert_eq!(reg_usage.recipients_last_day, 20);
 
-    let obs = c.observations(T0 + 15_000, 1);
+    let obs = c.observations(T0 + 15_000, TenantId(1));
     assert_eq!(obs.top_unregistered_domains.len(), 15);
     assert_eq!(obs.top_unregistered_domains[0].count, 2);
     assert_eq!(obs.top_source_ips[0].key, "192.0.2.10");
@@ -92,8 +95,8 @@ fn record_counts_every_level_and_evidence() {
     let s = c.record_remote_reply(
         T0 + 16_000,
         &RemoteReplyEvent {
-            tenant: 1,
-            connector: Some(7),
+            tenant: TenantId(1),
+            connector: Some(ConnectorId(7)),
             sender: Some(&reg),
             class: RemoteClass::SpamBlock,
             queue_id: Some("Q9"),
@@ -102,7 +105,12 @@ fn record_counts_every_level_and_evidence() {
     );
     assert_eq!(s.windows.hour.remote_spam, 1);
     assert_eq!(s.sender.unwrap().hour.remote_spam, 1);
-    assert_eq!(c.observations(T0 + 16_000, 1).rejection_samples.len(), 1);
+    assert_eq!(
+        c.observations(T0 + 16_000, TenantId(1))
+            .rejection_samples
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -116,15 +124,15 @@ fn baseline_learns_and_resists_bursts() {
     for _ in 0..48 {
         for i in 0..60 {
             let ev = if i < 10 {
-                msg(1, SenderClass::Unregistered, Some(&fwd), &rcpt)
+                msg(TenantId(1), SenderClass::Unregistered, Some(&fwd), &rcpt)
             } else {
-                msg(1, SenderClass::Registered, Some(&reg), &rcpt)
+                msg(TenantId(1), SenderClass::Registered, Some(&reg), &rcpt)
             };
             c.record(t + i * MINUTE_MS, &ev);
         }
         t += HOUR_MS;
     }
-    let b = c.snapshot(t, 1).baseline;
+    let b = c.snapshot(t, TenantId(1)).baseline;
     assert_eq!(b.hours, 48);
     assert!((b.messages_per_hour - 60.0).abs() < 1.0, "{b:?}");
     assert!((b.unregistered_per_hour - 10.0).abs() < 0.5, "{b:?}");
@@ -133,10 +141,10 @@ fn baseline_learns_and_resists_bursts() {
     for i in 0..5000 {
         c.record(
             t + i * 700,
-            &msg(1, SenderClass::Unregistered, Some(&fwd), &rcpt),
+            &msg(TenantId(1), SenderClass::Unregistered, Some(&fwd), &rcpt),
         );
     }
-    let b2 = c.snapshot(t + HOUR_MS, 1).baseline;
+    let b2 = c.snapshot(t + HOUR_MS, TenantId(1)).baseline;
     assert!(b2.unregistered_per_hour < 15.0, "{b2:?}");
 }
 
@@ -145,9 +153,12 @@ fn restrictions_outlive_expiry_and_idle_entries_go() {
     let c = InProcessCounters::new(CountersConfig::default());
     let rcpt = [addr("r@ext.example")];
     let a = addr("a@tenant.example");
-    c.record(T0, &msg(1, SenderClass::Registered, Some(&a), &rcpt));
+    c.record(
+        T0,
+        &msg(TenantId(1), SenderClass::Registered, Some(&a), &rcpt),
+    );
     c.set_sender_restriction(
-        1,
+        TenantId(1),
         "a@tenant.example",
         Some(SenderRestriction {
             since_ms: T0,
@@ -160,7 +171,7 @@ fn restrictions_outlive_expiry_and_idle_entries_go() {
     assert_eq!(c.tenant_count(), 1);
     assert_eq!(c.expire(T0 + 49 * HOUR_MS), 1);
     assert_eq!(c.tenant_count(), 0);
-    let u = c.sender_usage(T0 + 49 * HOUR_MS, 1, "a@tenant.example");
+    let u = c.sender_usage(T0 + 49 * HOUR_MS, TenantId(1), "a@tenant.example");
     assert!(u.restriction.is_some());
     assert_eq!(u.messages_last_minute, 0);
 }
@@ -175,15 +186,18 @@ fn sender_cap_evicts_least_recent() {
     let rcpt = [addr("r@ext.example")];
     for i in 0..5 {
         let s = addr(&format!("s{i}@tenant.example"));
-        c.record(T0 + i, &msg(1, SenderClass::Registered, Some(&s), &rcpt));
+        c.record(
+            T0 + i,
+            &msg(TenantId(1), SenderClass::Registered, Some(&s), &rcpt),
+        );
     }
     assert_eq!(
-        c.sender_usage(T0 + 10, 1, "s0@tenant.example")
+        c.sender_usage(T0 + 10, TenantId(1), "s0@tenant.example")
             .messages_last_minute,
         0
     );
     assert_eq!(
-        c.sender_usage(T0 + 10, 1, "s4@tenant.example")
+        c.sender_usage(T0 + 10, TenantId(1), "s4@tenant.example")
             .messages_last_minute,
         1
     );
@@ -216,8 +230,8 @@ fn a_recipient_of_an_earlier_hour_is_known() {
     let rcpt = [addr("kid1@home.example")];
     let sender = addr("p@corr.example");
     let ev = |rcpts: &'static [Address]| MessageEvent {
-        tenant: 1,
-        connector: 1,
+        tenant: TenantId(1),
+        connector: ConnectorId(1),
         class: SenderClass::Unregistered,
         sender: Some(&sender),
         mismatch: false,

@@ -1,7 +1,7 @@
 //! A tenant's traffic simulated hour by hour on a clock the tests drive: the relay, the counters
 //! and the detector of one tenant, for the detector's scenario tests.
 
-use relayward_core::{Address, SenderClass, TenantId, TenantState};
+use relayward_core::{Address, ConnectorId, SenderClass, TenantId, TenantState};
 
 use super::*;
 use crate::counters::{
@@ -12,7 +12,7 @@ use crate::evidence::Evidence;
 /// 2026-01-01T00:00:00Z, a Thursday.
 pub(super) const T0: i64 = 1_767_225_600_000;
 pub(super) const DAY: i64 = 24 * HOUR_MS;
-pub(super) const TENANT: TenantId = 42;
+pub(super) const TENANT: TenantId = TenantId(42);
 pub(super) const CONNECTOR: i64 = 7;
 
 /// xorshift64*: deterministic scenarios without a dependency.
@@ -250,7 +250,7 @@ impl Sim {
             now,
             &MessageEvent {
                 tenant: TENANT,
-                connector: CONNECTOR,
+                connector: ConnectorId(CONNECTOR),
                 class,
                 sender,
                 mismatch,
@@ -283,7 +283,7 @@ impl Sim {
                         t,
                         &RemoteReplyEvent {
                             tenant: TENANT,
-                            connector: Some(CONNECTOR),
+                            connector: Some(ConnectorId(CONNECTOR)),
                             sender: None,
                             class,
                             queue_id: Some("4XyZ0Q"),

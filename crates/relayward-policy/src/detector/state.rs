@@ -362,7 +362,7 @@ mod tests {
         };
         let now = T0 + HOUR_MS;
         for s in TenantState::ALL {
-            let r = d.request_unblock(now, 1, &at(*s), "admin");
+            let r = d.request_unblock(now, TenantId(1), &at(*s), "admin");
             if *s == BlockedUnregistered {
                 let t = r.unwrap();
                 assert_eq!((t.from, t.to), (BlockedUnregistered, UnderReview));
@@ -373,7 +373,7 @@ mod tests {
                     "{e}"
                 );
             }
-            let r = d.operator_unblock(now, 1, &at(*s), "noc");
+            let r = d.operator_unblock(now, TenantId(1), &at(*s), "noc");
             if matches!(s, UnderReview | BlockedUnregistered | BlockedAll) {
                 let t = r.unwrap();
                 assert_eq!(t.to, Probation);
@@ -381,13 +381,13 @@ mod tests {
             } else {
                 assert!(r.is_err(), "{s}");
             }
-            let r = d.operator_block(now, 1, &at(*s), BlockScope::All, "noc");
+            let r = d.operator_block(now, TenantId(1), &at(*s), BlockScope::All, "noc");
             assert_eq!(r.is_ok(), *s != BlockedAll, "{s}");
-            let r = d.operator_block(now, 1, &at(*s), BlockScope::Unregistered, "noc");
+            let r = d.operator_block(now, TenantId(1), &at(*s), BlockScope::Unregistered, "noc");
             assert_eq!(r.is_ok(), *s != BlockedUnregistered, "{s}");
         }
         assert_eq!(
-            d.request_unblock(now, 1, &at(Active), "admin").unwrap_err().to_string(),
+            d.request_unblock(now, TenantId(1), &at(Active), "admin").unwrap_err().to_string(),
             "request_unblock is not possible for a tenant in state active (only from blocked_unregistered)"
         );
         // Blocked states and review never move on their own, whatever the counters say.
@@ -395,7 +395,7 @@ mod tests {
         snap.windows.hour.unregistered_messages = 100_000;
         snap.windows.hour.messages = 100_000;
         for s in [BlockedUnregistered, UnderReview, BlockedAll] {
-            assert_eq!(d.evaluate(now + 30 * DAY, 1, &at(s), &snap), None);
+            assert_eq!(d.evaluate(now + 30 * DAY, TenantId(1), &at(s), &snap), None);
         }
         // Right after the operator's unblock the burst that caused the block is still in the
         // hour window: it does not block again. New traffic does, once its window holds only
@@ -405,19 +405,28 @@ mod tests {
             since_ms: now,
             probation_until_ms: Some(now + 7 * DAY),
         };
-        assert_eq!(d.evaluate(now + 1_000, 1, &probation, &snap), None);
-        assert_eq!(d.evaluate(now + 30 * MINUTE_MS, 1, &probation, &snap), None);
+        assert_eq!(
+            d.evaluate(now + 1_000, TenantId(1), &probation, &snap),
+            None
+        );
+        assert_eq!(
+            d.evaluate(now + 30 * MINUTE_MS, TenantId(1), &probation, &snap),
+            None
+        );
         let t = d
-            .evaluate(now + HOUR_MS + 1_000, 1, &probation, &snap)
+            .evaluate(now + HOUR_MS + 1_000, TenantId(1), &probation, &snap)
             .expect("a new hour of the same traffic blocks");
         assert_eq!(t.to, BlockedUnregistered);
         let mut burst = crate::counters::Snapshot::default();
         burst.windows.minute.unregistered_messages = 10_000;
         burst.windows.minute.messages = 10_000;
         burst.windows.hour = burst.windows.minute;
-        assert_eq!(d.evaluate(now + 30_000, 1, &probation, &burst), None);
+        assert_eq!(
+            d.evaluate(now + 30_000, TenantId(1), &probation, &burst),
+            None
+        );
         let t = d
-            .evaluate(now + 2 * MINUTE_MS, 1, &probation, &burst)
+            .evaluate(now + 2 * MINUTE_MS, TenantId(1), &probation, &burst)
             .expect("a new burst after the unblock blocks");
         assert_eq!(t.to, BlockedUnregistered);
         assert!(

@@ -1,7 +1,7 @@
 //! The detector's scenarios on simulated traffic: a hybrid tenant left alone, bursts blocked
 //! within budget, spam rejections, recovery and probation; and its cost at scale.
 
-use relayward_core::{Address, SenderClass, TenantState};
+use relayward_core::{Address, ConnectorId, SenderClass, TenantId, TenantState};
 
 use super::simulate::*;
 use super::*;
@@ -181,7 +181,10 @@ fn burst_from_hundreds_of_domains_is_blocked_within_budget() {
     assert_eq!(ev.cause, Cause::Detector);
     assert!(ev.observations.top_unregistered_domains.len() >= 15);
     assert_eq!(ev.observations.top_source_ips[0].key, "198.51.100.25");
-    assert_eq!(ev.observations.connectors[0].connector, CONNECTOR);
+    assert_eq!(
+        ev.observations.connectors[0].connector,
+        ConnectorId(CONNECTOR)
+    );
     assert_eq!(ev.observations.samples.len(), 16);
     assert_eq!(ev.observations.series_5min.len(), 12);
     let json = serde_json::to_string(ev).unwrap();
@@ -456,10 +459,12 @@ fn probation_halves_thresholds_and_ends_when_clean() {
         probation_until_ms: Some(T0 + 7 * DAY),
     };
     assert_eq!(
-        d.evaluate(T0 + HOUR_MS, 1, &TenantStatus::active(T0), &snap),
+        d.evaluate(T0 + HOUR_MS, TenantId(1), &TenantStatus::active(T0), &snap),
         None
     );
-    let t = d.evaluate(T0 + HOUR_MS, 1, &status, &snap).unwrap();
+    let t = d
+        .evaluate(T0 + HOUR_MS, TenantId(1), &status, &snap)
+        .unwrap();
     assert_eq!(t.to, TenantState::BlockedUnregistered);
 
     // The whole path: burst → blocked → tenant asks → operator unblocks → 7 days of
@@ -533,8 +538,8 @@ fn timing_record_and_evaluate_with_100k_tenants() {
         .collect();
     let mut rng = Rng(99);
     let event = |tenant: i64, i: usize, unregistered: bool| MessageEvent {
-        tenant,
-        connector: tenant * 10,
+        tenant: TenantId(tenant),
+        connector: ConnectorId(tenant * 10),
         class: if unregistered {
             SenderClass::Unregistered
         } else {
@@ -568,7 +573,7 @@ fn timing_record_and_evaluate_with_100k_tenants() {
         let now = start + i * 5;
         let t = Instant::now();
         let snap = counters.record(now, &ev);
-        let tr = detector.evaluate(now, tenant, &status, &snap);
+        let tr = detector.evaluate(now, TenantId(tenant), &status, &snap);
         samples.push(t.elapsed().as_nanos() as u64);
         std::hint::black_box(tr);
     }

@@ -89,7 +89,7 @@ impl Events for MemoryEvents {
 
 pub fn tenant(id: i64, state: TenantState) -> Tenant {
     Tenant {
-        id,
+        id: TenantId(id),
         name: format!("tenant{id}"),
         state,
         admin_emails: vec![],
@@ -99,8 +99,8 @@ pub fn tenant(id: i64, state: TenantState) -> Tenant {
 
 pub fn domain(id: i64, tenant_id: i64, name: &str, verified: bool, subs: bool) -> AcceptedDomain {
     AcceptedDomain {
-        id,
-        tenant_id,
+        id: DomainId(id),
+        tenant_id: TenantId(tenant_id),
         domain: name.into(),
         kind: DomainKind::Authoritative,
         match_subdomains: subs,
@@ -113,8 +113,8 @@ pub fn domain(id: i64, tenant_id: i64, name: &str, verified: bool, subs: bool) -
 
 pub fn connector(id: i64, tenant_id: i64, ips: &[&str]) -> Connector {
     Connector {
-        id,
-        tenant_id,
+        id: ConnectorId(id),
+        tenant_id: TenantId(tenant_id),
         name: format!("connector{id}"),
         kind: ConnectorKind::OnPremises,
         ip_ranges: ips.iter().map(|s| s.parse().unwrap()).collect(),

@@ -410,7 +410,7 @@ pub(super) async fn forwarded_domains(pool: &SqlitePool, tenant: TenantId) -> Re
 mod tests {
     use super::super::SqliteStore;
     use crate::{NewSenderRestriction, NewTransition, Store, StoreError};
-    use relayward_core::TenantState;
+    use relayward_core::{TenantId, TenantState};
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -419,7 +419,12 @@ mod tests {
         (dir, store)
     }
 
-    fn transition(tenant: i64, at_ms: i64, from: TenantState, to: TenantState) -> NewTransition {
+    fn transition(
+        tenant: TenantId,
+        at_ms: i64,
+        from: TenantState,
+        to: TenantState,
+    ) -> NewTransition {
         NewTransition {
             tenant_id: tenant,
             at_ms,

@@ -201,7 +201,14 @@ pub(super) async fn add_connector(
     let ranges = ip_ranges_to_json(&c.ip_ranges);
     let mut tx = store.write_tx().await?;
     let tenant = require_tenant(&mut tx, c.tenant_id).await?;
-    check_connector_unique(&mut tx, &tenant, name, c.auth_user.as_deref(), 0).await?;
+    check_connector_unique(
+        &mut tx,
+        &tenant,
+        name,
+        c.auth_user.as_deref(),
+        ConnectorId(0),
+    )
+    .await?;
     let id: i64 = sqlx::query(
         "INSERT INTO connectors (tenant_id, name, kind, ip_ranges, cert_name, auth_user, \
          auth_password_hash, require_tls, enabled, allow_unregistered, \
@@ -262,14 +269,14 @@ pub(super) async fn add_connector(
         actor,
         "connector.add",
         tenant.id,
-        id,
+        ConnectorId(id),
         name,
         &detail,
     )
     .await?;
     tx.commit().await?;
     Ok(Connector {
-        id,
+        id: ConnectorId(id),
         tenant_id: tenant.id,
         name: name.to_string(),
         kind: c.kind,
@@ -498,7 +505,7 @@ mod tests {
             "{err}"
         );
         assert!(matches!(
-            s.add_connector(new_connector(4242, "x"), "alice").await,
+            s.add_connector(new_connector(TenantId(4242), "x"), "alice").await,
             Err(StoreError::NotFound(m)) if m == "tenant 4242"
         ));
         // Same name in another tenant is fine; so are several connectors without auth_user.
@@ -567,7 +574,7 @@ mod tests {
             Err(StoreError::Invalid(_))
         ));
         let mut missing = c3.clone();
-        missing.id = 9999;
+        missing.id = ConnectorId(9999);
         assert!(matches!(
             s.update_connector(&missing, "carol").await,
             Err(StoreError::NotFound(m)) if m == "connector 9999"
@@ -576,7 +583,7 @@ mod tests {
 
         // Touch: last_used_at only goes forward; no audit, no version bump.
         let audits = s.list_audit(None, 1000).await.unwrap().len();
-        s.touch_connectors(&[(c2.id, 1000), (c3.id, 2000), (9999, 5)])
+        s.touch_connectors(&[(c2.id, 1000), (c3.id, 2000), (ConnectorId(9999), 5)])
             .await
             .unwrap();
         s.touch_connectors(&[(c2.id, 500), (c3.id, 3000)])

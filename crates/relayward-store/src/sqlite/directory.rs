@@ -168,14 +168,14 @@ pub(super) async fn create_tenant(
         &mut tx,
         actor,
         "tenant.create",
-        Some(id),
+        Some(TenantId(id)),
         &format!("tenant {name}"),
         &detail,
     )
     .await?;
     tx.commit().await?;
     Ok(Tenant {
-        id,
+        id: TenantId(id),
         name: name.to_string(),
         state: TenantState::Active,
         admin_emails: admin_emails.to_vec(),
@@ -341,7 +341,7 @@ pub(super) async fn add_domain(
     .await?;
     tx.commit().await?;
     Ok(AcceptedDomain {
-        id,
+        id: DomainId(id),
         tenant_id: tenant.id,
         domain: domain.domain,
         kind: domain.kind,
@@ -670,7 +670,7 @@ mod tests {
         );
 
         assert_eq!(s.get_tenant(t.id).await.unwrap(), Some(t.clone()));
-        assert_eq!(s.get_tenant(999).await.unwrap(), None);
+        assert_eq!(s.get_tenant(TenantId(999)).await.unwrap(), None);
 
         // Duplicate name: conflict, no audit, no bump.
         let err = s.create_tenant("acme", &[], "alice").await.unwrap_err();
@@ -725,7 +725,7 @@ mod tests {
         assert!(a.detail.contains("spam burst: 900 msgs/h"), "{}", a.detail);
 
         let err = s
-            .set_tenant_state(7777, TenantState::Active, "op", "x")
+            .set_tenant_state(TenantId(7777), TenantState::Active, "op", "x")
             .await
             .unwrap_err();
         assert!(
@@ -782,7 +782,7 @@ mod tests {
         );
         // Unknown tenant / not normalized.
         assert!(matches!(
-            s.add_domain(new_domain(555, "x.example", false), "bob").await,
+            s.add_domain(new_domain(TenantId(555), "x.example", false), "bob").await,
             Err(StoreError::NotFound(m)) if m == "tenant 555"
         ));
         assert!(matches!(

@@ -109,6 +109,7 @@ pub(super) async fn list_dkim_keys(pool: &SqlitePool) -> Result<Vec<DkimKeyRecor
 #[cfg(test)]
 mod tests {
     use crate::{SqliteStore, Store};
+    use relayward_core::TenantId;
 
     #[tokio::test]
     async fn dkim_keys_are_recorded_replaced_and_audited() {
@@ -146,7 +147,7 @@ mod tests {
             .iter()
             .any(|a| a.action == "dkim.key" && a.detail == "selector s1 -> s2 (rsa2048)"));
         assert!(s
-            .set_dkim_key("x.example", Some(9999), "s", "ed25519", "test")
+            .set_dkim_key("x.example", Some(TenantId(9999)), "s", "ed25519", "test")
             .await
             .is_err());
     }

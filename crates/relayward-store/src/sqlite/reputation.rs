@@ -71,7 +71,7 @@ pub(super) async fn load(
 
 #[cfg(test)]
 mod tests {
-    use relayward_core::ReputationHour;
+    use relayward_core::{ReputationHour, TenantId};
 
     use crate::{SqliteStore, Store};
 
@@ -94,7 +94,7 @@ mod tests {
             .unwrap();
         // A second relay's counts for the same hour add up; a deleted tenant's are dropped.
         let gone = ReputationHour {
-            tenant_id: t + 1000,
+            tenant_id: TenantId(t.0 + 1000),
             ..row(101, 1, 1, 1)
         };
         store

@@ -290,13 +290,13 @@ pub(super) async fn updates(
 
 #[cfg(test)]
 mod tests {
-    use relayward_core::{Suppression, SuppressionSource};
+    use relayward_core::{Suppression, SuppressionSource, TenantId};
 
     use crate::{SqliteStore, Store};
 
     const DAY: i64 = 86_400;
 
-    fn bounce(tenant: Option<i64>, address: &str, at: i64, days: Option<i64>) -> Suppression {
+    fn bounce(tenant: Option<TenantId>, address: &str, at: i64, days: Option<i64>) -> Suppression {
         Suppression {
             tenant_id: tenant,
             address: address.into(),
@@ -390,7 +390,10 @@ mod tests {
             .iter()
             .any(|a| a.action.starts_with("suppression.")));
         assert!(s
-            .add_suppression(&bounce(Some(9999), "x@example.org", t0, Some(1)), "relay")
+            .add_suppression(
+                &bounce(Some(TenantId(9999)), "x@example.org", t0, Some(1)),
+                "relay"
+            )
             .await
             .is_err());
     }

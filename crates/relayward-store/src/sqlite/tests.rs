@@ -289,7 +289,7 @@ async fn cross_process() {
         )
         .await
         .unwrap();
-        s.touch_connectors(&[(1, i)]).await.unwrap();
+        s.touch_connectors(&[(ConnectorId(1), i)]).await.unwrap();
         let dir = s.load_directory().await.unwrap();
         assert!(dir.domains.len() as i64 > i);
         i += 1;
@@ -340,4 +340,30 @@ async fn concurrent_open_of_fresh_file() {
         let s = o.await.unwrap().unwrap();
         assert_eq!(s.directory_version().await.unwrap(), 1);
     }
+}
+
+#[tokio::test]
+async fn ids_are_stored_as_integers() {
+    let (_dir, s, _path) = store().await;
+    let t = s.create_tenant("acme", &[], "op").await.unwrap();
+    let d = s
+        .add_domain(new_domain(t.id, "acme.example", true), "op")
+        .await
+        .unwrap();
+    let c = s
+        .add_connector(new_connector(t.id, "edge"), "op")
+        .await
+        .unwrap();
+    let row = sqlx::query(
+        "SELECT typeof(d.tenant_id), d.tenant_id, typeof(c.tenant_id), c.id \
+         FROM accepted_domains d JOIN connectors c ON c.tenant_id = d.tenant_id WHERE d.id = ?",
+    )
+    .bind(d.id)
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>(0), "integer");
+    assert_eq!(row.get::<i64, _>(1), t.id.0);
+    assert_eq!(row.get::<String, _>(2), "integer");
+    assert_eq!(row.get::<ConnectorId, _>(3), c.id);
 }

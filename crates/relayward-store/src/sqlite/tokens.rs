@@ -25,7 +25,8 @@ fn token_from_row(row: &SqliteRow) -> Result<ApiToken> {
         ("tenant", Some(t)) => TokenScope::Tenant(t),
         _ => {
             return Err(StoreError::Backend(format!(
-                "bad token scope {kind:?} with tenant {tenant:?}"
+                "bad token scope {kind:?} with tenant {:?}",
+                tenant.map(i64::from)
             )))
         }
     };
@@ -260,7 +261,8 @@ mod tests {
 
         // Errors.
         assert!(matches!(
-            s.create_token(TokenScope::Tenant(999), "x", "h", "t").await,
+            s.create_token(TokenScope::Tenant(TenantId(999)), "x", "h", "t")
+                .await,
             Err(StoreError::NotFound(_))
         ));
         assert!(matches!(

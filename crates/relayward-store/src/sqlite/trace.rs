@@ -218,8 +218,8 @@ mod tests {
             let mut e = event(1_000_000 + i, TraceKind::Queued);
             e.queue_id = Some(format!("Q{i:04}"));
             e.message_id = Some(format!("<m{i}@acme.example>"));
-            e.tenant_id = Some(if i % 2 == 0 { 1 } else { 2 });
-            e.connector_id = Some(7);
+            e.tenant_id = Some(if i % 2 == 0 { TenantId(1) } else { TenantId(2) });
+            e.connector_id = Some(ConnectorId(7));
             e.client_ip = Some("192.0.2.1".into());
             e.sender = Some(format!("User{}@Acme.Example", i % 10));
             e.recipient = Some(format!("rcpt{}@dest.example", i % 3));
@@ -273,14 +273,14 @@ mod tests {
         // By tenant.
         let r = s
             .search_trace(&TraceQuery {
-                tenant_id: Some(2),
+                tenant_id: Some(TenantId(2)),
                 limit: 1000,
                 ..q()
             })
             .await
             .unwrap();
         assert_eq!(r.len(), 150);
-        assert!(r.iter().all(|e| e.tenant_id == Some(2)));
+        assert!(r.iter().all(|e| e.tenant_id == Some(TenantId(2))));
         // By sender, case-insensitively.
         let r = s
             .search_trace(&TraceQuery {
@@ -336,7 +336,7 @@ mod tests {
         assert_eq!(r[0].at_ms, 1_000_019);
         let r = s
             .search_trace(&TraceQuery {
-                tenant_id: Some(1),
+                tenant_id: Some(TenantId(1)),
                 since_ms: Some(1_000_010),
                 until_ms: Some(1_000_019),
                 limit: 3,
@@ -383,7 +383,7 @@ mod tests {
         let mut e = TraceEvent::new(TraceKind::Received);
         e.at_ms = at_ms;
         e.queue_id = Some(queue_id.into());
-        e.tenant_id = Some(1);
+        e.tenant_id = Some(TenantId(1));
         e.connector_id = Some(connector);
         e.sender_class = Some(class);
         e
@@ -394,29 +394,29 @@ mod tests {
         let (_dir, s, _) = store().await;
         let mut events = vec![
             // Two recipients of one message count once.
-            received(1000, "q1", 7, SenderClass::Unregistered),
-            received(1000, "q1", 7, SenderClass::Unregistered),
-            received(1100, "q2", 7, SenderClass::Unregistered),
-            received(1200, "q3", 8, SenderClass::Unregistered),
+            received(1000, "q1", ConnectorId(7), SenderClass::Unregistered),
+            received(1000, "q1", ConnectorId(7), SenderClass::Unregistered),
+            received(1100, "q2", ConnectorId(7), SenderClass::Unregistered),
+            received(1200, "q3", ConnectorId(8), SenderClass::Unregistered),
             // Too old, registered, refused, other tenant: not counted.
-            received(10, "q4", 8, SenderClass::Unregistered),
-            received(1300, "q5", 9, SenderClass::Registered),
+            received(10, "q4", ConnectorId(8), SenderClass::Unregistered),
+            received(1300, "q5", ConnectorId(9), SenderClass::Registered),
         ];
-        let mut refused = received(1300, "q6", 9, SenderClass::Unregistered);
+        let mut refused = received(1300, "q6", ConnectorId(9), SenderClass::Unregistered);
         refused.kind = TraceKind::Refused;
         events.push(refused);
-        let mut other = received(1300, "q7", 9, SenderClass::Unregistered);
-        other.tenant_id = Some(2);
+        let mut other = received(1300, "q7", ConnectorId(9), SenderClass::Unregistered);
+        other.tenant_id = Some(TenantId(2));
         events.push(other);
         s.record_trace(&events).await.unwrap();
 
         let counts = s
-            .count_received_by_connector(1, SenderClass::Unregistered, 500)
+            .count_received_by_connector(TenantId(1), SenderClass::Unregistered, 500)
             .await
             .unwrap();
-        assert_eq!(counts, [(7, 2), (8, 1)]);
+        assert_eq!(counts, [(ConnectorId(7), 2), (ConnectorId(8), 1)]);
         assert!(s
-            .count_received_by_connector(3, SenderClass::Unregistered, 0)
+            .count_received_by_connector(TenantId(3), SenderClass::Unregistered, 0)
             .await
             .unwrap()
             .is_empty());
@@ -430,14 +430,14 @@ mod tests {
         for i in 0..25 {
             let mut e = TraceEvent::new(TraceKind::Received);
             e.at_ms = 1000 + (i / 10) as i64;
-            e.tenant_id = Some(if i % 5 == 0 { 2 } else { 1 });
+            e.tenant_id = Some(if i % 5 == 0 { TenantId(2) } else { TenantId(1) });
             e.sender = Some(format!("User{}@Example.com", i % 2));
             events.push(e);
         }
         s.record_trace(&events).await.unwrap();
 
         let q = TraceQuery {
-            tenant_id: Some(1),
+            tenant_id: Some(TenantId(1)),
             limit: 4,
             ..Default::default()
         };
@@ -455,7 +455,7 @@ mod tests {
         }
         let mut expected: Vec<(i64, i64)> = s
             .search_trace(&TraceQuery {
-                tenant_id: Some(1),
+                tenant_id: Some(TenantId(1)),
                 limit: 100,
                 ..Default::default()
             })

@@ -69,7 +69,7 @@ pub(super) async fn hours(
 
 #[cfg(test)]
 mod tests {
-    use relayward_core::{SenderClass, TraceEvent, TraceKind};
+    use relayward_core::{SenderClass, TenantId, TraceEvent, TraceKind};
 
     use crate::{SqliteStore, Store, TrafficHour};
 
@@ -85,7 +85,7 @@ mod tests {
     fn event(
         at_ms: i64,
         kind: TraceKind,
-        tenant: Option<i64>,
+        tenant: Option<TenantId>,
         queue_id: Option<&str>,
         class: Option<SenderClass>,
     ) -> TraceEvent {

@@ -22,7 +22,7 @@ impl Abuse {
                     let Ok(env) = s.read_envelope(&id) else {
                         continue;
                     };
-                    if env.tenant_id == Some(tenant)
+                    if env.tenant_id == Some(tenant.0)
                         && !env.held
                         && (env.sender_class != relayward_core::SenderClass::Registered
                             || env.header_from_mismatch)

@@ -42,7 +42,7 @@ impl Abuse {
                 }
                 Err(StoreError::Conflict(why)) => {
                     // Someone else (an operator) moved the tenant meanwhile: the store wins.
-                    tracing::warn!(tenant = t.tenant, %why, "detector transition superseded");
+                    tracing::warn!(tenant = t.tenant.0, %why, "detector transition superseded");
                     lock(&self.overrides).remove(&t.tenant);
                     if let Err(e) = self.sync().await {
                         tracing::warn!(error = %e, "detector state reload failed");
@@ -50,7 +50,7 @@ impl Abuse {
                     return;
                 }
                 Err(e) => {
-                    tracing::error!(tenant = t.tenant, attempt, error = %e, "cannot record transition");
+                    tracing::error!(tenant = t.tenant.0, attempt, error = %e, "cannot record transition");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
@@ -72,7 +72,7 @@ impl Abuse {
         };
         if held > 0 {
             tracing::warn!(
-                tenant = t.tenant,
+                tenant = t.tenant.0,
                 held,
                 "queued unregistered-sender mail held"
             );
@@ -100,7 +100,7 @@ impl Abuse {
                 .map(|e| ConnectorChange {
                     // 0: a change recorded before the audit log kept connector ids, to a
                     // connector deleted since.
-                    connector: e.connector_id.unwrap_or(0),
+                    connector: e.connector_id.unwrap_or(ConnectorId(0)),
                     at_ms: e.at.saturating_mul(1000),
                     actor: e.actor,
                     action: e.action,

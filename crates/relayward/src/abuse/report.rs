@@ -290,14 +290,14 @@ pub fn reputation_line(r: &relayward_policy::reputation::ReputationStatus) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relayward_core::SenderClass;
+    use relayward_core::{SenderClass, TenantId};
     use relayward_policy::detector::{Cause, Level, Transition};
     use relayward_policy::evidence::{Observations, Sample};
 
     #[test]
     fn summary_names_rule_domains_and_samples() {
         let t = Transition {
-            tenant: 1,
+            tenant: TenantId(1),
             at_ms: 1_767_225_600_000,
             from: TenantState::Active,
             to: TenantState::BlockedUnregistered,
@@ -326,7 +326,7 @@ mod tests {
                 at_ms: t.at_ms,
                 class: SenderClass::Unregistered,
                 mismatch: false,
-                connector: 4,
+                connector: ConnectorId(4),
                 sender: Some("x@Spam2.example".into()),
                 client_ip: Some("192.0.2.9".parse().unwrap()),
                 queue_id: Some("Q1".into()),
@@ -335,7 +335,7 @@ mod tests {
             ..Observations::default()
         };
         let e = Evidence::new(&t, obs);
-        let names = HashMap::from([(4, "edge".to_string())]);
+        let names = HashMap::from([(ConnectorId(4), "edge".to_string())]);
         let text = evidence_lines(&e, &names).join("\n");
         assert!(text.contains("Rule unregistered_domains at Block level: 21 distinct unregistered sender domains in the last hour (warn above 5, block above 20)"), "{text}");
         assert!(text.contains("Top unregistered sender domains: spam1.example (3)"));

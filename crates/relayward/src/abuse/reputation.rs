@@ -147,7 +147,7 @@ impl Abuse {
 
     fn reputation_changed(&self, now: i64, change: LevelChange) {
         tracing::warn!(
-            tenant = change.tenant,
+            tenant = change.tenant.0,
             from = change.from.as_str(),
             to = change.to.as_str(),
             reasons = %change.status.reasons.join("; "),

@@ -98,7 +98,7 @@ impl Abuse {
 
     /// A new restriction: into the store (it survives restarts), then the alert.
     pub(super) fn restricted(&self, tenant: TenantId, key: String, r: SenderRestriction) {
-        tracing::warn!(tenant, sender = %key, reason = %r.reason, "sender restricted");
+        tracing::warn!(tenant = tenant.0, sender = %key, reason = %r.reason, "sender restricted");
         let me = self.me.clone();
         self.spawn(async move {
             let Some(me) = me.upgrade() else { return };

@@ -228,7 +228,7 @@ impl Abuse {
             );
             self.directory.set_tenant_state(t.tenant, t.to);
             tracing::warn!(
-                tenant = t.tenant,
+                tenant = t.tenant.0,
                 from = %t.from,
                 to = %t.to,
                 summary = %t.summary,

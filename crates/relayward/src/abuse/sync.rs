@@ -69,7 +69,7 @@ impl Abuse {
                 if let Some(me) = me.upgrade() {
                     let held = me.hold_unregistered(tenant, None).await;
                     tracing::warn!(
-                        tenant,
+                        tenant = tenant.0,
                         held,
                         "tenant blocked: queued unregistered-sender mail held"
                     );
@@ -87,7 +87,9 @@ impl Abuse {
                         self.limiter.set_tenant_limits(tenant, Some(l));
                         now_limited.insert(tenant);
                     }
-                    Err(e) => tracing::warn!(tenant, error = %e, "bad sender limits ignored"),
+                    Err(e) => {
+                        tracing::warn!(tenant = tenant.0, error = %e, "bad sender limits ignored")
+                    }
                 }
             }
             for gone in limited.difference(&now_limited) {
@@ -132,7 +134,7 @@ impl Abuse {
             } else if r.lifted_at_ms.is_some()
                 && current.as_ref().is_some_and(|c| c.since_ms <= r.since_ms)
             {
-                tracing::info!(tenant = r.tenant_id, sender = %r.sender, "sender restriction lifted");
+                tracing::info!(tenant = r.tenant_id.0, sender = %r.sender, "sender restriction lifted");
                 self.counters
                     .set_sender_restriction(r.tenant_id, &r.sender, None);
             }

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use anyhow::anyhow;
-use relayward_core::{Tenant, TenantState};
+use relayward_core::{Tenant, TenantId, TenantState};
 use relayward_policy::detector::{BlockScope, Cause, Detector, TenantStatus, Transition};
 use relayward_policy::evidence::Evidence;
 use relayward_store::{NewTransition, Store};
@@ -60,7 +60,7 @@ impl From<relayward_store::StoreError> for WayBackError {
 }
 
 /// The tenant's restriction status as the detector reads it.
-pub async fn status(store: &dyn Store, tenant: i64) -> anyhow::Result<TenantStatus> {
+pub async fn status(store: &dyn Store, tenant: TenantId) -> anyhow::Result<TenantStatus> {
     let s = store
         .tenant_status(tenant)
         .await?

@@ -302,7 +302,7 @@ impl Control {
             .audit(actor, action, Some(tenant.id), &object, text)
             .await
         {
-            tracing::warn!(tenant = tenant.id, error = %e, "transition note not audited");
+            tracing::warn!(tenant = tenant.id.0, error = %e, "transition note not audited");
         }
     }
 }
@@ -382,7 +382,7 @@ impl RelayControl for Control {
             None
         };
         Ok(TenantStatusReport {
-            tenant_id: t.id,
+            tenant_id: t.id.0,
             state,
             since_ms,
             probation_until_ms,
@@ -481,7 +481,7 @@ impl RelayControl for Control {
                 for id in s.scan()? {
                     // Delivered and removed between scan and read: skipped.
                     if let Ok(env) = s.read_envelope(&id) {
-                        if tenant.is_none() || env.tenant_id == tenant {
+                        if tenant.is_none() || env.tenant_id == tenant.map(i64::from) {
                             out.push(env);
                         }
                     }

@@ -436,10 +436,10 @@ pub fn tenant_show(s: &TenantShow) {
         .and_then(|e| serde_json::from_value::<Evidence>(e).ok())
         .filter(|e| !e.signals.is_empty())
     {
-        let names: HashMap<i64, String> = s
+        let names: HashMap<relayward_core::ConnectorId, String> = s
             .connectors
             .iter()
-            .map(|c| (c.id, c.name.clone()))
+            .map(|c| (relayward_core::ConnectorId(c.id), c.name.clone()))
             .collect();
         println!("\nlatest evidence:");
         for line in report::evidence_lines(&e, &names) {

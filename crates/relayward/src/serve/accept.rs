@@ -68,8 +68,8 @@ impl MessageSink for SpoolSink {
                 .parse()
                 .map_err(|e| EnqueueError::Unavailable(format!("bad queue id: {e}")))?,
             received_at: msg.received_at,
-            tenant_id: Some(msg.tenant_id),
-            connector_id: Some(msg.connector_id),
+            tenant_id: Some(msg.tenant_id.0),
+            connector_id: Some(msg.connector_id.0),
             client_ip: msg.client_ip.to_string(),
             helo: msg.helo,
             auth_user: msg.auth_user,

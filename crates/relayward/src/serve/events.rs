@@ -45,7 +45,7 @@ impl relayward_smtp::Events for SessionEvents {
         relayward_smtp::Events::trace(&*self.events, event)
     }
 
-    fn connector_used(&self, connector: i64) {
+    fn connector_used(&self, connector: ConnectorId) {
         self.events.connector_used(connector)
     }
 
@@ -166,7 +166,7 @@ impl relayward_smtp::Events for EventWriter {
         }
     }
 
-    fn connector_used(&self, connector: i64) {
+    fn connector_used(&self, connector: ConnectorId) {
         if let Ok(mut m) = self.used.lock() {
             m.insert(connector, relayward_core::now());
         }

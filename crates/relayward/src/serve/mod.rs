@@ -192,7 +192,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             .await?
             .ok_or_else(|| anyhow!("delivery.tenant_route: no tenant {:?}", route.tenant))?;
         delivery.tenant_routes.insert(
-            tenant.id,
+            tenant.id.0,
             TenantRoute {
                 host: route.host.clone(),
                 auth_user: route.auth_user.clone(),
