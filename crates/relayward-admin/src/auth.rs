@@ -300,11 +300,11 @@ pub fn token_info(t: &ApiToken) -> TokenInfo {
         tenant_id: t.scope.tenant().map(i64::from),
         label: t.label.clone(),
         token_prefix: format!("{TOKEN_PREFIX}{}_", t.id),
-        created_at: t.created_at,
+        created_at: t.created_at.0,
         created_by: t.created_by.clone(),
-        revoked_at: t.revoked_at,
+        revoked_at: t.revoked_at.map(i64::from),
         revoked_by: t.revoked_by.clone(),
-        last_used_at: t.last_used_at,
+        last_used_at: t.last_used_at.map(i64::from),
     }
 }
 

@@ -22,7 +22,7 @@ impl From<AuditEntry> for AuditView {
     fn from(e: AuditEntry) -> Self {
         AuditView {
             id: e.id,
-            at: e.at,
+            at: e.at.0,
             actor: e.actor,
             action: e.action,
             tenant_id: e.tenant_id.map(i64::from),

@@ -56,8 +56,8 @@ impl From<&AcceptedDomain> for DomainView {
             match_subdomains: d.match_subdomains,
             verified: d.verified,
             status: if d.verified { "verified" } else { "pending" }.into(),
-            created_at: d.created_at,
-            verified_at: d.verified_at,
+            created_at: d.created_at.0,
+            verified_at: d.verified_at.map(i64::from),
             verification_record: TxtRecord::of(d),
         }
     }

@@ -20,7 +20,7 @@ impl From<&HeaderFromAllowed> for HeaderFromView {
         HeaderFromView {
             domain: a.domain.clone(),
             connector_id: a.connector_id.map(i64::from),
-            declared_at: a.declared_at,
+            declared_at: a.declared_at.0,
             declared_by: a.declared_by.clone(),
         }
     }

@@ -29,9 +29,9 @@ impl From<Suppression> for SuppressionView {
             address: s.address,
             source: s.source,
             reason: s.reason,
-            created_at: s.created_at,
+            created_at: s.created_at.0,
             created_by: s.created_by,
-            expires_at: s.expires_at,
+            expires_at: s.expires_at.map(i64::from),
         }
     }
 }

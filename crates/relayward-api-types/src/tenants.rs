@@ -22,7 +22,7 @@ impl From<Tenant> for TenantView {
             name: t.name,
             state: t.state,
             admin_emails: t.admin_emails,
-            created_at: t.created_at,
+            created_at: t.created_at.0,
         }
     }
 }

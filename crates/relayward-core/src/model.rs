@@ -58,14 +58,42 @@ id_newtype!(
     ConnectorId
 );
 
-/// Seconds since the Unix epoch, UTC.
-pub type Timestamp = i64;
+id_newtype!(
+    /// Seconds since the Unix epoch, UTC: a number in every external form.
+    Timestamp
+);
+
+/// A later (or, negative, earlier) time: `Timestamp + seconds`.
+impl std::ops::Add<i64> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, seconds: i64) -> Timestamp {
+        Timestamp(self.0 + seconds)
+    }
+}
+
+/// An earlier time: `Timestamp - seconds`.
+impl std::ops::Sub<i64> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, seconds: i64) -> Timestamp {
+        Timestamp(self.0 - seconds)
+    }
+}
+
+/// The seconds between two times.
+impl std::ops::Sub for Timestamp {
+    type Output = i64;
+    fn sub(self, earlier: Timestamp) -> i64 {
+        self.0 - earlier.0
+    }
+}
 
 pub fn now() -> Timestamp {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    )
 }
 
 macro_rules! string_enum {
@@ -394,6 +422,13 @@ mod tests {
         assert_eq!("42".parse::<ConnectorId>().unwrap(), ConnectorId(42));
         assert!("x".parse::<DomainId>().is_err());
         assert_eq!(i64::from(DomainId(-3)), -3);
+        assert_eq!(Timestamp(100) + 20, Timestamp(120));
+        assert_eq!(Timestamp(100) - 20, Timestamp(80));
+        assert_eq!(Timestamp(100) - Timestamp(30), 70);
+        assert_eq!(
+            serde_json::to_string(&Timestamp(1_700_000_000)).unwrap(),
+            "1700000000"
+        );
 
         assert_eq!(serde_json::to_string(&TenantId(7)).unwrap(), "7");
         assert_eq!(serde_json::from_str::<TenantId>("7").unwrap(), TenantId(7));
@@ -412,7 +447,7 @@ mod tests {
             tenant_id: TenantId(1),
             domain: "partner.example".into(),
             connector_id: Some(ConnectorId(2)),
-            declared_at: 3,
+            declared_at: Timestamp(3),
             declared_by: "op".into(),
         };
         let json = serde_json::to_value(&h).unwrap();

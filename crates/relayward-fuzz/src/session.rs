@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use relayward_core::{
     AcceptedDomain, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId, DomainKind,
-    Tenant, TenantId, TenantState, TraceEvent,
+    Tenant, TenantId, TenantState, Timestamp, TraceEvent,
 };
 use relayward_policy::{Directory, SharedDirectory};
 use relayward_smtp::{
@@ -80,9 +80,9 @@ fn connector(id: i64, tenant_id: i64, ip: Option<&str>) -> Connector {
         restrict_domains_to_ips: false,
         restrict_domains_to_cert: false,
         blocked: false,
-        created_at: 0,
+        created_at: Timestamp(0),
         created_by: "fuzz".into(),
-        updated_at: 0,
+        updated_at: Timestamp(0),
         updated_by: "fuzz".into(),
         last_used_at: None,
     }
@@ -97,7 +97,7 @@ fn domain(id: i64, tenant_id: i64, name: &str, verified: bool) -> AcceptedDomain
         match_subdomains: false,
         verified,
         verification_token: "token".into(),
-        created_at: 0,
+        created_at: Timestamp(0),
         verified_at: None,
     }
 }
@@ -119,7 +119,7 @@ fn directory() -> Arc<SharedDirectory> {
             name: format!("tenant{id}"),
             state: TenantState::Active,
             admin_emails: vec![],
-            created_at: 0,
+            created_at: Timestamp(0),
         };
         let data = DirectoryData {
             version: 1,

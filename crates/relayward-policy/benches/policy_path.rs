@@ -34,7 +34,7 @@ fn directory() -> Directory {
             name: format!("tenant{t}"),
             state: TenantState::Active,
             admin_emails: vec![],
-            created_at: 0,
+            created_at: Timestamp(0),
         });
         for d in 0..DOMAINS_PER_TENANT {
             data.domains.push(AcceptedDomain {
@@ -45,8 +45,8 @@ fn directory() -> Directory {
                 match_subdomains: d == 0,
                 verified: true,
                 verification_token: String::new(),
-                created_at: 0,
-                verified_at: Some(0),
+                created_at: Timestamp(0),
+                verified_at: Some(Timestamp(0)),
             });
         }
         data.connectors.push(Connector {
@@ -64,9 +64,9 @@ fn directory() -> Directory {
             restrict_domains_to_ips: false,
             restrict_domains_to_cert: false,
             blocked: false,
-            created_at: 0,
+            created_at: Timestamp(0),
             created_by: String::new(),
-            updated_at: 0,
+            updated_at: Timestamp(0),
             updated_by: String::new(),
             last_used_at: None,
         });

@@ -116,9 +116,9 @@ mod tests {
             restrict_domains_to_ips: false,
             restrict_domains_to_cert: false,
             blocked: false,
-            created_at: 0,
+            created_at: Timestamp(0),
             created_by: "t".into(),
-            updated_at: 0,
+            updated_at: Timestamp(0),
             updated_by: "t".into(),
             last_used_at: None,
         }
@@ -128,28 +128,31 @@ mod tests {
     fn flags() {
         let now = 100 * DAY_SECS;
         let mut c = connector(&["192.0.2.0/24", "2001:db8::/48"]);
-        c.last_used_at = Some(now - DAY_SECS);
+        c.last_used_at = Some(Timestamp(now - DAY_SECS));
         c.cert_name = Some("mail.example".into());
         let mut facts = AuditFacts {
             verified: vec!["example".into()],
             ..AuditFacts::default()
         };
-        let a = audit(&c, now, &facts);
+        let a = audit(&c, Timestamp(now), &facts);
         assert_eq!(a, ConnectorAudit::default());
         facts.verified.clear();
-        assert_eq!(audit(&c, now, &facts).flags, ["cert_name_unverified"]);
+        assert_eq!(
+            audit(&c, Timestamp(now), &facts).flags,
+            ["cert_name_unverified"]
+        );
 
         c.ip_ranges = vec!["192.0.0.0/23".parse().unwrap()];
-        assert!(audit(&c, now, &facts).wide_ip_range);
+        assert!(audit(&c, Timestamp(now), &facts).wide_ip_range);
         c.ip_ranges = vec!["2001:db8::/47".parse().unwrap()];
-        assert!(audit(&c, now, &facts).wide_ip_range);
+        assert!(audit(&c, Timestamp(now), &facts).wide_ip_range);
 
-        c.updated_at = now - 6 * DAY_SECS;
+        c.updated_at = Timestamp(now - 6 * DAY_SECS);
         c.cert_name = None;
-        c.last_used_at = Some(now - 30 * DAY_SECS);
+        c.last_used_at = Some(Timestamp(now - 30 * DAY_SECS));
         facts.unregistered.insert(c.id, 3);
         facts.auth_locked.insert(c.id);
-        let a = audit(&c, now, &facts);
+        let a = audit(&c, Timestamp(now), &facts);
         assert_eq!(
             a.flags,
             [
@@ -165,7 +168,7 @@ mod tests {
 
         // Never used: counted from creation.
         c.last_used_at = None;
-        c.created_at = now - 29 * DAY_SECS;
-        assert!(!audit(&c, now, &facts).unused_30_days);
+        c.created_at = Timestamp(now - 29 * DAY_SECS);
+        assert!(!audit(&c, Timestamp(now), &facts).unused_30_days);
     }
 }

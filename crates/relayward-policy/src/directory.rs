@@ -419,6 +419,7 @@ impl SharedDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relayward_core::Timestamp;
 
     #[test]
     fn set_tenant_state_swaps_one_tenant() {
@@ -427,7 +428,7 @@ mod tests {
             name: name.into(),
             state: TenantState::Active,
             admin_emails: Vec::new(),
-            created_at: 0,
+            created_at: Timestamp(0),
         };
         let shared = SharedDirectory::new(Directory::new(DirectoryData {
             version: 7,

@@ -590,7 +590,7 @@ mod tests {
             name: format!("t{id}"),
             state,
             admin_emails: vec![],
-            created_at: 0,
+            created_at: Timestamp(0),
         }
     }
 
@@ -603,7 +603,7 @@ mod tests {
             match_subdomains: subs,
             verified,
             verification_token: "x".into(),
-            created_at: 0,
+            created_at: Timestamp(0),
             verified_at: None,
         }
     }
@@ -624,9 +624,9 @@ mod tests {
             restrict_domains_to_ips: false,
             restrict_domains_to_cert: false,
             blocked: false,
-            created_at: 0,
+            created_at: Timestamp(0),
             created_by: "test".into(),
-            updated_at: 0,
+            updated_at: Timestamp(0),
             updated_by: "test".into(),
             last_used_at: None,
         }
@@ -998,7 +998,7 @@ mod tests {
             tenant_id: TenantId(1),
             domain: "partner.example".into(),
             connector_id: Some(ConnectorId(1)),
-            declared_at: 0,
+            declared_at: Timestamp(0),
             declared_by: "t".into(),
         });
         let d = Directory::new(data);

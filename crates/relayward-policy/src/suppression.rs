@@ -227,9 +227,9 @@ mod tests {
             address: address.into(),
             source: SuppressionSource::HardBounce,
             reason: "550 5.1.1 User unknown".into(),
-            created_at: 100,
+            created_at: Timestamp(100),
             created_by: "relay".into(),
-            expires_at,
+            expires_at: expires_at.map(Timestamp),
         }
     }
 
@@ -246,7 +246,7 @@ mod tests {
         });
         assert_eq!(list.version(), 3);
         let hit = list
-            .check(TenantId(1), &addr("Gone@Example.ORG"), 500)
+            .check(TenantId(1), &addr("Gone@Example.ORG"), Timestamp(500))
             .unwrap();
         assert_eq!(hit.tenant, Some(TenantId(1)));
         assert_eq!(
@@ -254,13 +254,13 @@ mod tests {
             "list=tenant source=hard_bounce since=100 until=1000"
         );
         assert!(list
-            .check(TenantId(2), &addr("gone@example.org"), 500)
+            .check(TenantId(2), &addr("gone@example.org"), Timestamp(500))
             .is_none());
         assert!(list
-            .check(TenantId(1), &addr("gone@example.org"), 1000)
+            .check(TenantId(1), &addr("gone@example.org"), Timestamp(1000))
             .is_none());
         let global = list
-            .check(TenantId(2), &addr("trap@example.org"), 10_000)
+            .check(TenantId(2), &addr("trap@example.org"), Timestamp(10_000))
             .unwrap();
         assert_eq!(global.tenant, None);
         assert!(global.describe().starts_with("list=global "));
@@ -270,7 +270,7 @@ mod tests {
              ip=127.0.0.1 tls=no"
         );
         assert!(list
-            .check(TenantId(1), &addr("other@example.org"), 500)
+            .check(TenantId(1), &addr("other@example.org"), Timestamp(500))
             .is_none());
         assert_eq!(
             global
@@ -294,11 +294,11 @@ mod tests {
         list.insert(&entry(Some(TenantId(1)), "a@example.org", Some(1000)));
         list.insert(&entry(Some(TenantId(1)), "a@example.org", Some(500)));
         assert!(list
-            .check(TenantId(1), &addr("a@example.org"), 800)
+            .check(TenantId(1), &addr("a@example.org"), Timestamp(800))
             .is_some());
         list.insert(&entry(Some(TenantId(1)), "a@example.org", Some(2000)));
         assert!(list
-            .check(TenantId(1), &addr("a@example.org"), 1500)
+            .check(TenantId(1), &addr("a@example.org"), Timestamp(1500))
             .is_some());
         list.insert(&entry(Some(TenantId(2)), "a@example.org", Some(2000)));
         assert_eq!(list.len(), 2);
@@ -310,14 +310,14 @@ mod tests {
             removed: vec![(Some(TenantId(2)), "a@example.org".into())],
         });
         assert!(list
-            .check(TenantId(1), &addr("a@example.org"), 700)
+            .check(TenantId(1), &addr("a@example.org"), Timestamp(700))
             .is_none());
         assert!(list
-            .check(TenantId(2), &addr("a@example.org"), 100)
+            .check(TenantId(2), &addr("a@example.org"), Timestamp(100))
             .is_none());
         assert_eq!(list.len(), 1);
 
-        list.prune(600);
+        list.prune(Timestamp(600));
         assert!(list.is_empty());
     }
 

@@ -301,7 +301,7 @@ pub fn apply_op(
     match op {
         ControlOp::RetryNow => {
             for &i in &pending {
-                env.recipients[i].next_attempt_at = now;
+                env.recipients[i].next_attempt_at = now.0;
             }
             spool.update_envelope(id, &env)?;
         }
@@ -329,7 +329,7 @@ pub fn apply_op(
                         RecipientStatus::Queued
                     };
                 }
-                r.next_attempt_at = now;
+                r.next_attempt_at = now.0;
             }
             spool.update_envelope(id, &env)?;
             per_rcpt(
@@ -358,7 +358,7 @@ pub fn apply_op(
                                 ),
                                 None => "message deleted by the relay operator".into(),
                             }),
-                            last_attempt: now,
+                            last_attempt: now.0,
                             will_retry_until: None,
                         }
                     })

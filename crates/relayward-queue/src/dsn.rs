@@ -153,7 +153,7 @@ fn human_text(hostname: &str, recipients: &[DsnRecipient], original: &Envelope) 
              be delivered to one or more recipients. The reasons are given below.\r\n",
         ),
         DsnAction::Delayed => {
-            let hours = (relayward_core::now() - original.received_at).max(0) / 3600;
+            let hours = (relayward_core::now().0 - original.received_at).max(0) / 3600;
             s.push_str(&format!(
                 "Your message could not be delivered for {hours} hour(s).\r\n\
                  It will be retried; you do not need to send it again yet.\r\n"
@@ -236,7 +236,7 @@ pub fn build(
         .from(("Mail Delivery System", from.as_str()))
         .to(to)
         .subject(subject)
-        .date(relayward_core::now())
+        .date(relayward_core::now().0)
         .message_id(format!("{dsn_id}@{hostname}"))
         .header("Auto-Submitted", Raw::new("auto-replied"))
         .body(report)
@@ -249,10 +249,10 @@ pub fn envelope(id: QueueId, hostname: &str, to: &str, body: &[u8]) -> Envelope 
     let now = relayward_core::now();
     let mut rcpt = Recipient::new(to);
     rcpt.notify = vec!["NEVER".into()];
-    rcpt.next_attempt_at = now;
+    rcpt.next_attempt_at = now.0;
     Envelope {
         queue_id: id,
-        received_at: now,
+        received_at: now.0,
         tenant_id: None,
         connector_id: None,
         client_ip: "127.0.0.1".into(),

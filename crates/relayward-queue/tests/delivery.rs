@@ -353,7 +353,7 @@ async fn permanent_failure_produces_one_well_formed_dsn() {
         &body("bounce"),
         |e| {
             e.dsn_envid = Some("ENV-12345".into());
-            e.received_at = received_at;
+            e.received_at = received_at.0;
             e.recipients[0].orcpt = Some("rfc822;Nobody@Example.com".into());
         },
     );
@@ -370,7 +370,7 @@ async fn permanent_failure_produces_one_well_formed_dsn() {
     assert_eq!(dsn.field("Original-Envelope-Id"), Some("ENV-12345"));
     let arrival = dsn.field("Arrival-Date").unwrap();
     let parsed = mail_parser::DateTime::parse_rfc822(arrival).expect("RFC 5322 date");
-    assert_eq!(parsed.to_timestamp(), received_at);
+    assert_eq!(parsed.to_timestamp(), received_at.0);
     assert_eq!(dsn.per_recipient.len(), 1);
     assert_eq!(
         dsn.rcpt_field(0, "Original-Recipient"),
@@ -919,7 +919,7 @@ async fn bench_smart_host_5k() {
         .iter()
         .map(|id| relayward_queue::Envelope {
             queue_id: *id,
-            received_at: relayward_core::now(),
+            received_at: relayward_core::now().0,
             tenant_id: Some(1),
             connector_id: None,
             client_ip: "192.0.2.1".into(),

@@ -18,7 +18,7 @@ const T: Duration = Duration::from_secs(5);
 fn envelope(id: QueueId, rcpt: &str, size: usize) -> Envelope {
     Envelope {
         queue_id: id,
-        received_at: relayward_core::now(),
+        received_at: relayward_core::now().0,
         tenant_id: Some(1),
         connector_id: Some(1),
         client_ip: "192.0.2.10".into(),

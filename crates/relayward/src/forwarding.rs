@@ -178,7 +178,7 @@ pub fn validate(config: &Config) -> Result<()> {
 }
 
 fn now_secs() -> u64 {
-    relayward_core::now().max(0) as u64
+    relayward_core::now().0.max(0) as u64
 }
 
 /// SRS and DKIM for the relay: applied to each accepted message before it is spooled.
@@ -484,7 +484,7 @@ impl SrsReturn for ReturnSink {
                 .map(|r| Recipient {
                     orcpt: Some(format!("rfc822;{}", r.srs_address)),
                     status: RecipientStatus::Queued,
-                    next_attempt_at: now,
+                    next_attempt_at: now.0,
                     ..Recipient::new(r.address)
                 })
                 .collect(),

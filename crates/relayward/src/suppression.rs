@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
-use relayward_core::{now, Suppression, SuppressionSource, TenantId, TraceEvent, TraceKind};
+use relayward_core::{
+    now, Suppression, SuppressionSource, TenantId, Timestamp, TraceEvent, TraceKind,
+};
 use relayward_policy::bounce::BounceClassifier;
 use relayward_policy::suppression::{parse_address_key, SuppressionList};
 use relayward_store::Store;
@@ -60,7 +62,7 @@ impl Suppressions {
     }
 
     /// The expiry of an automatic entry made at `at`.
-    fn expiry(&self, at: i64) -> Option<i64> {
+    fn expiry(&self, at: Timestamp) -> Option<Timestamp> {
         Some(at + i64::from(self.days) * 86_400)
     }
 
@@ -170,8 +172,8 @@ impl Suppressions {
             },
             Err(e) => tracing::warn!(error = %e, "suppression version check failed"),
         }
-        if at - self.last_prune.load(Ordering::Relaxed) >= PRUNE_EVERY_SECS {
-            self.last_prune.store(at, Ordering::Relaxed);
+        if at.0 - self.last_prune.load(Ordering::Relaxed) >= PRUNE_EVERY_SECS {
+            self.last_prune.store(at.0, Ordering::Relaxed);
             self.list.prune(at);
         }
     }

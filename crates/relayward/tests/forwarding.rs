@@ -347,7 +347,7 @@ async fn forwarded_mail_is_srs_rewritten_and_its_bounce_returns_to_the_original_
     assert!(got.data_text().ends_with("this is fwd-1.\r\n"));
     let srs = h.relay().forwarding.srs().unwrap();
     assert_eq!(
-        srs.reverse(&srs_address, relayward_core::now() as u64)
+        srs.reverse(&srs_address, relayward_core::now().0 as u64)
             .unwrap(),
         "alice@orig.example"
     );
@@ -510,7 +510,7 @@ async fn srs_listener_refuses_forged_expired_and_everything_but_bounces() {
     .await;
     h.start().await;
     let srs = h.relay().forwarding.srs().unwrap();
-    let now = relayward_core::now() as u64;
+    let now = relayward_core::now().0 as u64;
     let good = srs.forward("alice@orig.example", now).unwrap();
     let expired = srs.forward("alice@orig.example", now - 30 * DAY).unwrap();
     let (hash, rest) = good["SRS0=".len()..].split_once('=').unwrap();

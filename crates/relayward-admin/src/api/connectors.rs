@@ -36,11 +36,11 @@ fn view(c: &Connector, now: Timestamp, facts: &AuditFacts) -> ConnectorView {
         restrict_domains_to_ips: c.restrict_domains_to_ips,
         restrict_domains_to_cert: c.restrict_domains_to_cert,
         blocked: c.blocked,
-        created_at: c.created_at,
+        created_at: c.created_at.0,
         created_by: c.created_by.clone(),
-        updated_at: c.updated_at,
+        updated_at: c.updated_at.0,
         updated_by: c.updated_by.clone(),
-        last_used_at: c.last_used_at,
+        last_used_at: c.last_used_at.map(i64::from),
         audit: connector_audit::audit(c, now, facts),
         warnings: Vec::new(),
     }
@@ -51,7 +51,7 @@ async fn audit_facts(state: &AppState, tenant: TenantId) -> ApiResult<AuditFacts
     let since = now() - connector_audit::DAY_SECS;
     let unregistered = state
         .store()
-        .count_received_by_connector(tenant, SenderClass::Unregistered, since * 1000)
+        .count_received_by_connector(tenant, SenderClass::Unregistered, since.0 * 1000)
         .await?
         .into_iter()
         .collect();

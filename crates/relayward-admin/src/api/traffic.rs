@@ -34,7 +34,7 @@ pub struct TrafficParams {
 
 /// `(from_ms, until_ms)` of the last `hours` clock hours, the current one included.
 fn range(hours: u32) -> (i64, i64) {
-    let now_ms = relayward_core::now() * 1000;
+    let now_ms = relayward_core::now().0 * 1000;
     let until = (now_ms.div_euclid(HOUR_MS) + 1) * HOUR_MS;
     (until - i64::from(hours) * HOUR_MS, until)
 }

@@ -3,7 +3,7 @@
 use relayward_store::Store;
 use std::collections::{BTreeSet, HashMap};
 
-use relayward_core::{ConnectorId, TenantState};
+use relayward_core::{ConnectorId, TenantState, Timestamp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -81,7 +81,7 @@ async fn fixture() -> Fixture {
                 tenant_id: a,
                 domain: "partner.example".into(),
                 connector_id: None,
-                declared_at: 0,
+                declared_at: Timestamp(0),
                 declared_by: "test".into(),
             },
             "test",

@@ -88,7 +88,7 @@ async fn audit_flags() {
 
     // Unregistered mail through it in the last day (two recipients of one message, and an
     // older message that no longer counts).
-    let now_ms = relayward_core::now() * 1000;
+    let now_ms = relayward_core::now().0 * 1000;
     let event = |at_ms: i64, queue_id: &str, class: SenderClass| {
         let mut e = TraceEvent::new(TraceKind::Received);
         e.at_ms = at_ms;

@@ -239,13 +239,13 @@ async fn last_use_is_recorded_at_most_once_a_minute() {
         }
     };
     let now = relayward_core::now();
-    set(now - 30).await;
+    set((now - 30).0).await;
     api.get("/v1/me", &api.a_admin.token).await;
     assert_eq!(
         api.store.get_token(id).await.unwrap().unwrap().last_used_at,
         Some(now - 30)
     );
-    set(now - 120).await;
+    set((now - 120).0).await;
     api.get("/v1/me", &api.a_admin.token).await;
     let last = api
         .store

@@ -157,7 +157,7 @@ impl Scheduler {
                     status: status.to_string(),
                     remote_mta: result.remote().map(str::to_string),
                     diagnostic: Some(result.reply().to_string()),
-                    last_attempt: now,
+                    last_attempt: now.0,
                     will_retry_until: (action == DsnAction::Delayed).then_some(expires),
                 };
             match result {

@@ -163,7 +163,7 @@ pub fn store(
     let id = spool.new_queue_id();
     let mut env = Envelope {
         queue_id: id,
-        received_at: relayward_core::now(),
+        received_at: relayward_core::now().0,
         tenant_id: Some(1),
         connector_id: Some(1),
         client_ip: "192.0.2.10".into(),

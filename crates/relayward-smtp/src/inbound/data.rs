@@ -389,7 +389,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let size = data.len() - header_len;
         let msg = IncomingMessage {
             queue_id: queue_id.clone(),
-            received_at,
+            received_at: received_at.0,
             tenant_id: attributed.tenant_id,
             connector_id: attributed.connector_id,
             method: attributed.method,

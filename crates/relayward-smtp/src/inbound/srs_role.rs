@@ -193,7 +193,7 @@ impl SrsCtx {
         if limit == 0 {
             return true;
         }
-        let minute = relayward_core::now().max(0) as u64 / 60;
+        let minute = relayward_core::now().0.max(0) as u64 / 60;
         // An IPv6 client has a /64 to pick addresses from.
         let key = match ip {
             IpAddr::V6(v6) => {
@@ -525,7 +525,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .collect();
         let msg = ReturnedMessage {
             queue_id: queue_id.clone(),
-            received_at,
+            received_at: received_at.0,
             client_ip: st.ip,
             helo: st.helo.clone().unwrap_or_default(),
             tls: st.facts.tls,

@@ -93,7 +93,7 @@ pub fn tenant(id: i64, state: TenantState) -> Tenant {
         name: format!("tenant{id}"),
         state,
         admin_emails: vec![],
-        created_at: 0,
+        created_at: Timestamp(0),
     }
 }
 
@@ -106,7 +106,7 @@ pub fn domain(id: i64, tenant_id: i64, name: &str, verified: bool, subs: bool) -
         match_subdomains: subs,
         verified,
         verification_token: "token".into(),
-        created_at: 0,
+        created_at: Timestamp(0),
         verified_at: None,
     }
 }
@@ -127,9 +127,9 @@ pub fn connector(id: i64, tenant_id: i64, ips: &[&str]) -> Connector {
         restrict_domains_to_ips: false,
         restrict_domains_to_cert: false,
         blocked: false,
-        created_at: 0,
+        created_at: Timestamp(0),
         created_by: "test".into(),
-        updated_at: 0,
+        updated_at: Timestamp(0),
         updated_by: "test".into(),
         last_used_at: None,
     }

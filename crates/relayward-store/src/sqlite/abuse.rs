@@ -410,7 +410,7 @@ pub(super) async fn forwarded_domains(pool: &SqlitePool, tenant: TenantId) -> Re
 mod tests {
     use super::super::SqliteStore;
     use crate::{NewSenderRestriction, NewTransition, Store, StoreError};
-    use relayward_core::{TenantId, TenantState};
+    use relayward_core::{TenantId, TenantState, Timestamp};
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -444,7 +444,7 @@ mod tests {
         let t = s.create_tenant("acme", &[], "test").await.unwrap();
         let st = s.tenant_status(t.id).await.unwrap().unwrap();
         assert_eq!(st.state, TenantState::Active);
-        assert_eq!(st.since_ms, t.created_at * 1000);
+        assert_eq!(st.since_ms, t.created_at.0 * 1000);
         let v0 = s.directory_version().await.unwrap();
 
         let at = 1_767_225_600_123;
@@ -514,7 +514,7 @@ mod tests {
             .unwrap();
         let st = s.tenant_status(t.id).await.unwrap().unwrap();
         assert_eq!(st.state, TenantState::Active);
-        assert!((st.since_ms - relayward_core::now() * 1000).abs() < 5_000);
+        assert!((st.since_ms - relayward_core::now().0 * 1000).abs() < 5_000);
         assert_eq!(st.probation_until_ms, None);
         assert_eq!(s.tenant_statuses().await.unwrap().len(), 1);
     }
@@ -630,7 +630,7 @@ mod tests {
         let mut c2 = c.clone();
         c2.allow_unregistered = true;
         s.update_connector(&c2, "cli:admin").await.unwrap();
-        let changes = s.connector_changes(a.id, 0).await.unwrap();
+        let changes = s.connector_changes(a.id, Timestamp(0)).await.unwrap();
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].action, "connector.update");
         assert!(changes[0]
@@ -639,7 +639,7 @@ mod tests {
         // Each names the connector by id, a deleted one too.
         assert!(changes.iter().all(|ch| ch.connector_id == Some(c.id)));
         s.delete_connector(c.id, "cli:admin").await.unwrap();
-        let changes = s.connector_changes(a.id, 0).await.unwrap();
+        let changes = s.connector_changes(a.id, Timestamp(0)).await.unwrap();
         assert_eq!(changes[0].action, "connector.delete");
         assert_eq!(changes[0].connector_id, Some(c.id));
         assert!(s
@@ -647,6 +647,10 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
-        assert!(s.connector_changes(b.id, 0).await.unwrap().is_empty());
+        assert!(s
+            .connector_changes(b.id, Timestamp(0))
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -583,19 +583,23 @@ mod tests {
 
         // Touch: last_used_at only goes forward; no audit, no version bump.
         let audits = s.list_audit(None, 1000).await.unwrap().len();
-        s.touch_connectors(&[(c2.id, 1000), (c3.id, 2000), (ConnectorId(9999), 5)])
-            .await
-            .unwrap();
-        s.touch_connectors(&[(c2.id, 500), (c3.id, 3000)])
+        s.touch_connectors(&[
+            (c2.id, Timestamp(1000)),
+            (c3.id, Timestamp(2000)),
+            (ConnectorId(9999), Timestamp(5)),
+        ])
+        .await
+        .unwrap();
+        s.touch_connectors(&[(c2.id, Timestamp(500)), (c3.id, Timestamp(3000))])
             .await
             .unwrap();
         assert_eq!(
             s.get_connector(c2.id).await.unwrap().unwrap().last_used_at,
-            Some(1000)
+            Some(Timestamp(1000))
         );
         assert_eq!(
             s.get_connector(c3.id).await.unwrap().unwrap().last_used_at,
-            Some(3000)
+            Some(Timestamp(3000))
         );
         assert_eq!(s.directory_version().await.unwrap(), v + 4);
         assert_eq!(s.list_audit(None, 1000).await.unwrap().len(), audits);

@@ -290,7 +290,7 @@ pub(super) async fn updates(
 
 #[cfg(test)]
 mod tests {
-    use relayward_core::{Suppression, SuppressionSource, TenantId};
+    use relayward_core::{Suppression, SuppressionSource, TenantId, Timestamp};
 
     use crate::{SqliteStore, Store};
 
@@ -302,9 +302,9 @@ mod tests {
             address: address.into(),
             source: SuppressionSource::HardBounce,
             reason: "550 5.1.1 <x@example.org>: Recipient address rejected: User unknown".into(),
-            created_at: at,
+            created_at: Timestamp(at),
             created_by: String::new(),
-            expires_at: days.map(|d| at + d * DAY),
+            expires_at: (days.map(|d| at + d * DAY)).map(Timestamp),
         }
     }
 
@@ -337,10 +337,13 @@ mod tests {
         // The directory is not reloaded for a bounce.
         assert_eq!(s.directory_version().await.unwrap(), dir_version);
 
-        let listed = s.list_suppressions(Some(t.id), t0 + DAY).await.unwrap();
+        let listed = s
+            .list_suppressions(Some(t.id), Timestamp(t0 + DAY))
+            .await
+            .unwrap();
         assert_eq!(listed, vec![e.clone()]);
         assert!(s
-            .list_suppressions(Some(t.id), t0 + 14 * DAY)
+            .list_suppressions(Some(t.id), Timestamp(t0 + 14 * DAY))
             .await
             .unwrap()
             .is_empty());
@@ -364,13 +367,13 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(later.expires_at, Some(t0 + 24 * DAY));
+        assert_eq!(later.expires_at, Some(Timestamp(t0 + 24 * DAY)));
         let listed = s
-            .list_suppressions(Some(t.id), t0 + 20 * DAY)
+            .list_suppressions(Some(t.id), Timestamp(t0 + 20 * DAY))
             .await
             .unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].expires_at, Some(t0 + 24 * DAY));
+        assert_eq!(listed[0].expires_at, Some(Timestamp(t0 + 24 * DAY)));
 
         // Expired, then bounced again: a fresh entry on the same row.
         let again = s
@@ -380,7 +383,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(again.created_at, t0 + 30 * DAY);
+        assert_eq!(again.created_at, Timestamp(t0 + 30 * DAY));
 
         // Automatic adds are not in the audit log.
         assert!(!s
@@ -419,15 +422,21 @@ mod tests {
             .await
             .unwrap();
 
-        let acme_list = s.list_suppressions(Some(acme.id), t0).await.unwrap();
+        let acme_list = s
+            .list_suppressions(Some(acme.id), Timestamp(t0))
+            .await
+            .unwrap();
         assert_eq!(acme_list.len(), 1);
         assert_eq!(acme_list[0].tenant_id, Some(acme.id));
         assert!(s
-            .list_suppressions(Some(other.id), t0)
+            .list_suppressions(Some(other.id), Timestamp(t0))
             .await
             .unwrap()
             .is_empty());
-        let global = s.list_suppressions(None, t0 + 1000 * DAY).await.unwrap();
+        let global = s
+            .list_suppressions(None, Timestamp(t0 + 1000 * DAY))
+            .await
+            .unwrap();
         assert_eq!(
             global
                 .iter()
@@ -450,23 +459,29 @@ mod tests {
 
         // Removing from one list leaves the other.
         assert!(!s
-            .remove_suppression(Some(other.id), "a@example.org", t0, "cli:ops")
+            .remove_suppression(Some(other.id), "a@example.org", Timestamp(t0), "cli:ops")
             .await
             .unwrap());
         assert!(s
-            .remove_suppression(Some(acme.id), "A@example.org", t0, "cli:ops")
+            .remove_suppression(Some(acme.id), "A@example.org", Timestamp(t0), "cli:ops")
             .await
             .unwrap());
         assert!(!s
-            .remove_suppression(Some(acme.id), "a@example.org", t0, "cli:ops")
+            .remove_suppression(Some(acme.id), "a@example.org", Timestamp(t0), "cli:ops")
             .await
             .unwrap());
         assert!(s
-            .list_suppressions(Some(acme.id), t0)
+            .list_suppressions(Some(acme.id), Timestamp(t0))
             .await
             .unwrap()
             .is_empty());
-        assert_eq!(s.list_suppressions(None, t0).await.unwrap().len(), 2);
+        assert_eq!(
+            s.list_suppressions(None, Timestamp(t0))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
 
         let audit = s.list_audit(None, 100).await.unwrap();
         let acme_audit = s.list_audit(Some(acme.id), 100).await.unwrap();
@@ -526,7 +541,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let all = s.suppression_updates(0, t0).await.unwrap();
+        let all = s.suppression_updates(0, Timestamp(t0)).await.unwrap();
         assert_eq!(all.version, s.suppression_version().await.unwrap());
         assert_eq!(
             all.changed
@@ -537,13 +552,16 @@ mod tests {
         );
         assert!(all.removed.is_empty());
 
-        s.remove_suppression(Some(t.id), "a@example.org", t0, "cli:ops")
+        s.remove_suppression(Some(t.id), "a@example.org", Timestamp(t0), "cli:ops")
             .await
             .unwrap();
         s.add_suppression(&bounce(None, "b@example.org", t0, None), "relay")
             .await
             .unwrap();
-        let since = s.suppression_updates(all.version, t0).await.unwrap();
+        let since = s
+            .suppression_updates(all.version, Timestamp(t0))
+            .await
+            .unwrap();
         assert_eq!(since.version, all.version + 2);
         assert_eq!(
             since.removed,
@@ -551,7 +569,10 @@ mod tests {
         );
         assert_eq!(since.changed.len(), 1);
         assert_eq!(since.changed[0].tenant_id, None);
-        let nothing = s.suppression_updates(since.version, t0).await.unwrap();
+        let nothing = s
+            .suppression_updates(since.version, Timestamp(t0))
+            .await
+            .unwrap();
         assert!(nothing.changed.is_empty() && nothing.removed.is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! concern modules' tests share.
 
 use super::*;
-use relayward_core::{ConnectorKind, DomainKind, TraceKind};
+use relayward_core::{ConnectorKind, DomainKind, Timestamp, TraceKind};
 use std::sync::Arc;
 
 pub(super) async fn store() -> (tempfile::TempDir, SqliteStore, String) {
@@ -136,7 +136,10 @@ async fn two_stores_on_one_file() {
                     })
                     .collect();
                 server.record_trace(&batch).await.unwrap();
-                server.touch_connectors(&[(conn.id, i)]).await.unwrap();
+                server
+                    .touch_connectors(&[(conn.id, Timestamp(i))])
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -195,7 +198,7 @@ async fn two_stores_on_one_file() {
             .unwrap()
             .unwrap()
             .last_used_at,
-        Some(39)
+        Some(Timestamp(39))
     );
 }
 
@@ -289,7 +292,9 @@ async fn cross_process() {
         )
         .await
         .unwrap();
-        s.touch_connectors(&[(ConnectorId(1), i)]).await.unwrap();
+        s.touch_connectors(&[(ConnectorId(1), Timestamp(i))])
+            .await
+            .unwrap();
         let dir = s.load_directory().await.unwrap();
         assert!(dir.domains.len() as i64 > i);
         i += 1;
@@ -343,7 +348,7 @@ async fn concurrent_open_of_fresh_file() {
 }
 
 #[tokio::test]
-async fn ids_are_stored_as_integers() {
+async fn ids_and_times_are_stored_as_integers() {
     let (_dir, s, _path) = store().await;
     let t = s.create_tenant("acme", &[], "op").await.unwrap();
     let d = s
@@ -355,7 +360,8 @@ async fn ids_are_stored_as_integers() {
         .await
         .unwrap();
     let row = sqlx::query(
-        "SELECT typeof(d.tenant_id), d.tenant_id, typeof(c.tenant_id), c.id \
+        "SELECT typeof(d.tenant_id), d.tenant_id, typeof(c.tenant_id), c.id, \
+         typeof(c.created_at), c.created_at \
          FROM accepted_domains d JOIN connectors c ON c.tenant_id = d.tenant_id WHERE d.id = ?",
     )
     .bind(d.id)
@@ -366,4 +372,6 @@ async fn ids_are_stored_as_integers() {
     assert_eq!(row.get::<i64, _>(1), t.id.0);
     assert_eq!(row.get::<String, _>(2), "integer");
     assert_eq!(row.get::<ConnectorId, _>(3), c.id);
+    assert_eq!(row.get::<String, _>(4), "integer");
+    assert_eq!(row.get::<Timestamp, _>(5), c.created_at);
 }

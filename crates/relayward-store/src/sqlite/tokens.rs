@@ -275,11 +275,11 @@ mod tests {
         ));
 
         // Touch only moves forward.
-        s.touch_token(ta, 1000).await.unwrap();
-        s.touch_token(ta, 500).await.unwrap();
+        s.touch_token(ta, Timestamp(1000)).await.unwrap();
+        s.touch_token(ta, Timestamp(500)).await.unwrap();
         assert_eq!(
             s.get_token(ta).await.unwrap().unwrap().last_used_at,
-            Some(1000)
+            Some(Timestamp(1000))
         );
 
         // Revoke: audited once, idempotent.

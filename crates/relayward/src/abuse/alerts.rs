@@ -164,7 +164,7 @@ impl Alerts {
             .from(("relayward", self.from.as_str()))
             .to(to)
             .subject(alert.subject.as_str())
-            .date(relayward_core::now())
+            .date(relayward_core::now().0)
             .message_id(format!("{id}@{}", self.hostname))
             .header("Auto-Submitted", Raw::new("auto-generated"))
             .header("X-Relayward-Alert", Raw::new(alert.name))
@@ -174,7 +174,7 @@ impl Alerts {
         let now = relayward_core::now();
         let envelope = Envelope {
             queue_id: id,
-            received_at: now,
+            received_at: now.0,
             tenant_id: None,
             connector_id: None,
             client_ip: "127.0.0.1".into(),
@@ -197,7 +197,7 @@ impl Alerts {
                 .iter()
                 .map(|a| {
                     let mut r = Recipient::new(a.clone());
-                    r.next_attempt_at = now;
+                    r.next_attempt_at = now.0;
                     r
                 })
                 .collect(),

@@ -94,14 +94,18 @@ impl Abuse {
         at_ms: i64,
     ) -> Vec<ConnectorChange> {
         let since = at_ms.div_euclid(1000) - relayward_policy::connector_audit::RECENT_SECS;
-        match self.store.connector_changes(tenant, since).await {
+        match self
+            .store
+            .connector_changes(tenant, relayward_core::Timestamp(since))
+            .await
+        {
             Ok(entries) => entries
                 .into_iter()
                 .map(|e| ConnectorChange {
                     // 0: a change recorded before the audit log kept connector ids, to a
                     // connector deleted since.
                     connector: e.connector_id.unwrap_or(ConnectorId(0)),
-                    at_ms: e.at.saturating_mul(1000),
+                    at_ms: e.at.0.saturating_mul(1000),
                     actor: e.actor,
                     action: e.action,
                     detail: e.detail,

@@ -195,7 +195,7 @@ impl Abuse {
             self.directory
                 .current()
                 .connector(c.connector)
-                .map(|c| c.updated_at.max(c.created_at) * 1000)
+                .map(|c| c.updated_at.max(c.created_at).0 * 1000)
         });
         metrics::counter!("relayward_detector_evaluations_total").increment(1);
         if let Some(t) = self.detector.evaluate(now, tenant, &seen, &snap) {

@@ -94,7 +94,7 @@ impl MessageSink for SpoolSink {
                     notify: r.notify,
                     status: RecipientStatus::Queued,
                     attempts: 0,
-                    next_attempt_at: now,
+                    next_attempt_at: now.0,
                     last_reply: None,
                 })
                 .collect(),

@@ -59,8 +59,11 @@ impl relayward_smtp::Events for SessionEvents {
 const CONNECTOR_TOUCH_EVERY: Duration = Duration::from_secs(2);
 
 /// Writes the connectors' last use gathered since the previous call.
-pub(super) async fn touch_used(store: &dyn Store, used: &Mutex<HashMap<ConnectorId, i64>>) {
-    let used: Vec<(ConnectorId, i64)> = used
+pub(super) async fn touch_used(
+    store: &dyn Store,
+    used: &Mutex<HashMap<ConnectorId, relayward_core::Timestamp>>,
+) {
+    let used: Vec<(ConnectorId, relayward_core::Timestamp)> = used
         .lock()
         .map(|mut m| m.drain().collect())
         .unwrap_or_default();
@@ -74,7 +77,7 @@ pub(super) async fn touch_used(store: &dyn Store, used: &Mutex<HashMap<Connector
 /// Trace events and connector use, written to the store in batches off the SMTP path.
 pub struct EventWriter {
     tx: mpsc::Sender<Batch>,
-    used: Arc<Mutex<HashMap<ConnectorId, i64>>>,
+    used: Arc<Mutex<HashMap<ConnectorId, relayward_core::Timestamp>>>,
 }
 
 enum Batch {
@@ -85,7 +88,7 @@ enum Batch {
 impl EventWriter {
     pub fn start(store: Arc<dyn Store>) -> EventWriter {
         let (tx, mut rx) = mpsc::channel::<Batch>(65_536);
-        let used: Arc<Mutex<HashMap<ConnectorId, i64>>> = Arc::default();
+        let used: Arc<Mutex<HashMap<ConnectorId, relayward_core::Timestamp>>> = Arc::default();
         let used_bg = used.clone();
         tokio::spawn(async move {
             let mut buf: Vec<TraceEvent> = Vec::with_capacity(512);
