@@ -375,3 +375,46 @@ async fn ids_and_times_are_stored_as_integers() {
     assert_eq!(row.get::<String, _>(4), "integer");
     assert_eq!(row.get::<Timestamp, _>(5), c.created_at);
 }
+
+/// Migration 0008 on a database made before it: audit rows about connectors that still exist
+/// get their ids; those about deleted ones stay without.
+#[tokio::test]
+async fn older_connector_audit_rows_get_their_connector_ids() {
+    let (_dir, s, path) = store().await;
+    let t = s.create_tenant("acme", &[], "cli:admin").await.unwrap();
+    let edge = s
+        .add_connector(new_connector(t.id, "edge"), "cli:admin")
+        .await
+        .unwrap();
+    let gone = s
+        .add_connector(new_connector(t.id, "gone"), "cli:admin")
+        .await
+        .unwrap();
+    s.delete_connector(gone.id, "cli:admin").await.unwrap();
+    drop(s);
+    // Back to the schema before 0008: no connector ids in the audit log.
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER TABLE audit_log DROP COLUMN connector_id",
+        "DELETE FROM _sqlx_migrations WHERE version = 8",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let s = SqliteStore::open(&path).await.unwrap();
+    let changes = s.connector_changes(t.id, Timestamp(0)).await.unwrap();
+    // edge's add, gone's add and delete.
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    let with_id: Vec<_> = changes
+        .iter()
+        .filter(|c| c.connector_id.is_some())
+        .collect();
+    assert_eq!(with_id.len(), 1, "{changes:?}");
+    assert_eq!(with_id[0].connector_id, Some(edge.id));
+    assert_eq!(with_id[0].action, "connector.add");
+}
