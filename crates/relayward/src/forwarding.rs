@@ -500,7 +500,14 @@ impl SrsReturn for ReturnSink {
         self.spool
             .store_async(id, envelope, msg.data)
             .await
-            .map_err(|e| relayward_smtp::EnqueueError::Unavailable(e.to_string()))?;
+            .map_err(|e| {
+                // A full file system is 452 4.3.1 here too, as on the DATA path.
+                if e.is_storage_full() {
+                    relayward_smtp::EnqueueError::StorageFull(e.to_string())
+                } else {
+                    relayward_smtp::EnqueueError::Unavailable(e.to_string())
+                }
+            })?;
         self.scheduler.submit(id);
         if let Some((intake, head)) = report {
             tokio::spawn(async move { intake.returned(&head).await });

@@ -775,3 +775,43 @@ fn tls_certificates_reload_without_dropping_sessions() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A bounce coming back through the SRS listener while the spool's file system is full gets
+/// `452 4.3.1`, as on the DATA path (not `451 4.3.0`), and is taken once there is room.
+#[test]
+fn disk_full_on_the_srs_listener_answers_452_too() {
+    let srs_port = common::free_port();
+    let mut relay = Relay::new(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:{srs_port}\"\nrole = \"srs\"\n\n\
+         [srs]\ndomain = \"srs.relay.test\"\nsecrets = [\"disk-full-secret\"]\n\n\
+         [delivery]\nsmart_host = \"127.0.0.1:9\"\nretry_schedule_secs = [3600]\n"
+    ));
+    let spool = relay.data_dir().join("spool");
+    let Some(_fs) = common::SmallFs::mount(&spool, "4m") else {
+        return;
+    };
+    relay.start();
+    let srs_addr: SocketAddr = format!("127.0.0.1:{srs_port}").parse().unwrap();
+    common::wait_for_port(srs_addr, &relay.log_path());
+    let srs = relay.ok(&["srs", "forward", "alice@orig.example"]);
+    let srs = srs.trim();
+    assert!(srs.ends_with("@srs.relay.test"), "{srs}");
+    let bounce = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.dest.example>\r\nTo: <{srs}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\r\n{}",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(1000)
+    );
+    let mut c = common::Client::connect(srs_addr);
+    c.cmd("EHLO mx.dest.example");
+    let filler = common::fill(&spool);
+    let r = c.send("", &[srs], &bounce);
+    assert_eq!(
+        r,
+        "452 4.3.1 Insufficient system storage",
+        "{}",
+        relay.log()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let r = c.send("", &[srs], &bounce);
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+}
