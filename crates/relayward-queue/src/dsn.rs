@@ -153,7 +153,13 @@ fn human_text(hostname: &str, recipients: &[DsnRecipient], original: &Envelope) 
              be delivered to one or more recipients. The reasons are given below.\r\n",
         ),
         DsnAction::Delayed => {
-            let hours = (relayward_core::now().0 - original.received_at).max(0) / 3600;
+            // As of the attempt that found the delay (the notice is built right after it).
+            let at = recipients
+                .iter()
+                .map(|r| r.last_attempt)
+                .max()
+                .unwrap_or_else(|| relayward_core::now().0);
+            let hours = (at - original.received_at).max(0) / 3600;
             s.push_str(&format!(
                 "Your message could not be delivered for {hours} hour(s).\r\n\
                  It will be retried; you do not need to send it again yet.\r\n"
