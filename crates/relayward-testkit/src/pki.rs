@@ -139,9 +139,31 @@ impl TestPki {
         )
     }
 
+    /// Client certificate (clientAuth) with the DNS SANs `dns_names` (none at all: the common
+    /// name alone names the client) and the common name `common_name`.
+    pub fn issue_client_named(&self, dns_names: &[&str], common_name: &str) -> IssuedCert {
+        self.issue_with_cn(
+            dns_names,
+            common_name,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+            false,
+        )
+    }
+
     fn issue(
         &self,
         names: &[&str],
+        usages: &[ExtendedKeyUsagePurpose],
+        expired: bool,
+    ) -> IssuedCert {
+        let cn = names.first().copied().unwrap_or("relayward test");
+        self.issue_with_cn(names, cn, usages, expired)
+    }
+
+    fn issue_with_cn(
+        &self,
+        names: &[&str],
+        common_name: &str,
         usages: &[ExtendedKeyUsagePurpose],
         expired: bool,
     ) -> IssuedCert {
@@ -153,7 +175,7 @@ impl TestPki {
                 Err(_) => SanType::DnsName((*n).try_into().expect("DNS SAN")),
             })
             .collect();
-        params.distinguished_name = dn(names.first().copied().unwrap_or("relayward test"));
+        params.distinguished_name = dn(common_name);
         // ECDSA keys only sign; KeyEncipherment would be wrong for them.
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = usages.to_vec();

@@ -1,4 +1,4 @@
-//! Test harness: a directory fixture, an in-memory sink and event log, a PKI made with rcgen,
+//! Test harness: a directory fixture, an in-memory sink and event log, the testkit's PKI,
 //! and a small line-oriented SMTP client that can bind to any 127.0.0.x source address.
 #![allow(dead_code)]
 
@@ -13,6 +13,7 @@ use base64::Engine;
 use relayward_core::*;
 use relayward_policy::{Directory, SharedDirectory};
 use relayward_smtp::*;
+use relayward_testkit::{IssuedCert, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -222,7 +223,7 @@ pub async fn start(config: SmtpConfig) -> TestServer {
     start_with(config, ListenerConfig::default()).await
 }
 
-/// A CA, a server certificate for relay.test and client certificates, all made with rcgen.
+/// A CA (the testkit's), a server certificate for relay.test and client certificates.
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
@@ -232,91 +233,29 @@ pub struct Pki {
     pub ca_file: PathBuf,
 }
 
-pub struct ClientCert {
-    pub cert: rustls::pki_types::CertificateDer<'static>,
-    pub key: rustls::pki_types::PrivateKeyDer<'static>,
-}
-
-fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    (cert, rcgen::Issuer::new(params, key))
-}
-
-fn leaf(
-    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
-    sans: &[&str],
-    cn: &str,
-    usage: rcgen::ExtendedKeyUsagePurpose,
-) -> (rcgen::Certificate, rcgen::KeyPair) {
-    let mut params =
-        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    params.extended_key_usages = vec![usage];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert, key)
-}
+pub type ClientCert = IssuedCert;
 
 struct Issued {
-    ca_pem: String,
-    ca_der: rustls::pki_types::CertificateDer<'static>,
-    server: (String, String),
-    beta_client: (Vec<u8>, Vec<u8>),
-    cn_client: (Vec<u8>, Vec<u8>),
-    rogue_client: (Vec<u8>, Vec<u8>),
+    pki: TestPki,
+    server: IssuedCert,
+    beta_client: IssuedCert,
+    cn_client: IssuedCert,
+    rogue_client: IssuedCert,
 }
 
-/// rcgen key generation is cheap but not free: one PKI per test binary.
+/// Key generation is cheap but not free: one PKI per test binary.
 fn issued() -> &'static Issued {
     static ISSUED: OnceLock<Issued> = OnceLock::new();
     ISSUED.get_or_init(|| {
-        let (ca_cert, issuer) = ca("relayward test CA");
-        let (server, server_key) = leaf(
-            &issuer,
-            &[HOSTNAME],
-            HOSTNAME,
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (beta, beta_key) = leaf(
-            &issuer,
-            &["mx.beta.example"],
-            "Beta Mail Server",
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        );
-        // No SAN at all: the CN names the client.
-        let (cn_only, cn_key) = leaf(
-            &issuer,
-            &[],
-            "mx.beta.example",
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        );
-        let (_, rogue_issuer) = ca("someone else's CA");
-        let (rogue, rogue_key) = leaf(
-            &rogue_issuer,
-            &["mx.beta.example"],
-            "mx.beta.example",
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        );
+        let pki = TestPki::new();
         Issued {
-            ca_pem: ca_cert.pem(),
-            ca_der: ca_cert.der().clone(),
-            server: (server.pem(), server_key.serialize_pem()),
-            beta_client: (beta.der().to_vec(), beta_key.serialize_der()),
-            cn_client: (cn_only.der().to_vec(), cn_key.serialize_der()),
-            rogue_client: (rogue.der().to_vec(), rogue_key.serialize_der()),
+            server: pki.issue_server(&[HOSTNAME]),
+            beta_client: pki.issue_client_named(&["mx.beta.example"], "Beta Mail Server"),
+            // No SAN at all: the CN names the client.
+            cn_client: pki.issue_client_named(&[], "mx.beta.example"),
+            // Someone else's CA.
+            rogue_client: TestPki::new().issue_client("mx.beta.example"),
+            pki,
         }
     })
 }
@@ -328,13 +267,13 @@ impl Pki {
         let server_cert = dir.path().join("server.pem");
         let server_key = dir.path().join("server.key");
         let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&server_cert, &issued.server.0).unwrap();
-        std::fs::write(&server_key, &issued.server.1).unwrap();
-        std::fs::write(&ca_file, &issued.ca_pem).unwrap();
+        std::fs::write(&server_cert, &issued.server.cert_pem).unwrap();
+        std::fs::write(&server_key, &issued.server.key_pem).unwrap();
+        std::fs::write(&ca_file, issued.pki.ca_pem()).unwrap();
         Pki {
             dir,
-            ca_pem: issued.ca_pem.clone(),
-            ca_der: issued.ca_der.clone(),
+            ca_pem: issued.pki.ca_pem().to_string(),
+            ca_der: issued.pki.ca_der(),
             server_cert,
             server_key,
             ca_file,
@@ -345,41 +284,26 @@ impl Pki {
         load_tls(&self.server_cert, &self.server_key, Some(&self.ca_file)).unwrap()
     }
 
-    fn client_cert(pair: &(Vec<u8>, Vec<u8>)) -> ClientCert {
-        ClientCert {
-            cert: rustls::pki_types::CertificateDer::from(pair.0.clone()),
-            key: rustls::pki_types::PrivateKeyDer::Pkcs8(pair.1.clone().into()),
-        }
-    }
-
-    /// SAN mx.beta.example, signed by the trusted CA.
+    /// SAN mx.beta.example (CN "Beta Mail Server"), signed by the trusted CA.
     pub fn beta_client(&self) -> ClientCert {
-        Self::client_cert(&issued().beta_client)
+        issued().beta_client.clone()
     }
 
     /// No SAN, CN mx.beta.example, signed by the trusted CA.
     pub fn cn_client(&self) -> ClientCert {
-        Self::client_cert(&issued().cn_client)
+        issued().cn_client.clone()
     }
 
     /// SAN mx.beta.example, signed by a CA the relay does not trust.
     pub fn rogue_client(&self) -> ClientCert {
-        Self::client_cert(&issued().rogue_client)
+        issued().rogue_client.clone()
     }
 
     pub fn client_config(&self, cert: Option<ClientCert>) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match cert {
-            Some(c) => builder.with_client_auth_cert(vec![c.cert], c.key).unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        Arc::new(config)
+        match cert {
+            Some(c) => issued().pki.client_config_with_cert(&c),
+            None => issued().pki.client_config(),
+        }
     }
 }
 
