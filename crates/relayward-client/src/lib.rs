@@ -60,27 +60,29 @@ pub trait Transport: Send + Sync {
 }
 
 impl Call {
+    /// `base` with the call's path segments (percent-encoded) appended and its query set.
+    /// `base` must be able to take a path (an `http:` URL can; [`Http::new`] checks it).
+    pub fn url(&self, base: &reqwest::Url) -> reqwest::Url {
+        let mut url = base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(&self.path);
+        }
+        if !self.query.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in &self.query {
+                q.append_pair(k, v);
+            }
+        }
+        url
+    }
+
     /// The path and query, percent-encoded (`/v1/tenants/1/domains?x=y`).
     pub fn path_and_query(&self) -> String {
-        path_and_query(self)
-    }
-}
-
-fn path_and_query(call: &Call) -> String {
-    let mut url = reqwest::Url::parse("http://x/").expect("a fixed URL parses");
-    url.path_segments_mut()
-        .expect("an http URL has segments")
-        .pop_if_empty()
-        .extend(&call.path);
-    if !call.query.is_empty() {
-        let mut q = url.query_pairs_mut();
-        for (k, v) in &call.query {
-            q.append_pair(k, v);
+        let url = self.url(&reqwest::Url::parse("http://x/").expect("a fixed URL parses"));
+        match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
         }
-    }
-    match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
     }
 }
 
@@ -133,17 +135,7 @@ impl Transport for Http {
         let token = self.token.as_deref().ok_or_else(|| {
             ClientError::Usage("--server needs a token: pass --token or set RELAYWARD_TOKEN (create one with `relayward token create` on the server)".into())
         })?;
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|_| ClientError::Usage(format!("--server {}: cannot take a path", self.base)))?
-            .pop_if_empty()
-            .extend(&call.path);
-        if !call.query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in &call.query {
-                q.append_pair(k, v);
-            }
-        }
+        let url = call.url(&self.base);
         let mut request = self.http.request(call.method, url).bearer_auth(token);
         if let Some(body) = call.body {
             request = request

@@ -134,35 +134,41 @@ impl Control {
         &self,
         tenant: &Tenant,
         state: TenantState,
+        forwarded: &[String],
     ) -> ControlResult<(Vec<String>, bool)> {
         use relayward_policy::unblock;
+        let strings = |(items, can): (Vec<unblock::ChecklistItem>, bool)| {
+            (items.iter().map(ToString::to_string).collect(), can)
+        };
         if !matches!(
             state,
             TenantState::BlockedUnregistered | TenantState::UnderReview | TenantState::Probation
         ) {
-            let (items, can) = unblock::checklist(state, &[], &[], "");
-            return Ok((items.iter().map(ToString::to_string).collect(), can));
+            return Ok(strings(unblock::checklist(state, &[], &[], "")));
         }
-        // Through the API the request itself is the attestation: only the evidence's domains
-        // are left to check.
-        let missing = way_back::unblock_checklist(
-            &*self.store,
-            tenant,
-            &unblock::Attestation::all(Vec::new()),
-        )
-        .await
-        .map_err(internal)?;
         let evidence = way_back::latest_block_evidence(&*self.store, tenant)
             .await
             .map_err(internal)?;
+        let domains = self
+            .store
+            .list_domains(Some(tenant.id))
+            .await
+            .map_err(internal)?;
+        // Through the API the request itself is the attestation: only the evidence's domains
+        // are left to check.
+        let missing = unblock::missing(
+            evidence.as_ref(),
+            &domains,
+            forwarded,
+            &unblock::Attestation::all(Vec::new()),
+        );
         let spam = evidence.map_or(Vec::new(), |e| unblock::split_domains(&e).1);
-        let (items, can) = unblock::checklist(
+        Ok(strings(unblock::checklist(
             state,
             &missing,
             &spam,
             &format!("POST /v1/tenants/{}/request-unblock", tenant.id),
-        );
-        Ok((items.iter().map(ToString::to_string).collect(), can))
+        )))
     }
 
     fn message(env: &Envelope) -> QueuedMessage {
@@ -364,7 +370,9 @@ impl RelayControl for Control {
                 )
             })
             .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.evidence).ok());
-        let (checklist, can_request_unblock) = self.checklist(&t, state).await?;
+        let forwarded_domains = self.store.forwarded_domains(t.id).await.map_err(internal)?;
+        let (checklist, can_request_unblock) =
+            self.checklist(&t, state, &forwarded_domains).await?;
         let reputation = match &self.relay {
             Relay::Live { abuse, .. } => abuse.reputation_status(t.id),
             Relay::Offline { config, .. } => {
@@ -373,7 +381,6 @@ impl RelayControl for Control {
                     .map_err(internal)?
             }
         };
-        let forwarded_domains = self.store.forwarded_domains(t.id).await.map_err(internal)?;
         let refusal_reply = if state.blocks_all() {
             Some(relayward_core::reply::TENANT_BLOCKED.to_string())
         } else if state.blocks_unregistered() {
