@@ -139,6 +139,7 @@ pub trait RelayControl: Send + Sync + 'static {
             name: "relay".into(),
             ok: false,
             detail: Some("the relay is not running".into()),
+            optional: false,
         }]
     }
 }

@@ -40,6 +40,33 @@ pub struct Config {
     /// recipients stay suppressed (relayward_policy::reputation::ReputationConfig has every key
     /// and its default).
     pub reputation: relayward_policy::reputation::ReputationConfig,
+    /// Cluster-wide counting and state changes through Redis (crate::cluster); none: this
+    /// node counts on its own.
+    pub counters: CountersSection,
+}
+
+/// `[counters]`: where the nodes of a cluster share their counts and announce state changes.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CountersSection {
+    /// `redis://host[:port][/db]` (or `rediss://`). Unset: counts and limits are this node's.
+    #[serde(serialize_with = "redacted_url")]
+    pub url: Option<String>,
+    /// How often a node merges its counts with the cluster's, at most. Default 100.
+    pub sync_ms: u64,
+    /// Prefix of every key and channel, so that several clusters can share one Redis.
+    /// Default `relayward:`.
+    pub key_prefix: String,
+}
+
+impl Default for CountersSection {
+    fn default() -> Self {
+        CountersSection {
+            url: None,
+            sync_ms: 100,
+            key_prefix: "relayward:".into(),
+        }
+    }
 }
 
 /// `[metrics]`: what `GET /metrics` on the admin listener shows (crate::metrics).
@@ -69,6 +96,7 @@ impl Default for Config {
             dkim: crate::dkim::DkimSection::default(),
             metrics: MetricsConfig::default(),
             scan: crate::scan::ScanConfig::default(),
+            counters: CountersSection::default(),
         }
     }
 }
@@ -147,6 +175,9 @@ pub struct ServerConfig {
     pub directory_poll_ms: u64,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// This node's name in a cluster: trace events, `Received:` headers, `GET /v1/nodes`.
+    /// Default: the host name. `relayward serve --node-name` overrides it.
+    pub node_name: Option<String>,
     /// How often the abuse detector re-evaluates tenants without traffic (warned and probation
     /// tenants return to active only on such a pass) and expires idle counters.
     pub detector_interval_ms: u64,
@@ -159,6 +190,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./relayward-data"),
             directory_poll_ms: 1000,
             log_format: "text".into(),
+            node_name: None,
             detector_interval_ms: 5000,
         }
     }
@@ -196,7 +228,8 @@ impl Default for ListenerConfig {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Default: `sqlite://<data_dir>/relayward.db`.
+    /// Default: `sqlite://<data_dir>/relayward.db`; `postgres://user@host/db` for a cluster.
+    #[serde(serialize_with = "redacted_url")]
     pub url: Option<String>,
 }
 
@@ -374,9 +407,36 @@ impl Config {
                 );
             }
         }
+        if let Some(url) = &self.counters.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                anyhow::bail!(
+                    "counters.url must be a redis:// or rediss:// URL, not {:?}",
+                    redact_url(url)
+                );
+            }
+            if self.counters.sync_ms == 0 || self.counters.sync_ms > 1000 {
+                anyhow::bail!("counters.sync_ms must be between 1 and 1000");
+            }
+        }
+        if let Some(name) = &self.server.node_name {
+            crate::cluster::check_node_name(name)
+                .map_err(|e| anyhow::anyhow!("server.node_name: {e}"))?;
+        }
         crate::forwarding::validate(self)?;
         crate::egress::validate(&self.egress_pools)?;
         Ok(())
+    }
+
+    /// This node's name: `[server] node_name`, else the host name, else `relayward`.
+    pub fn node_name(&self) -> String {
+        if let Some(n) = self.server.node_name.as_deref().filter(|n| !n.is_empty()) {
+            return n.to_string();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "relayward".into())
     }
 
     pub fn store_url(&self) -> String {
@@ -440,6 +500,28 @@ impl Config {
 pub fn redacted_opt<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(_) => s.serialize_str("<set>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// A URL without the password of its user part (`redis://:secret@host` shows as
+/// `redis://<set>@host`).
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://<set>@{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+pub fn redacted_url<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(u) => s.serialize_str(&redact_url(u)),
         None => s.serialize_none(),
     }
 }

@@ -4,6 +4,7 @@
 pub mod abuse;
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod clock;
 pub mod config;
 pub mod dkim;

@@ -36,7 +36,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the relay
-    Serve,
+    Serve {
+        /// This node's name in a cluster (trace events, Received headers, GET /v1/nodes);
+        /// default: `[server] node_name`, else the host name
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
+    },
     #[command(flatten)]
     Admin(cli::AdminCmd),
     /// SRS: the SRS domain's DKIM key, rewriting and reversing addresses by hand
@@ -87,8 +92,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match (cli.command, cli.server.as_deref()) {
-            (Command::Serve, None) => serve::run(config).await,
-            (Command::Serve, Some(_)) => {
+            (Command::Serve { node_name }, None) => {
+                let mut config = config;
+                if let Some(name) = node_name {
+                    relayward::cluster::check_node_name(&name)
+                        .map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+                    config.server.node_name = Some(name);
+                }
+                serve::run(config).await
+            }
+            (Command::Serve { .. }, Some(_)) => {
                 Err(anyhow::anyhow!("serve runs the relay here: drop --server"))
             }
             (Command::Srs(c), None) => relayward::forwarding::srs_command(&config, c).await,

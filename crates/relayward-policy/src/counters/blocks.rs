@@ -221,6 +221,18 @@ impl Stamps {
     }
 }
 
+impl Stamps {
+    /// [`Stamps::counts`] of the union of `self` and `other` (same frame): the later stamp of
+    /// each slot.
+    pub(super) fn union_counts(&self, other: &Stamps, rel: u16) -> [u32; 3] {
+        let mut u = Stamps::new();
+        for ((o, a), b) in u.slots.iter_mut().zip(&self.slots).zip(&other.slots) {
+            *o = (*a).max(*b);
+        }
+        u.counts(rel)
+    }
+}
+
 /// Recipients of a tenant's unregistered mail by the clock hour they were last seen: a
 /// direct-mapped table of 1,024 slots (4 KB), each a 16-bit fingerprint, a 15-bit hour and a
 /// flag saying the recipient had been seen in an hour before that one. A slot is overwritten by
@@ -339,6 +351,8 @@ pub(super) struct Compact {
     pub(super) day: Pair<DAY_MS>,
     pub(super) last_seen_ms: i64,
     pub(super) alerted_until_ms: i64,
+    /// Counted since the last export of the cluster share.
+    pub(super) dirty: bool,
 }
 
 impl Compact {
@@ -349,6 +363,7 @@ impl Compact {
             day: Pair::NEW,
             last_seen_ms: now_ms,
             alerted_until_ms: i64::MIN,
+            dirty: false,
         }
     }
 
@@ -357,6 +372,7 @@ impl Compact {
         self.hour.add(now_ms, d, bits);
         self.day.add(now_ms, d, bits);
         self.last_seen_ms = self.last_seen_ms.max(now_ms);
+        self.dirty = true;
     }
 
     pub(super) fn windows(&self, now_ms: i64) -> Windows {

@@ -18,8 +18,8 @@ use super::tenant::*;
 use super::{HOUR_MS, SECOND_MS};
 
 #[derive(Debug, Default)]
-struct Shard {
-    tenants: HashMap<TenantId, TenantEntry>,
+pub(super) struct Shard {
+    pub(super) tenants: HashMap<TenantId, TenantEntry>,
     /// Kept apart from the tenant entries: a restriction outlives idle expiry and eviction.
     restrictions: HashMap<TenantId, HashMap<Box<str>, SenderRestriction>>,
 }
@@ -28,7 +28,7 @@ struct Shard {
 #[derive(Debug)]
 pub struct InProcessCounters {
     cfg: CountersConfig,
-    shards: Box<[Mutex<Shard>]>,
+    pub(super) shards: Box<[Mutex<Shard>]>,
 }
 
 impl InProcessCounters {
@@ -44,7 +44,7 @@ impl InProcessCounters {
         &self.cfg
     }
 
-    fn shard(&self, tenant: TenantId) -> MutexGuard<'_, Shard> {
+    pub(super) fn shard(&self, tenant: TenantId) -> MutexGuard<'_, Shard> {
         // Fibonacci hashing spreads sequential ids over the shards.
         let h = (tenant.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let i = ((h >> 32) % self.shards.len() as u64) as usize;
@@ -390,6 +390,20 @@ impl Counters for InProcessCounters {
             usage.external_recipients_last_hour = s.hour.estimate(now_ms).external_recipients;
             usage.recipients_last_day = s.day.estimate(now_ms).recipients;
             usage.alerted_until_ms = (s.alerted_until_ms > now_ms).then_some(s.alerted_until_ms);
+        }
+        // In a cluster, what the other nodes counted for the same sender.
+        if let Some(others) = shard
+            .tenants
+            .get(&tenant)
+            .and_then(|e| e.remote.as_ref())
+            .and_then(|r| r.senders.get(sender))
+        {
+            for s in others {
+                usage.messages_last_minute += s.minute.estimate(now_ms).messages;
+                usage.external_recipients_last_hour +=
+                    s.hour.estimate(now_ms).external_recipients;
+                usage.recipients_last_day += s.day.estimate(now_ms).recipients;
+            }
         }
         usage
     }

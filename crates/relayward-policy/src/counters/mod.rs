@@ -52,6 +52,7 @@ mod blocks;
 mod config;
 mod events;
 mod in_process;
+mod share;
 mod tenant;
 
 pub use crate::remote_reply::{classify_remote_reply, RemoteClass};
@@ -61,6 +62,7 @@ pub use events::{
     RemoteReplyEvent, SenderUsage, SeriesPoint, Snapshot, WindowStats, Windows,
 };
 pub use in_process::InProcessCounters;
+pub use share::{OtherShares, TenantShare, SHARE_FORMAT};
 
 pub const SECOND_MS: i64 = 1_000;
 pub const MINUTE_MS: i64 = 60 * SECOND_MS;

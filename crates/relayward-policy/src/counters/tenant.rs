@@ -9,6 +9,7 @@ use relayward_core::ConnectorId;
 use crate::evidence::{RecentTopK, RejectionSample, Ring, Sample};
 
 use super::blocks::*;
+use super::share::Remote;
 use super::config::CountersConfig;
 use super::events::{Baseline, Windows};
 use super::{HOUR_MS, MINUTE_MS, SECOND_MS};
@@ -155,6 +156,10 @@ pub(super) struct TenantEntry {
     pub(super) rejections: Option<Box<Ring<RejectionSample>>>,
     pub(super) connectors: Vec<(ConnectorId, Compact)>,
     pub(super) senders: HashMap<Box<str>, Compact>,
+    /// Counted since the last export of the cluster share (`share.rs`).
+    pub(super) dirty: bool,
+    /// What the other nodes of a cluster counted (`share.rs`); `None` on a single node.
+    pub(super) remote: Option<Box<Remote>>,
 }
 
 impl TenantEntry {
@@ -174,6 +179,8 @@ impl TenantEntry {
             rejections: None,
             connectors: Vec::new(),
             senders: HashMap::new(),
+            dirty: false,
+            remote: None,
         }
     }
 
@@ -190,6 +197,9 @@ impl TenantEntry {
                 s.recipients.shift(shift);
                 s.dkim_domains.shift(shift);
             }
+            if let Some(r) = &mut self.remote {
+                r.shift(shift);
+            }
             self.base_tick = new_base;
         }
         (tick - self.base_tick + 1) as u16
@@ -201,13 +211,17 @@ impl TenantEntry {
         // After a long silence only the last week matters: older hours have decayed away.
         let mut h = self.baseline.next_hour.max(current - 24 * 7);
         while h < current {
-            let (m, u) = match u32::try_from(h).ok().and_then(|e| self.day.bucket(e)) {
-                Some(c) => (
-                    c[MESSAGES] as f64,
-                    (c[UNREG_MESSAGES] + c[NULL_MESSAGES]) as f64,
-                ),
-                None => (0.0, 0.0),
-            };
+            // Every node's count of the hour, in a cluster.
+            let epoch = u32::try_from(h).ok();
+            let buckets = [
+                epoch.and_then(|e| self.day.bucket(e)),
+                epoch.and_then(|e| self.remote.as_ref().and_then(|r| r.day.bucket(e))),
+            ];
+            let (mut m, mut u) = (0.0, 0.0);
+            for c in buckets.into_iter().flatten() {
+                m += c[MESSAGES] as f64;
+                u += (c[UNREG_MESSAGES] + c[NULL_MESSAGES]) as f64;
+            }
             let d = self.suspect.as_ref().map_or(0.0, |s| s.clock_hour_count(h));
             self.baseline.push(m, u, d, cfg);
             h += 1;
@@ -216,6 +230,7 @@ impl TenantEntry {
     }
 
     pub(super) fn touch(&mut self, now_ms: i64, cfg: &CountersConfig) -> u16 {
+        self.dirty = true;
         self.last_seen_ms = self.last_seen_ms.max(now_ms);
         self.fold_baseline(now_ms, cfg);
         self.tick(now_ms)
@@ -227,22 +242,44 @@ impl TenantEntry {
         self.day.add(now_ms, d);
     }
 
+    /// The tenant's windows: this node's counts, plus the other nodes' in a cluster.
     pub(super) fn windows(&self, now_ms: i64, rel: u16) -> Windows {
-        let rcpt = self.recipient_domains.counts(rel);
-        let (dom, snd, urc, dkd) = match &self.suspect {
-            Some(s) => (
-                s.domains.counts(rel),
-                s.senders.counts(rel),
-                s.recipients.counts(rel),
-                s.dkim_domains.counts(rel),
-            ),
-            None => ([0; 3], [0; 3], [0; 3], [0; 3]),
+        let remote = self.remote.as_deref();
+        // Distinct counts over the union of this node's bitmap and the others'.
+        let counts = |local: Option<&Stamps>, kind: usize| -> [u32; 3] {
+            match (local, remote) {
+                (Some(l), Some(r)) => l.union_counts(&r.stamps[kind], rel),
+                (Some(l), None) => l.counts(rel),
+                (None, Some(r)) => r.stamps[kind].counts(rel),
+                (None, None) => [0; 3],
+            }
         };
+        let s = self.suspect.as_deref();
+        let dom = counts(s.map(|s| &s.domains), 0);
+        let snd = counts(s.map(|s| &s.senders), 1);
+        let rcpt = counts(Some(&self.recipient_domains), 2);
+        let urc = counts(s.map(|s| &s.recipients), 3);
+        let dkd = counts(s.map(|s| &s.dkim_domains), 4);
         let d = |i: usize| [dom[i], snd[i], rcpt[i], urc[i], dkd[i]];
+        let mut sums = [
+            self.minute.sum(now_ms),
+            self.hour.sum(now_ms),
+            self.day.sum(now_ms),
+        ];
+        if let Some(r) = remote {
+            for (sum, theirs) in sums
+                .iter_mut()
+                .zip([r.minute.sum(now_ms), r.hour.sum(now_ms), r.day.sum(now_ms)])
+            {
+                for (a, b) in sum.iter_mut().zip(theirs) {
+                    *a += b;
+                }
+            }
+        }
         Windows {
-            minute: stats(&self.minute.sum(now_ms), d(0)),
-            hour: stats(&self.hour.sum(now_ms), d(1)),
-            day: stats(&self.day.sum(now_ms), d(2)),
+            minute: stats(&sums[0], d(0)),
+            hour: stats(&sums[1], d(1)),
+            day: stats(&sums[2], d(2)),
         }
     }
 

@@ -158,6 +158,8 @@ pub struct Abuse {
     reputation: relayward_policy::reputation::Reputation,
     /// When the reputation counts were last written to the store (ms).
     last_reputation_write: AtomicI64,
+    /// The cluster's Redis, to announce the changes this node makes (cluster mode only).
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     /// The suppression lists: hard bounces and complaints add to them.
     suppressions: Arc<crate::suppression::Suppressions>,
 }
@@ -236,6 +238,7 @@ impl Abuse {
             dkim,
             reputation: relayward_policy::reputation::Reputation::new(config.reputation.clone()),
             last_reputation_write: AtomicI64::new(0),
+            cluster: OnceLock::new(),
             suppressions,
         });
         tokio::spawn(worker(Arc::downgrade(&abuse), rx));
@@ -246,6 +249,22 @@ impl Abuse {
     pub fn set_scheduler(&self, scheduler: Arc<Scheduler>) {
         self.alerts.set_scheduler(scheduler.clone());
         let _ = self.scheduler.set(scheduler);
+    }
+
+    /// In cluster mode: the link its changes are announced through.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Tells the other nodes of a cluster that the directory is now at `version`.
+    pub(crate) fn announce(&self, version: i64) {
+        if let Some(c) = self.cluster.get() {
+            c.announce(version);
+        }
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -60,6 +60,7 @@ impl Abuse {
             // Still applied in memory; the next restart starts from the store's state.
             return;
         };
+        self.announce(version);
         if let Some(o) = lock(&self.overrides).get_mut(&t.tenant) {
             if o.state == t.to {
                 o.version = Some(version);

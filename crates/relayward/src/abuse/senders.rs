@@ -112,7 +112,12 @@ impl Abuse {
                 reason: r.reason.clone(),
             };
             let id = match me.store.add_sender_restriction(&record, "detector").await {
-                Ok(id) => id,
+                Ok(id) => {
+                    if let Ok(v) = me.store.directory_version().await {
+                        me.announce(v);
+                    }
+                    id
+                }
                 Err(e) => {
                     tracing::error!(sender = %key, error = %e, "sender restriction not stored");
                     0

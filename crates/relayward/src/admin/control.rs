@@ -655,6 +655,7 @@ impl RelayControl for Control {
             name: "listeners".into(),
             ok: down.is_empty() && !listeners.is_empty(),
             detail: (!down.is_empty()).then(|| format!("not accepting: {}", down.join(", "))),
+            optional: false,
         };
         let spool = spool.clone();
         let probe = tokio::task::spawn_blocking(move || spool.probe_writable())
@@ -664,8 +665,22 @@ impl RelayControl for Control {
             name: "spool".into(),
             ok: probe.is_ok(),
             detail: probe.err().map(|e| format!("not writable: {e}")),
+            optional: false,
         };
-        vec![listeners, spool]
+        let mut checks = vec![listeners, spool];
+        if let Relay::Live { abuse, .. } = &self.relay {
+            if let Some(c) = abuse.cluster() {
+                checks.push(Check {
+                    name: "shared_counters".into(),
+                    ok: c.is_up(),
+                    detail: c
+                        .problem()
+                        .map(|p| format!("unreachable, counting on this node alone: {p}")),
+                    optional: true,
+                });
+            }
+        }
+        checks
     }
 
     fn sender_limit_verdict(

@@ -72,6 +72,7 @@ async fn reload_after_change(
     let response = next.run(request).await;
     if changes && response.status().is_success() {
         reload.if_changed().await;
+        reload.announce();
     }
     response
 }

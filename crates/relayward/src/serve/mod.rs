@@ -176,6 +176,24 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         Duration::from_millis(config.server.directory_poll_ms.max(100)),
         shutdown_rx.clone(),
     ));
+    if let Some(cluster) = crate::cluster::Cluster::new(&config.counters, &config.node_name())? {
+        tracing::info!(node = cluster.node(), "cluster mode: counts and state changes shared through Redis");
+        abuse.set_cluster(cluster.clone());
+        tokio::spawn(cluster.clone().sync_counters(
+            abuse.counters().clone(),
+            options.clock.clone(),
+            Duration::from_millis(config.counters.sync_ms.max(1)),
+            shutdown_rx.clone(),
+        ));
+        let on_change = reload.clone();
+        tokio::spawn(cluster.clone().listen(
+            move || {
+                let r = on_change.clone();
+                async move { r.if_changed().await }
+            },
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(detector_ticks(
         abuse.clone(),
         Duration::from_millis(config.server.detector_interval_ms.max(100)),
@@ -479,6 +497,11 @@ impl DirectoryReload {
             abuse,
             running: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Tells the other nodes of a cluster about a change made here (admin API).
+    pub(crate) fn announce(&self) {
+        self.abuse.announce(self.directory.current().version);
     }
 
     pub(crate) async fn if_changed(&self) {
