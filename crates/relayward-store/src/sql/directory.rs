@@ -1,17 +1,18 @@
 //! Tenants, accepted domains, header-from allowances and the directory snapshot a running relay
-//! loads. Every change runs in a `BEGIN IMMEDIATE` transaction, writes its audit entry and bumps
-//! the directory version.
+//! loads. Every change runs in a write transaction (`begin_write`), writes its audit entry and
+//! bumps the directory version.
 
 use relayward_core::{
     now, AcceptedDomain, ConnectorId, DirectoryData, DomainId, HeaderFromAllowed, Tenant, TenantId,
     TenantState,
 };
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
 use super::audit::audit_and_bump;
 use super::connectors::{connector_cols, connector_from_row};
-use super::{parse_col, rows_by_tenant, SqliteStore};
+use super::{
+    begin_snapshot, begin_write, for_update, parse_col, rows_by_tenant, Backend, DbConn, DbRow,
+};
 use crate::{NewDomain, Result, StoreError};
 
 macro_rules! tenant_cols {
@@ -27,7 +28,7 @@ macro_rules! domain_cols {
     };
 }
 
-fn tenant_from_row(row: &SqliteRow) -> Result<Tenant> {
+fn tenant_from_row(row: &DbRow) -> Result<Tenant> {
     let emails: String = row.try_get("admin_emails")?;
     Ok(Tenant {
         id: row.try_get("id")?,
@@ -39,7 +40,7 @@ fn tenant_from_row(row: &SqliteRow) -> Result<Tenant> {
     })
 }
 
-fn domain_from_row(row: &SqliteRow) -> Result<AcceptedDomain> {
+fn domain_from_row(row: &DbRow) -> Result<AcceptedDomain> {
     Ok(AcceptedDomain {
         id: row.try_get("id")?,
         tenant_id: row.try_get("tenant_id")?,
@@ -53,11 +54,11 @@ fn domain_from_row(row: &SqliteRow) -> Result<AcceptedDomain> {
     })
 }
 
-async fn tenant_by_id(conn: &mut SqliteConnection, id: TenantId) -> Result<Option<Tenant>> {
+async fn tenant_by_id(conn: &mut DbConn, id: TenantId) -> Result<Option<Tenant>> {
     sqlx::query(concat!(
         "SELECT ",
         tenant_cols!(),
-        " FROM tenants WHERE id = ?"
+        " FROM tenants WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -67,17 +68,37 @@ async fn tenant_by_id(conn: &mut SqliteConnection, id: TenantId) -> Result<Optio
     .transpose()
 }
 
-pub(super) async fn require_tenant(conn: &mut SqliteConnection, id: TenantId) -> Result<Tenant> {
+pub(super) async fn require_tenant(conn: &mut DbConn, id: TenantId) -> Result<Tenant> {
     tenant_by_id(conn, id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("tenant {id}")))
 }
 
-async fn domain_by_id(conn: &mut SqliteConnection, id: DomainId) -> Result<Option<AcceptedDomain>> {
+/// [`require_tenant`] for a transaction that changes the tenant's row after reading it: the row
+/// stays locked until the transaction ends.
+pub(super) async fn lock_tenant(conn: &mut DbConn, id: TenantId) -> Result<Tenant> {
+    sqlx::query(concat!(
+        "SELECT ",
+        tenant_cols!(),
+        " FROM tenants WHERE id = $1",
+        for_update!()
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(tenant_from_row)
+    .transpose()?
+    .ok_or_else(|| StoreError::NotFound(format!("tenant {id}")))
+}
+
+/// A domain, locked until the transaction ends (it is about to be changed).
+async fn lock_domain(conn: &mut DbConn, id: DomainId) -> Result<Option<AcceptedDomain>> {
     sqlx::query(concat!(
         "SELECT ",
         domain_cols!(),
-        " FROM accepted_domains WHERE id = ?"
+        " FROM accepted_domains WHERE id = $1",
+        for_update!()
     ))
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -89,12 +110,12 @@ async fn domain_by_id(conn: &mut SqliteConnection, id: DomainId) -> Result<Optio
 
 /// Is `domain` verified by a tenant other than `tenant`?
 async fn verified_elsewhere(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     tenant: TenantId,
     domain: &str,
 ) -> Result<bool> {
     let row = sqlx::query(
-        "SELECT id FROM accepted_domains WHERE domain = ? AND verified = ? AND tenant_id <> ?",
+        "SELECT id FROM accepted_domains WHERE domain = $1 AND verified = $2 AND tenant_id <> $3",
     )
     .bind(domain)
     .bind(true)
@@ -104,7 +125,7 @@ async fn verified_elsewhere(
     Ok(row.is_some())
 }
 
-fn header_from_from_row(row: &SqliteRow) -> Result<HeaderFromAllowed> {
+fn header_from_from_row(row: &DbRow) -> Result<HeaderFromAllowed> {
     Ok(HeaderFromAllowed {
         tenant_id: row.try_get("tenant_id")?,
         domain: row.try_get("domain")?,
@@ -125,7 +146,7 @@ fn verification_token() -> String {
 }
 
 pub(super) async fn create_tenant(
-    store: &SqliteStore,
+    store: &Backend,
     name: &str,
     admin_emails: &[String],
     actor: &str,
@@ -137,28 +158,24 @@ pub(super) async fn create_tenant(
     let emails = serde_json::to_string(admin_emails)
         .map_err(|e| StoreError::Invalid(format!("admin emails: {e}")))?;
     let created_at = now();
-    let mut tx = store.write_tx().await?;
-    let dup = sqlx::query("SELECT id FROM tenants WHERE name = ?")
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if dup.is_some() {
-        return Err(StoreError::Conflict(format!(
-            "tenant {name} already exists"
-        )));
-    }
-    let id: i64 = sqlx::query(
+    let mut tx = begin_write(&store.pool).await?;
+    // No row back: the name is taken (also when another node took it a moment ago).
+    let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO tenants (name, state, admin_emails, created_at, created_by) \
-         VALUES (?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING RETURNING id",
     )
     .bind(name)
     .bind(TenantState::Active.as_str())
     .bind(&emails)
     .bind(created_at)
     .bind(actor)
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get("id")?;
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else {
+        return Err(StoreError::Conflict(format!(
+            "tenant {name} already exists"
+        )));
+    };
     let detail = if admin_emails.is_empty() {
         "created".to_string()
     } else {
@@ -183,7 +200,7 @@ pub(super) async fn create_tenant(
     })
 }
 
-pub(super) async fn list_tenants(store: &SqliteStore) -> Result<Vec<Tenant>> {
+pub(super) async fn list_tenants(store: &Backend) -> Result<Vec<Tenant>> {
     sqlx::query(concat!(
         "SELECT ",
         tenant_cols!(),
@@ -196,17 +213,17 @@ pub(super) async fn list_tenants(store: &SqliteStore) -> Result<Vec<Tenant>> {
     .collect()
 }
 
-pub(super) async fn get_tenant(store: &SqliteStore, id: TenantId) -> Result<Option<Tenant>> {
+pub(super) async fn get_tenant(store: &Backend, id: TenantId) -> Result<Option<Tenant>> {
     let mut conn = store.pool.acquire().await?;
     tenant_by_id(&mut conn, id).await
 }
 
-pub(super) async fn find_tenant(store: &SqliteStore, name_or_id: &str) -> Result<Option<Tenant>> {
+pub(super) async fn find_tenant(store: &Backend, name_or_id: &str) -> Result<Option<Tenant>> {
     let mut conn = store.pool.acquire().await?;
     let row = sqlx::query(concat!(
         "SELECT ",
         tenant_cols!(),
-        " FROM tenants WHERE name = ?"
+        " FROM tenants WHERE name = $1"
     ))
     .bind(name_or_id)
     .fetch_optional(&mut *conn)
@@ -223,18 +240,18 @@ pub(super) async fn find_tenant(store: &SqliteStore, name_or_id: &str) -> Result
 }
 
 pub(super) async fn set_tenant_state(
-    store: &SqliteStore,
+    store: &Backend,
     id: TenantId,
     state: TenantState,
     actor: &str,
     reason: &str,
 ) -> Result<()> {
     let at = now();
-    let mut tx = store.write_tx().await?;
-    let tenant = require_tenant(&mut tx, id).await?;
+    let mut tx = begin_write(&store.pool).await?;
+    let tenant = lock_tenant(&mut tx, id).await?;
     sqlx::query(
-        "UPDATE tenants SET state = ?, state_changed_at = ?, state_changed_by = ?, \
-         state_reason = ? WHERE id = ?",
+        "UPDATE tenants SET state = $1, state_changed_at = $2, state_changed_by = $3, \
+         state_reason = $4 WHERE id = $5",
     )
     .bind(state.as_str())
     .bind(at)
@@ -262,7 +279,7 @@ pub(super) async fn set_tenant_state(
 }
 
 pub(super) async fn add_domain(
-    store: &SqliteStore,
+    store: &Backend,
     domain: NewDomain,
     actor: &str,
 ) -> Result<AcceptedDomain> {
@@ -280,9 +297,9 @@ pub(super) async fn add_domain(
     let token = verification_token();
     let created_at = now();
     let verified_at = domain.verified.then_some(created_at);
-    let mut tx = store.write_tx().await?;
+    let mut tx = begin_write(&store.pool).await?;
     let tenant = require_tenant(&mut tx, domain.tenant_id).await?;
-    let dup = sqlx::query("SELECT id FROM accepted_domains WHERE tenant_id = ? AND domain = ?")
+    let dup = sqlx::query("SELECT id FROM accepted_domains WHERE tenant_id = $1 AND domain = $2")
         .bind(tenant.id)
         .bind(name)
         .fetch_optional(&mut *tx)
@@ -301,7 +318,7 @@ pub(super) async fn add_domain(
     let id: i64 = sqlx::query(
         "INSERT INTO accepted_domains (tenant_id, domain, kind, match_subdomains, verified, \
          verification_token, created_at, created_by, verified_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(tenant.id)
     .bind(name)
@@ -354,16 +371,16 @@ pub(super) async fn add_domain(
 }
 
 pub(super) async fn list_domains(
-    store: &SqliteStore,
+    store: &Backend,
     tenant: Option<TenantId>,
 ) -> Result<Vec<AcceptedDomain>> {
     let rows = rows_by_tenant(
-        store,
+        &store.pool,
         tenant,
         concat!(
             "SELECT ",
             domain_cols!(),
-            " FROM accepted_domains WHERE tenant_id = ? ORDER BY domain, id"
+            " FROM accepted_domains WHERE tenant_id = $1 ORDER BY domain, id"
         ),
         concat!(
             "SELECT ",
@@ -376,14 +393,14 @@ pub(super) async fn list_domains(
 }
 
 pub(super) async fn get_domain(
-    store: &SqliteStore,
+    store: &Backend,
     tenant: TenantId,
     domain: &str,
 ) -> Result<Option<AcceptedDomain>> {
     sqlx::query(concat!(
         "SELECT ",
         domain_cols!(),
-        " FROM accepted_domains WHERE tenant_id = ? AND domain = ?"
+        " FROM accepted_domains WHERE tenant_id = $1 AND domain = $2"
     ))
     .bind(tenant)
     .bind(domain)
@@ -395,14 +412,14 @@ pub(super) async fn get_domain(
 }
 
 pub(super) async fn set_domain_verified(
-    store: &SqliteStore,
+    store: &Backend,
     id: DomainId,
     verified: bool,
     actor: &str,
 ) -> Result<()> {
     let at = now();
-    let mut tx = store.write_tx().await?;
-    let old = domain_by_id(&mut tx, id)
+    let mut tx = begin_write(&store.pool).await?;
+    let old = lock_domain(&mut tx, id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("domain {id}")))?;
     if verified && verified_elsewhere(&mut tx, old.tenant_id, &old.domain).await? {
@@ -416,7 +433,7 @@ pub(super) async fn set_domain_verified(
         (true, true) => old.verified_at.or(Some(at)),
         (true, false) => Some(at),
     };
-    sqlx::query("UPDATE accepted_domains SET verified = ?, verified_at = ? WHERE id = ?")
+    sqlx::query("UPDATE accepted_domains SET verified = $1, verified_at = $2 WHERE id = $3")
         .bind(verified)
         .bind(verified_at)
         .bind(id)
@@ -441,12 +458,12 @@ pub(super) async fn set_domain_verified(
     Ok(())
 }
 
-pub(super) async fn remove_domain(store: &SqliteStore, id: DomainId, actor: &str) -> Result<()> {
-    let mut tx = store.write_tx().await?;
-    let old = domain_by_id(&mut tx, id)
+pub(super) async fn remove_domain(store: &Backend, id: DomainId, actor: &str) -> Result<()> {
+    let mut tx = begin_write(&store.pool).await?;
+    let old = lock_domain(&mut tx, id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("domain {id}")))?;
-    sqlx::query("DELETE FROM accepted_domains WHERE id = ?")
+    sqlx::query("DELETE FROM accepted_domains WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -468,16 +485,16 @@ pub(super) async fn remove_domain(store: &SqliteStore, id: DomainId, actor: &str
     Ok(())
 }
 
-pub(super) async fn directory_version(store: &SqliteStore) -> Result<i64> {
+pub(super) async fn directory_version(store: &Backend) -> Result<i64> {
     let row = sqlx::query("SELECT version FROM directory_version WHERE id = 1")
         .fetch_one(&store.pool)
         .await?;
     Ok(row.try_get("version")?)
 }
 
-pub(super) async fn load_directory(store: &SqliteStore) -> Result<DirectoryData> {
-    // One read transaction: in WAL mode it sees a single snapshot of the database.
-    let mut tx = store.pool.begin().await?;
+pub(super) async fn load_directory(store: &Backend) -> Result<DirectoryData> {
+    // One snapshot: the version and the rows that make it.
+    let mut tx = begin_snapshot(&store.pool).await?;
     let version: i64 = sqlx::query("SELECT version FROM directory_version WHERE id = 1")
         .fetch_one(&mut *tx)
         .await?
@@ -532,12 +549,12 @@ pub(super) async fn load_directory(store: &SqliteStore) -> Result<DirectoryData>
 }
 
 pub(super) async fn allow_header_from(
-    store: &SqliteStore,
+    store: &Backend,
     a: &HeaderFromAllowed,
     actor: &str,
 ) -> Result<()> {
-    let mut tx = store.write_tx().await?;
-    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = ?")
+    let mut tx = begin_write(&store.pool).await?;
+    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
         .bind(a.tenant_id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -546,7 +563,7 @@ pub(super) async fn allow_header_from(
     }
     if let Some(c) = a.connector_id {
         let owned: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM connectors WHERE id = ? AND tenant_id = ?")
+            sqlx::query_scalar("SELECT id FROM connectors WHERE id = $1 AND tenant_id = $2")
                 .bind(c)
                 .bind(a.tenant_id)
                 .fetch_optional(&mut *tx)
@@ -557,7 +574,7 @@ pub(super) async fn allow_header_from(
     }
     let added = sqlx::query(
         "INSERT INTO header_from_allowed (tenant_id, domain, connector_id, declared_at, declared_by) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
     )
     .bind(a.tenant_id)
     .bind(&a.domain)
@@ -594,16 +611,16 @@ pub(super) async fn allow_header_from(
 }
 
 pub(super) async fn disallow_header_from(
-    store: &SqliteStore,
+    store: &Backend,
     tenant: TenantId,
     domain: &str,
     connector: Option<ConnectorId>,
     actor: &str,
 ) -> Result<()> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = begin_write(&store.pool).await?;
     let removed = sqlx::query(
-        "DELETE FROM header_from_allowed WHERE tenant_id = ? AND domain = ? \
-         AND IFNULL(connector_id, 0) = IFNULL(?, 0)",
+        "DELETE FROM header_from_allowed WHERE tenant_id = $1 AND domain = $2 \
+         AND COALESCE(connector_id, 0) = COALESCE($3, 0)",
     )
     .bind(tenant)
     .bind(domain)
@@ -628,12 +645,13 @@ pub(super) async fn disallow_header_from(
 }
 
 pub(super) async fn list_header_from_allowed(
-    store: &SqliteStore,
+    store: &Backend,
     tenant: TenantId,
 ) -> Result<Vec<HeaderFromAllowed>> {
     let rows = sqlx::query(
         "SELECT tenant_id, domain, connector_id, declared_at, declared_by \
-         FROM header_from_allowed WHERE tenant_id = ? ORDER BY domain, connector_id",
+         FROM header_from_allowed WHERE tenant_id = $1 \
+         ORDER BY domain, connector_id NULLS FIRST",
     )
     .bind(tenant)
     .fetch_all(&store.pool)
@@ -641,288 +659,3 @@ pub(super) async fn list_header_from_allowed(
     rows.iter().map(header_from_from_row).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sqlite::tests::{last_audit, new_connector, new_domain, store};
-    use crate::Store;
-    use relayward_core::DomainKind;
-
-    #[tokio::test]
-    async fn tenants_crud_conflict_audit_version() {
-        let (_dir, s, _) = store().await;
-        let v0 = s.directory_version().await.unwrap();
-        let emails = vec!["admin@acme.example".to_string()];
-        let t = s.create_tenant("acme", &emails, "alice").await.unwrap();
-        assert_eq!(t.name, "acme");
-        assert_eq!(t.state, TenantState::Active);
-        assert_eq!(t.admin_emails, emails);
-        assert_eq!(s.directory_version().await.unwrap(), v0 + 1);
-        let a = last_audit(&s).await;
-        assert_eq!(
-            (
-                a.actor.as_str(),
-                a.action.as_str(),
-                a.tenant_id,
-                a.object.as_str()
-            ),
-            ("alice", "tenant.create", Some(t.id), "tenant acme")
-        );
-
-        assert_eq!(s.get_tenant(t.id).await.unwrap(), Some(t.clone()));
-        assert_eq!(s.get_tenant(TenantId(999)).await.unwrap(), None);
-
-        // Duplicate name: conflict, no audit, no bump.
-        let err = s.create_tenant("acme", &[], "alice").await.unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("tenant acme")),
-            "{err}"
-        );
-        assert_eq!(s.directory_version().await.unwrap(), v0 + 1);
-        assert_eq!(s.list_audit(None, 0).await.unwrap().len(), 1);
-        assert!(matches!(
-            s.create_tenant("  ", &[], "alice").await,
-            Err(StoreError::Invalid(_))
-        ));
-
-        // find_tenant: name first, then all-digits id.
-        let t2 = s.create_tenant("42", &[], "alice").await.unwrap();
-        assert_eq!(s.find_tenant("acme").await.unwrap().unwrap().id, t.id);
-        assert_eq!(s.find_tenant("42").await.unwrap().unwrap().id, t2.id);
-        assert_eq!(
-            s.find_tenant(&t.id.to_string()).await.unwrap().unwrap().id,
-            t.id
-        );
-        assert_eq!(s.find_tenant("nope").await.unwrap(), None);
-        assert_eq!(s.find_tenant("").await.unwrap(), None);
-        assert_eq!(s.find_tenant("99999999999999999999").await.unwrap(), None);
-        assert_eq!(s.list_tenants().await.unwrap().len(), 2);
-
-        // State change with reason.
-        let v = s.directory_version().await.unwrap();
-        s.set_tenant_state(
-            t.id,
-            TenantState::BlockedUnregistered,
-            "abuse-detector",
-            "spam burst: 900 msgs/h",
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            s.get_tenant(t.id).await.unwrap().unwrap().state,
-            TenantState::BlockedUnregistered
-        );
-        assert_eq!(s.directory_version().await.unwrap(), v + 1);
-        let a = last_audit(&s).await;
-        assert_eq!(a.actor, "abuse-detector");
-        assert_eq!(a.action, "tenant.state");
-        assert_eq!(a.tenant_id, Some(t.id));
-        assert!(
-            a.detail.contains("active -> blocked_unregistered"),
-            "{}",
-            a.detail
-        );
-        assert!(a.detail.contains("spam burst: 900 msgs/h"), "{}", a.detail);
-
-        let err = s
-            .set_tenant_state(TenantId(7777), TenantState::Active, "op", "x")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, StoreError::NotFound(m) if m == "tenant 7777"),
-            "{err}"
-        );
-        assert_eq!(err.to_string(), "tenant 7777 not found");
-        assert_eq!(s.directory_version().await.unwrap(), v + 1);
-    }
-
-    #[tokio::test]
-    async fn domains_crud_conflicts_audit_version() {
-        let (_dir, s, _) = store().await;
-        let acme = s.create_tenant("acme", &[], "op").await.unwrap();
-        let other = s.create_tenant("other", &[], "op").await.unwrap();
-        let v = s.directory_version().await.unwrap();
-
-        let d = s
-            .add_domain(new_domain(acme.id, "example.com", false), "bob")
-            .await
-            .unwrap();
-        assert!(!d.verified);
-        assert_eq!(d.verified_at, None);
-        assert_eq!(d.verification_token.len(), 32);
-        assert!(d
-            .verification_token
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
-        assert_eq!(s.directory_version().await.unwrap(), v + 1);
-        let a = last_audit(&s).await;
-        assert_eq!(
-            (
-                a.actor.as_str(),
-                a.action.as_str(),
-                a.tenant_id,
-                a.object.as_str()
-            ),
-            ("bob", "domain.add", Some(acme.id), "domain example.com")
-        );
-        assert_eq!(
-            s.get_domain(acme.id, "example.com").await.unwrap(),
-            Some(d.clone())
-        );
-        assert_eq!(s.get_domain(other.id, "example.com").await.unwrap(), None);
-
-        // Same tenant twice: conflict.
-        let err = s
-            .add_domain(new_domain(acme.id, "example.com", false), "bob")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("domain example.com")),
-            "{err}"
-        );
-        // Unknown tenant / not normalized.
-        assert!(matches!(
-            s.add_domain(new_domain(TenantId(555), "x.example", false), "bob").await,
-            Err(StoreError::NotFound(m)) if m == "tenant 555"
-        ));
-        assert!(matches!(
-            s.add_domain(new_domain(acme.id, "Upper.example.", false), "bob")
-                .await,
-            Err(StoreError::Invalid(_))
-        ));
-
-        // Another tenant may claim it (pending) while nobody has it verified...
-        let d2 = s
-            .add_domain(new_domain(other.id, "example.com", false), "carol")
-            .await
-            .unwrap();
-        assert_ne!(d.verification_token, d2.verification_token);
-        // ...acme verifies it...
-        let v = s.directory_version().await.unwrap();
-        s.set_domain_verified(d.id, true, "dns-checker")
-            .await
-            .unwrap();
-        let dv = s.get_domain(acme.id, "example.com").await.unwrap().unwrap();
-        assert!(dv.verified);
-        assert!(dv.verified_at.is_some());
-        assert_eq!(s.directory_version().await.unwrap(), v + 1);
-        let a = last_audit(&s).await;
-        assert_eq!(
-            (a.actor.as_str(), a.action.as_str()),
-            ("dns-checker", "domain.verify")
-        );
-        // ...so the other tenant can no longer verify it, or add it verified.
-        let err = s
-            .set_domain_verified(d2.id, true, "carol")
-            .await
-            .unwrap_err();
-        match &err {
-            StoreError::Conflict(m) => {
-                assert_eq!(
-                    m,
-                    "domain example.com is already verified by another tenant"
-                )
-            }
-            e => panic!("{e}"),
-        }
-        let third = s.create_tenant("third", &[], "op").await.unwrap();
-        assert!(matches!(
-            s.add_domain(new_domain(third.id, "example.com", true), "op")
-                .await,
-            Err(StoreError::Conflict(_))
-        ));
-        assert_eq!(s.directory_version().await.unwrap(), v + 2);
-
-        // Operator-attested domain is verified at once.
-        let d3 = s
-            .add_domain(
-                NewDomain {
-                    kind: DomainKind::InternalRelay,
-                    match_subdomains: true,
-                    ..new_domain(acme.id, "corp.example", true)
-                },
-                "op",
-            )
-            .await
-            .unwrap();
-        assert!(d3.verified && d3.verified_at.is_some());
-        assert_eq!(
-            s.get_domain(acme.id, "corp.example").await.unwrap(),
-            Some(d3.clone())
-        );
-
-        assert_eq!(s.list_domains(Some(acme.id)).await.unwrap().len(), 2);
-        assert_eq!(s.list_domains(Some(other.id)).await.unwrap().len(), 1);
-        assert_eq!(s.list_domains(None).await.unwrap().len(), 3);
-
-        // Unverify, then the other tenant can verify.
-        s.set_domain_verified(d.id, false, "op").await.unwrap();
-        assert_eq!(last_audit(&s).await.action, "domain.unverify");
-        let du = s.get_domain(acme.id, "example.com").await.unwrap().unwrap();
-        assert!(!du.verified && du.verified_at.is_none());
-        s.set_domain_verified(d2.id, true, "carol").await.unwrap();
-
-        // Remove.
-        let v = s.directory_version().await.unwrap();
-        s.remove_domain(d.id, "bob").await.unwrap();
-        assert_eq!(s.get_domain(acme.id, "example.com").await.unwrap(), None);
-        assert_eq!(s.directory_version().await.unwrap(), v + 1);
-        let a = last_audit(&s).await;
-        assert_eq!(
-            (a.actor.as_str(), a.action.as_str(), a.object.as_str()),
-            ("bob", "domain.remove", "domain example.com")
-        );
-        assert!(matches!(
-            s.remove_domain(d.id, "bob").await,
-            Err(StoreError::NotFound(m)) if m == format!("domain {}", d.id)
-        ));
-        assert!(matches!(
-            s.set_domain_verified(d.id, true, "bob").await,
-            Err(StoreError::NotFound(_))
-        ));
-        assert_eq!(s.directory_version().await.unwrap(), v + 1);
-    }
-
-    #[tokio::test]
-    async fn load_directory_and_audit_listing() {
-        let (_dir, s, _) = store().await;
-        let acme = s.create_tenant("acme", &[], "op").await.unwrap();
-        let d = s
-            .add_domain(new_domain(acme.id, "acme.example", true), "op")
-            .await
-            .unwrap();
-        let c = s
-            .add_connector(new_connector(acme.id, "onprem"), "op")
-            .await
-            .unwrap();
-        let dir = s.load_directory().await.unwrap();
-        assert_eq!(dir.version, s.directory_version().await.unwrap());
-        assert_eq!(dir.tenants, vec![acme.clone()]);
-        assert_eq!(dir.domains, vec![d]);
-        assert_eq!(dir.connectors, vec![c]);
-
-        // Free-form audit entries: no version bump.
-        let v = s.directory_version().await.unwrap();
-        s.audit(
-            "op",
-            "queue.hold",
-            Some(acme.id),
-            "queue 123",
-            "held by operator",
-        )
-        .await
-        .unwrap();
-        s.audit("op", "server.start", None, "server", "started")
-            .await
-            .unwrap();
-        assert_eq!(s.directory_version().await.unwrap(), v);
-        let all = s.list_audit(None, 0).await.unwrap();
-        assert_eq!(all.len(), 5);
-        assert_eq!(all[0].action, "server.start");
-        assert!(all.windows(2).all(|w| w[0].id > w[1].id));
-        let mine = s.list_audit(Some(acme.id), 2).await.unwrap();
-        assert_eq!(mine.len(), 2);
-        assert_eq!(mine[0].action, "queue.hold");
-        assert_eq!(mine[1].action, "connector.add");
-    }
-}
