@@ -278,12 +278,14 @@ pub(super) async fn lift_sender_restrictions(
         .map(restriction_from_row)
         .collect::<Result<Vec<_>>>()?;
     for r in &mut rows {
-        sqlx::query("UPDATE sender_restrictions SET lifted_at_ms = $1, lifted_by = $2 WHERE id = $3")
-            .bind(at_ms)
-            .bind(actor)
-            .bind(r.id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE sender_restrictions SET lifted_at_ms = $1, lifted_by = $2 WHERE id = $3",
+        )
+        .bind(at_ms)
+        .bind(actor)
+        .bind(r.id)
+        .execute(&mut *conn)
+        .await?;
         r.lifted_at_ms = Some(at_ms);
         r.lifted_by = Some(actor.to_string());
         audit_and_bump(
@@ -407,4 +409,3 @@ pub(super) async fn forwarded_domains(pool: &DbPool, tenant: TenantId) -> Result
         .map(|r| Ok(r.try_get("domain")?))
         .collect()
 }
-

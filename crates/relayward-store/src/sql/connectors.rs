@@ -100,12 +100,13 @@ async fn check_connector_unique(
     auth_user: Option<&str>,
     except: ConnectorId,
 ) -> Result<()> {
-    let dup = sqlx::query("SELECT id FROM connectors WHERE tenant_id = $1 AND name = $2 AND id <> $3")
-        .bind(tenant.id)
-        .bind(name)
-        .bind(except)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let dup =
+        sqlx::query("SELECT id FROM connectors WHERE tenant_id = $1 AND name = $2 AND id <> $3")
+            .bind(tenant.id)
+            .bind(name)
+            .bind(except)
+            .fetch_optional(&mut *conn)
+            .await?;
     if dup.is_some() {
         return Err(StoreError::Conflict(format!(
             "connector {name} already exists for tenant {}",
@@ -328,19 +329,12 @@ pub(super) async fn list_connectors(
     rows.iter().map(connector_from_row).collect()
 }
 
-pub(super) async fn get_connector(
-    store: &Backend,
-    id: ConnectorId,
-) -> Result<Option<Connector>> {
+pub(super) async fn get_connector(store: &Backend, id: ConnectorId) -> Result<Option<Connector>> {
     let mut conn = store.pool.acquire().await?;
     connector_by_id(&mut conn, id).await
 }
 
-pub(super) async fn update_connector(
-    store: &Backend,
-    c: &Connector,
-    actor: &str,
-) -> Result<()> {
+pub(super) async fn update_connector(store: &Backend, c: &Connector, actor: &str) -> Result<()> {
     let name = c.name.trim();
     if name.is_empty() {
         return Err(StoreError::Invalid("connector name is empty".into()));
@@ -398,11 +392,7 @@ pub(super) async fn update_connector(
     Ok(())
 }
 
-pub(super) async fn delete_connector(
-    store: &Backend,
-    id: ConnectorId,
-    actor: &str,
-) -> Result<()> {
+pub(super) async fn delete_connector(store: &Backend, id: ConnectorId, actor: &str) -> Result<()> {
     let mut tx = begin_write(&store.pool).await?;
     let old = lock_connector(&mut tx, id)
         .await?
@@ -451,4 +441,3 @@ pub(super) async fn touch_connectors(
     tx.commit().await?;
     Ok(())
 }
-

@@ -109,11 +109,7 @@ async fn lock_domain(conn: &mut DbConn, id: DomainId) -> Result<Option<AcceptedD
 }
 
 /// Is `domain` verified by a tenant other than `tenant`?
-async fn verified_elsewhere(
-    conn: &mut DbConn,
-    tenant: TenantId,
-    domain: &str,
-) -> Result<bool> {
+async fn verified_elsewhere(conn: &mut DbConn, tenant: TenantId, domain: &str) -> Result<bool> {
     let row = sqlx::query(
         "SELECT id FROM accepted_domains WHERE domain = $1 AND verified = $2 AND tenant_id <> $3",
     )
@@ -658,4 +654,3 @@ pub(super) async fn list_header_from_allowed(
     .await?;
     rows.iter().map(header_from_from_row).collect()
 }
-

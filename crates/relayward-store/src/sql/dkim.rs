@@ -47,9 +47,9 @@ pub(super) async fn set_dkim_key(
         "SELECT selector FROM dkim_keys WHERE domain = $1",
         for_update!()
     ))
-            .bind(domain)
-            .fetch_optional(&mut *conn)
-            .await?;
+    .bind(domain)
+    .fetch_optional(&mut *conn)
+    .await?;
     let at = now();
     sqlx::query(
         "INSERT INTO dkim_keys (domain, tenant_id, selector, algorithm, created_at, created_by) \
@@ -107,4 +107,3 @@ pub(super) async fn list_dkim_keys(pool: &DbPool) -> Result<Vec<DkimKeyRecord>> 
     .map(record_from_row)
     .collect()
 }
-

@@ -8,11 +8,7 @@ use crate::Result;
 
 /// Adds each row's counts to the stored hour; hours older than `keep_from` are dropped in the
 /// same transaction, so the table holds the rates' 7 days and no more.
-pub(super) async fn add(
-    tx: &mut DbConn,
-    rows: &[ReputationHour],
-    keep_from: i64,
-) -> Result<()> {
+pub(super) async fn add(tx: &mut DbConn, rows: &[ReputationHour], keep_from: i64) -> Result<()> {
     // In key order: two nodes adding to the same hours lock the rows in the same order, so
     // neither waits for the other while holding a row the other needs.
     let mut rows: Vec<&ReputationHour> = rows.iter().collect();
@@ -71,4 +67,3 @@ pub(super) async fn load(
         })
         .collect()
 }
-

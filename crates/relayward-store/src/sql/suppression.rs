@@ -75,11 +75,7 @@ async fn bump(conn: &mut DbConn) -> Result<i64> {
     .await?)
 }
 
-pub(super) async fn add(
-    conn: &mut DbConn,
-    s: &Suppression,
-    actor: &str,
-) -> Result<Suppression> {
+pub(super) async fn add(conn: &mut DbConn, s: &Suppression, actor: &str) -> Result<Suppression> {
     let address = s.address.trim().to_lowercase();
     if address.is_empty() {
         return Err(StoreError::Invalid("suppression needs an address".into()));
@@ -203,13 +199,15 @@ pub(super) async fn remove(
     let old = suppression_from_row(&row)?;
     let id: i64 = row.try_get("id")?;
     let version = bump(conn).await?;
-    sqlx::query("UPDATE suppressions SET removed_at = $1, removed_by = $2, version = $3 WHERE id = $4")
-        .bind(now)
-        .bind(actor)
-        .bind(version)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE suppressions SET removed_at = $1, removed_by = $2, version = $3 WHERE id = $4",
+    )
+    .bind(now)
+    .bind(actor)
+    .bind(version)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     let detail = format!(
         "removed from the {} (was: {} by {}: {})",
         list_name(tenant),
@@ -305,4 +303,3 @@ pub(super) async fn updates(
     }
     Ok(out)
 }
-

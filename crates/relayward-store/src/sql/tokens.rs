@@ -174,4 +174,3 @@ pub(super) async fn touch_token(store: &Backend, id: TokenId, at: Timestamp) -> 
     .await?;
     Ok(())
 }
-

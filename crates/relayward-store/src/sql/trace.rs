@@ -3,7 +3,9 @@
 use relayward_core::{ConnectorId, SenderClass, TenantId, TraceEvent, TraceKind, TraceQuery};
 use sqlx::{QueryBuilder, Row};
 
-use super::{begin_write, count_col, effective_limit, parse_col, parse_opt_col, Backend, Db, DbRow};
+use super::{
+    begin_write, count_col, effective_limit, parse_col, parse_opt_col, Backend, Db, DbRow,
+};
 use crate::Result;
 
 macro_rules! trace_cols {
@@ -160,4 +162,3 @@ pub(super) async fn search_trace_page(
         .map(trace_from_row)
         .collect()
 }
-

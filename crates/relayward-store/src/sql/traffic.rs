@@ -66,4 +66,3 @@ pub(super) async fn hours(
         })
         .collect()
 }
-

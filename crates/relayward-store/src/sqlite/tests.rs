@@ -281,7 +281,8 @@ async fn trace_address_searches_use_the_lower_indexes() {
         .map(|r| r.get::<String, _>("detail"))
         .collect();
         assert!(
-            plan.iter().any(|p| p.contains(&format!("trace_events_{col}"))),
+            plan.iter()
+                .any(|p| p.contains(&format!("trace_events_{col}"))),
             "{plan:?}"
         );
     }
@@ -331,7 +332,10 @@ async fn migrations_are_the_ones_applied_before() {
             .collect();
     assert_eq!(applied.len(), MIGRATOR.iter().count());
     for (i, released) in RELEASED.iter().enumerate() {
-        let hex: String = applied[i][..12].iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = applied[i][..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(&hex, released, "migration {}", i + 1);
     }
 }
