@@ -55,12 +55,16 @@ impl TestDb {
         let mut admin = match sqlx::PgConnection::connect(&base).await {
             Ok(c) => c,
             Err(e) if std::env::var_os("CI").is_some() => {
-                panic!("PostgreSQL at {base} is unreachable under CI: {e}")
+                panic!(
+                    "PostgreSQL at {} is unreachable under CI: {e}",
+                    without_password(&base)
+                )
             }
             Err(e) => {
                 eprintln!(
-                    "notice: PostgreSQL at {base} is unreachable ({e}): the PostgreSQL half of \
-                     this test is skipped (set RELAYWARD_TEST_POSTGRES to run it)"
+                    "notice: PostgreSQL at {} is unreachable ({e}): the PostgreSQL half of this \
+                     test is skipped (set RELAYWARD_TEST_POSTGRES to run it)",
+                    without_password(&base)
                 );
                 return None;
             }
@@ -81,6 +85,18 @@ impl TestDb {
     /// A store on this database (another one at each call, as another process would have).
     async fn open(&self) -> Arc<dyn Store> {
         relayward_store::open(&self.url).await.unwrap()
+    }
+}
+
+/// `url` fit to print: its password, if any, left out.
+fn without_password(url: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    match url[scheme_end..].split_once('@') {
+        Some((userinfo, rest)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***@{rest}", &url[..scheme_end])
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -1982,6 +1998,13 @@ async fn reopen_keeps_data_and_schema(db: TestDb) {
     let s = db.open().await;
     assert_eq!(s.list_tenants().await.unwrap().len(), 1);
     assert_eq!(s.directory_version().await.unwrap(), 2);
+    // PostgreSQL's other URL scheme names the same database.
+    if let Some(rest) = db.url.strip_prefix("postgres://") {
+        let s = relayward_store::open(&format!("postgresql://{rest}"))
+            .await
+            .unwrap();
+        assert_eq!(s.directory_version().await.unwrap(), 2);
+    }
 }
 
 /// Several processes starting at once on a new database: each migrates it or waits for the

@@ -196,6 +196,7 @@ impl Default for ListenerConfig {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// `sqlite://PATH`, or `postgres://…` for cluster mode.
     /// Default: `sqlite://<data_dir>/relayward.db`.
     pub url: Option<String>,
 }

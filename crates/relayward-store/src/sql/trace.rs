@@ -78,8 +78,8 @@ pub(super) async fn record_trace(store: &Backend, events: &[TraceEvent]) -> Resu
         return Ok(());
     }
     let mut tx = begin_write(&store.pool).await?;
-    // Many rows per statement: each statement is a round trip to the SQLite worker thread,
-    // and at full load the trace carries several events per message.
+    // Many rows per statement: each statement is a round trip (to SQLite's worker thread, or to
+    // the PostgreSQL server), and at full load the trace carries several events per message.
     for chunk in events.chunks(TRACE_ROWS_PER_INSERT) {
         let mut qb: QueryBuilder<Db> = QueryBuilder::new(
             "INSERT INTO trace_events (at_ms, kind, queue_id, message_id, tenant_id, \
