@@ -1,5 +1,7 @@
 //! `Store`: the directory (tenants, accepted domains, connectors), audit log and message trace.
-//! SQLite is the embedded default; the SQL is kept portable so PostgreSQL can be a second backend.
+//! SQLite is the embedded default; PostgreSQL serves a cluster of relay nodes. Both backends run
+//! the same logic (`src/sql/`), each compiled against its own dialect module: the SQL they share
+//! is written once, and only what the two databases spell differently is kept per backend.
 
 use async_trait::async_trait;
 use relayward_core::SenderClass;
@@ -10,12 +12,14 @@ use relayward_core::{
 };
 
 pub mod abuse;
+pub mod postgres;
 pub mod sqlite;
 
 pub use abuse::{
     ConnectorChangeRecord, NewSenderRestriction, NewTransition, SenderRestrictionRecord,
     TenantStatusRecord, TransitionRecord,
 };
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,22 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e.as_database_error() {
+            // SQLite's constraint error and PostgreSQL's unique_violation (23505) alike.
+            Some(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_string()),
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Backend(format!("migration: {e}"))
+    }
+}
 
 /// A new accepted domain. `domain` must already be normalized (lowercase, no trailing dot).
 #[derive(Debug, Clone)]
@@ -71,6 +91,20 @@ pub struct TrafficHour {
     pub null_sender: u64,
     /// Commands refused (MAIL, RCPT, end of DATA).
     pub refused: u64,
+}
+
+/// One relay node of a cluster, as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub name: String,
+    /// The relay's version string.
+    pub version: String,
+    pub started_at: Timestamp,
+    pub last_seen: Timestamp,
+    /// Messages in the node's own spool.
+    pub queue_depth: u64,
+    pub smtp_addr: Option<String>,
+    pub api_addr: Option<String>,
 }
 
 /// Every method that changes the directory writes its audit entry (actor = `actor`) and bumps
@@ -310,15 +344,24 @@ pub trait Store: Send + Sync + 'static {
         tenant: Option<TenantId>,
         from_hour: i64,
     ) -> Result<Vec<ReputationHour>>;
+
+    // Cluster nodes
+    /// Upserts the node's row by name (not audited). Invalid on an empty name.
+    async fn heartbeat_node(&self, node: &NodeRecord) -> Result<()>;
+    /// Every node that reported at or after `since`, by name.
+    async fn list_nodes(&self, since: Timestamp) -> Result<Vec<NodeRecord>>;
 }
 
-/// Open the store named by a URL: `sqlite://PATH` (created with its directory if missing).
+/// Open the store named by a URL: `sqlite://PATH` (created with its directory if missing), or
+/// `postgres://…` / `postgresql://…` (the database must exist; its schema is created).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         Ok(std::sync::Arc::new(SqliteStore::open(path).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PgStore::open(url).await?))
     } else {
         Err(StoreError::Invalid(format!(
-            "unsupported store URL {url:?} (expected sqlite://PATH)"
+            "unsupported store URL {url:?} (expected sqlite://PATH or postgres://...)"
         )))
     }
 }

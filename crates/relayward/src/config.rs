@@ -228,7 +228,8 @@ impl Default for ListenerConfig {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Default: `sqlite://<data_dir>/relayward.db`; `postgres://user@host/db` for a cluster.
+    /// `sqlite://PATH`, or `postgres://user@host/db` for cluster mode (README "Run a
+    /// cluster"). Default: `sqlite://<data_dir>/relayward.db`.
     #[serde(serialize_with = "redacted_url")]
     pub url: Option<String>,
 }

@@ -1,11 +1,15 @@
-//! Opening the database, and several stores (and processes) on one file; the helpers the
-//! concern modules' tests share.
+//! What is SQLite's own: the file (WAL, foreign keys), several processes on one file, its
+//! migrations over older files, and how values are stored. The behaviour of the store through
+//! [`crate::Store`] is tested on every backend by `tests/conformance.rs`.
 
 use super::*;
-use relayward_core::{ConnectorKind, DomainKind, Timestamp, TraceKind};
-use std::sync::Arc;
+use crate::{NewConnector, NewDomain, Store};
+use relayward_core::{
+    ConnectorId, ConnectorKind, DomainKind, TenantId, Timestamp, TraceEvent, TraceKind, TraceQuery,
+};
+use sqlx::Row;
 
-pub(super) async fn store() -> (tempfile::TempDir, SqliteStore, String) {
+async fn store() -> (tempfile::TempDir, SqliteStore, String) {
     let dir = tempfile::tempdir().unwrap();
     // A subdirectory that does not exist yet: open must create it.
     let path = dir.path().join("data/sub/relayward.db");
@@ -14,7 +18,7 @@ pub(super) async fn store() -> (tempfile::TempDir, SqliteStore, String) {
     (dir, store, path)
 }
 
-pub(super) fn new_domain(tenant: TenantId, domain: &str, verified: bool) -> NewDomain {
+fn new_domain(tenant: TenantId, domain: &str, verified: bool) -> NewDomain {
     NewDomain {
         tenant_id: tenant,
         domain: domain.into(),
@@ -24,7 +28,7 @@ pub(super) fn new_domain(tenant: TenantId, domain: &str, verified: bool) -> NewD
     }
 }
 
-pub(super) fn new_connector(tenant: TenantId, name: &str) -> NewConnector {
+fn new_connector(tenant: TenantId, name: &str) -> NewConnector {
     NewConnector {
         tenant_id: tenant,
         name: name.into(),
@@ -43,11 +47,7 @@ pub(super) fn new_connector(tenant: TenantId, name: &str) -> NewConnector {
     }
 }
 
-pub(super) async fn last_audit(s: &SqliteStore) -> AuditEntry {
-    s.list_audit(None, 1).await.unwrap().remove(0)
-}
-
-pub(super) fn event(at_ms: i64, kind: TraceKind) -> TraceEvent {
+fn event(at_ms: i64, kind: TraceKind) -> TraceEvent {
     TraceEvent {
         at_ms,
         ..TraceEvent::new(kind)
@@ -86,163 +86,9 @@ async fn open_via_url() {
     let s = crate::open(&url).await.unwrap();
     assert!(s.list_tenants().await.unwrap().is_empty());
     assert!(matches!(
-        crate::open("postgres://x").await,
+        crate::open("mysql://x").await,
         Err(StoreError::Invalid(_))
     ));
-}
-
-/// The CLI and the server open the same file: one writes while the other reads, with no
-/// "database is locked" errors on either side.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_stores_on_one_file() {
-    let (_dir, server, path) = store().await;
-    let cli = SqliteStore::open(&path).await.unwrap();
-    let server = Arc::new(server);
-    let cli = Arc::new(cli);
-    let t = cli.create_tenant("acme", &[], "cli").await.unwrap();
-    let conn = cli
-        .add_connector(new_connector(t.id, "onprem"), "cli")
-        .await
-        .unwrap();
-
-    // CLI: directory writes.
-    let writer = {
-        let cli = cli.clone();
-        tokio::spawn(async move {
-            for i in 0..60 {
-                let d = cli
-                    .add_domain(
-                        new_domain(t.id, &format!("d{i}.example"), i % 2 == 0),
-                        "cli",
-                    )
-                    .await
-                    .unwrap();
-                if i % 3 == 0 {
-                    cli.set_domain_verified(d.id, true, "cli").await.unwrap();
-                }
-            }
-        })
-    };
-    // Server: trace and touch writes of its own, at the same time.
-    let server_writer = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            for i in 0..40i64 {
-                let batch: Vec<TraceEvent> = (0..50)
-                    .map(|j| {
-                        let mut e = event(i * 100 + j, TraceKind::Received);
-                        e.tenant_id = Some(t.id);
-                        e
-                    })
-                    .collect();
-                server.record_trace(&batch).await.unwrap();
-                server
-                    .touch_connectors(&[(conn.id, Timestamp(i))])
-                    .await
-                    .unwrap();
-            }
-        })
-    };
-    // Server: polls the version and reloads the directory, checking every snapshot is
-    // consistent (the version matches the content).
-    let reader = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            let mut loads = 0;
-            let mut last = 0;
-            for _ in 0..200 {
-                let v = server.directory_version().await.unwrap();
-                assert!(v >= last);
-                if v != last {
-                    let dir = server.load_directory().await.unwrap();
-                    assert!(dir.version >= v);
-                    assert_consistent(&dir);
-                    last = dir.version;
-                    loads += 1;
-                }
-                server
-                    .search_trace(&TraceQuery {
-                        tenant_id: Some(t.id),
-                        limit: 10,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            loads
-        })
-    };
-    writer.await.unwrap();
-    server_writer.await.unwrap();
-    let loads = reader.await.unwrap();
-    assert!(loads >= 1);
-
-    let dir = server.load_directory().await.unwrap();
-    assert_eq!(dir.domains.len(), 60);
-    // 1 (initial) + tenant + connector + 60 domains + verifies of odd i divisible by 3.
-    let verifies = (0..60).filter(|i| i % 3 == 0).count() as i64;
-    assert_eq!(dir.version, 1 + 2 + 60 + verifies);
-    assert_eq!(dir.version, cli.directory_version().await.unwrap());
-    let all = cli
-        .search_trace(&TraceQuery {
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(all.len(), 2000);
-    assert_eq!(
-        cli.get_connector(conn.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .last_used_at,
-        Some(Timestamp(39))
-    );
-}
-
-/// The writer in `two_stores_on_one_file` adds domains d0, d1, ... in order and verifies
-/// each d{i} with i % 3 == 0 right after adding it; with the initial version 1 and the tenant
-/// and connector, a consistent snapshot's version is determined by its domains (up to
-/// whether the newest domain's verify call is in yet).
-fn assert_consistent(dir: &DirectoryData) {
-    let mut idx: Vec<i64> = dir
-        .domains
-        .iter()
-        .map(|d| {
-            d.domain
-                .trim_start_matches('d')
-                .trim_end_matches(".example")
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    idx.sort();
-    let n = idx.len() as i64;
-    assert_eq!(idx, (0..n).collect::<Vec<_>>());
-    if n == 0 {
-        assert_eq!(dir.version, 3);
-        return;
-    }
-    let last = n - 1;
-    let done = (0..last).filter(|i| i % 3 == 0).count() as i64;
-    let base = 3 + n + done;
-    let ok = if last % 3 == 0 {
-        dir.version == base || dir.version == base + 1
-    } else {
-        dir.version == base
-    };
-    assert!(ok, "version {} with {n} domains", dir.version);
-    // Verified flags agree with the version too.
-    for d in &dir.domains {
-        let i: i64 = d.domain[1..d.domain.len() - 8].parse().unwrap();
-        if i % 2 == 0 || (i % 3 == 0 && i < last) {
-            assert!(d.verified, "{}", d.domain);
-        } else if i % 3 != 0 {
-            assert!(!d.verified, "{}", d.domain);
-        }
-    }
 }
 
 /// Child half of `cross_process`: does nothing unless run by it.
@@ -417,4 +263,79 @@ async fn older_connector_audit_rows_get_their_connector_ids() {
     assert_eq!(with_id.len(), 1, "{changes:?}");
     assert_eq!(with_id[0].connector_id, Some(edge.id));
     assert_eq!(with_id[0].action, "connector.add");
+}
+
+/// The address searches of the trace use the LOWER() expression indexes.
+#[tokio::test]
+async fn trace_address_searches_use_the_lower_indexes() {
+    let (_dir, s, _) = store().await;
+    for col in ["sender", "recipient"] {
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN SELECT id FROM trace_events WHERE LOWER({col}) = $1"
+        )))
+        .bind("x")
+        .fetch_all(s.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("detail"))
+        .collect();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains(&format!("trace_events_{col}"))),
+            "{plan:?}"
+        );
+    }
+}
+
+/// sqlx binds SQLite's `$N` placeholders by number, as PostgreSQL does: a statement may use
+/// them out of order and more than once, which the shared SQL relies on.
+#[tokio::test]
+async fn numbered_placeholders_bind_by_number() {
+    let (_dir, s, _) = store().await;
+    let row = sqlx::query("SELECT $2 AS b, $1 AS a, $2 || $1 AS ba, $3 IS NULL AS n")
+        .bind("one")
+        .bind("two")
+        .bind(None::<i64>)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>("a"), "one");
+    assert_eq!(row.get::<String, _>("b"), "two");
+    assert_eq!(row.get::<String, _>("ba"), "twoone");
+    assert!(row.get::<bool, _>("n"));
+}
+
+/// The SQLite migrations were moved to their own directory: databases made before keep
+/// matching them (sqlx refuses to start on a checksum mismatch). These are the first bytes of
+/// the SHA-384 checksums of migrations 0001 to 0008 as released.
+#[tokio::test]
+async fn migrations_are_the_ones_applied_before() {
+    const RELEASED: [&str; 8] = [
+        "d2e72821ca923e3cb734901e",
+        "9d5d745243ecf08e1ce6becb",
+        "0d7ad15be2cb7f202005d0e3",
+        "8628ff060274b410101ff1d7",
+        "0348d993d2143732c634586d",
+        "c3335b580a2fa05fce240968",
+        "7fdec0cfbca5dad81ee67053",
+        "618a5c0b2b01e9f0339d6aba",
+    ];
+    let (_dir, s, _) = store().await;
+    let applied: Vec<Vec<u8>> =
+        sqlx::query("SELECT checksum FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(s.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(applied.len(), MIGRATOR.iter().count());
+    for (i, released) in RELEASED.iter().enumerate() {
+        let hex: String = applied[i][..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(&hex, released, "migration {}", i + 1);
+    }
 }

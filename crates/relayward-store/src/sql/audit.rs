@@ -2,13 +2,12 @@
 //! version bump, see [`audit_and_bump`]); other actions are recorded on their own.
 
 use relayward_core::{now, AuditEntry, ConnectorId, TenantId};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
-use super::{effective_limit, SqliteStore};
+use super::{effective_limit, Backend, DbConn, DbRow};
 use crate::Result;
 
-pub(super) fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry> {
+pub(super) fn audit_from_row(row: &DbRow) -> Result<AuditEntry> {
     Ok(AuditEntry {
         id: row.try_get("id")?,
         at: row.try_get("at")?,
@@ -21,7 +20,7 @@ pub(super) fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry> {
 }
 
 pub(super) async fn insert_audit(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     actor: &str,
     action: &str,
     tenant: Option<TenantId>,
@@ -33,7 +32,7 @@ pub(super) async fn insert_audit(
 
 /// One audit entry; `connector`: the connector it is about, by id.
 async fn insert_row(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     actor: &str,
     action: &str,
     tenant: Option<TenantId>,
@@ -43,7 +42,7 @@ async fn insert_row(
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_log (at, actor, action, tenant_id, object, detail, connector_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(now())
     .bind(actor)
@@ -57,25 +56,30 @@ async fn insert_row(
     Ok(())
 }
 
-/// The directory changed: every relay reloads it.
-async fn bump_version(conn: &mut SqliteConnection) -> Result<()> {
-    sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+/// The directory changed: every relay reloads it. Returns the new version.
+///
+/// One row, updated in place: the update's row lock makes concurrent changes (of any node, on
+/// PostgreSQL) take their turns from here to their commit, so each gets its own version and
+/// a reader that sees version `v` sees every change up to `v`.
+async fn bump_version(conn: &mut DbConn) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "UPDATE directory_version SET version = version + 1 WHERE id = 1 RETURNING version",
+    )
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// The tail of a change to connector `connector`: its audit entry, which names the connector by
-/// id as well as by name, and the version bump.
+/// id as well as by name, and the version bump (returns the new version).
 pub(super) async fn connector_audit_and_bump(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     actor: &str,
     action: &str,
     tenant: TenantId,
     connector: ConnectorId,
     name: &str,
     detail: &str,
-) -> Result<()> {
+) -> Result<i64> {
     let object = format!("connector {name}");
     insert_row(
         conn,
@@ -90,21 +94,22 @@ pub(super) async fn connector_audit_and_bump(
     bump_version(conn).await
 }
 
-/// The tail of every directory change: its audit entry and the version bump.
+/// The tail of every directory change: its audit entry and the version bump (returns the new
+/// version).
 pub(super) async fn audit_and_bump(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     actor: &str,
     action: &str,
     tenant: Option<TenantId>,
     object: &str,
     detail: &str,
-) -> Result<()> {
+) -> Result<i64> {
     insert_audit(conn, actor, action, tenant, object, detail).await?;
     bump_version(conn).await
 }
 
 pub(super) async fn audit(
-    store: &SqliteStore,
+    store: &Backend,
     actor: &str,
     action: &str,
     tenant: Option<TenantId>,
@@ -116,7 +121,7 @@ pub(super) async fn audit(
 }
 
 pub(super) async fn list_audit(
-    store: &SqliteStore,
+    store: &Backend,
     tenant: Option<TenantId>,
     limit: u32,
 ) -> Result<Vec<AuditEntry>> {
@@ -125,7 +130,7 @@ pub(super) async fn list_audit(
         Some(t) => {
             sqlx::query(
                 "SELECT id, at, actor, action, tenant_id, object, detail FROM audit_log \
-                 WHERE tenant_id = ? ORDER BY id DESC LIMIT ?",
+                 WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
             )
             .bind(t)
             .bind(limit)
@@ -135,7 +140,7 @@ pub(super) async fn list_audit(
         None => {
             sqlx::query(
                 "SELECT id, at, actor, action, tenant_id, object, detail FROM audit_log \
-                 ORDER BY id DESC LIMIT ?",
+                 ORDER BY id DESC LIMIT $1",
             )
             .bind(limit)
             .fetch_all(&store.pool)

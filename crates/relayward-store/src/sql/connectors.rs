@@ -3,12 +3,11 @@
 
 use ipnet::IpNet;
 use relayward_core::{now, Connector, ConnectorId, ConnectorKind, Tenant, TenantId, Timestamp};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
 use super::audit::connector_audit_and_bump;
 use super::directory::require_tenant;
-use super::{parse_col, rows_by_tenant, SqliteStore};
+use super::{begin_write, for_update, parse_col, rows_by_tenant, Backend, DbConn, DbRow};
 use crate::{NewConnector, Result, StoreError};
 
 macro_rules! connector_cols {
@@ -38,7 +37,7 @@ fn ip_ranges_from_json(json: &str) -> Result<Vec<IpNet>> {
         .collect()
 }
 
-pub(super) fn connector_from_row(row: &SqliteRow) -> Result<Connector> {
+pub(super) fn connector_from_row(row: &DbRow) -> Result<Connector> {
     let ranges: String = row.try_get("ip_ranges")?;
     Ok(Connector {
         id: row.try_get("id")?,
@@ -63,14 +62,27 @@ pub(super) fn connector_from_row(row: &SqliteRow) -> Result<Connector> {
     })
 }
 
-async fn connector_by_id(
-    conn: &mut SqliteConnection,
-    id: ConnectorId,
-) -> Result<Option<Connector>> {
+async fn connector_by_id(conn: &mut DbConn, id: ConnectorId) -> Result<Option<Connector>> {
     sqlx::query(concat!(
         "SELECT ",
         connector_cols!(),
-        " FROM connectors WHERE id = ?"
+        " FROM connectors WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(connector_from_row)
+    .transpose()
+}
+
+/// A connector, locked until the transaction ends (it is about to be changed).
+async fn lock_connector(conn: &mut DbConn, id: ConnectorId) -> Result<Option<Connector>> {
+    sqlx::query(concat!(
+        "SELECT ",
+        connector_cols!(),
+        " FROM connectors WHERE id = $1",
+        for_update!()
     ))
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -82,18 +94,19 @@ async fn connector_by_id(
 
 /// Conflicts on a connector's unique keys, ignoring the connector `except` itself.
 async fn check_connector_unique(
-    conn: &mut SqliteConnection,
+    conn: &mut DbConn,
     tenant: &Tenant,
     name: &str,
     auth_user: Option<&str>,
     except: ConnectorId,
 ) -> Result<()> {
-    let dup = sqlx::query("SELECT id FROM connectors WHERE tenant_id = ? AND name = ? AND id <> ?")
-        .bind(tenant.id)
-        .bind(name)
-        .bind(except)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let dup =
+        sqlx::query("SELECT id FROM connectors WHERE tenant_id = $1 AND name = $2 AND id <> $3")
+            .bind(tenant.id)
+            .bind(name)
+            .bind(except)
+            .fetch_optional(&mut *conn)
+            .await?;
     if dup.is_some() {
         return Err(StoreError::Conflict(format!(
             "connector {name} already exists for tenant {}",
@@ -101,7 +114,7 @@ async fn check_connector_unique(
         )));
     }
     if let Some(user) = auth_user {
-        let dup = sqlx::query("SELECT id FROM connectors WHERE auth_user = ? AND id <> ?")
+        let dup = sqlx::query("SELECT id FROM connectors WHERE auth_user = $1 AND id <> $2")
             .bind(user)
             .bind(except)
             .fetch_optional(&mut *conn)
@@ -189,7 +202,7 @@ fn connector_diff(old: &Connector, new: &Connector) -> String {
 }
 
 pub(super) async fn add_connector(
-    store: &SqliteStore,
+    store: &Backend,
     c: NewConnector,
     actor: &str,
 ) -> Result<Connector> {
@@ -199,7 +212,7 @@ pub(super) async fn add_connector(
     }
     let at = now();
     let ranges = ip_ranges_to_json(&c.ip_ranges);
-    let mut tx = store.write_tx().await?;
+    let mut tx = begin_write(&store.pool).await?;
     let tenant = require_tenant(&mut tx, c.tenant_id).await?;
     check_connector_unique(
         &mut tx,
@@ -214,7 +227,7 @@ pub(super) async fn add_connector(
          auth_password_hash, require_tls, enabled, allow_unregistered, \
          restrict_domains_to_ips, restrict_domains_to_cert, blocked, created_at, created_by, \
          updated_at, updated_by, last_used_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
     )
     .bind(tenant.id)
     .bind(name)
@@ -299,16 +312,16 @@ pub(super) async fn add_connector(
 }
 
 pub(super) async fn list_connectors(
-    store: &SqliteStore,
+    store: &Backend,
     tenant: Option<TenantId>,
 ) -> Result<Vec<Connector>> {
     let rows = rows_by_tenant(
-        store,
+        &store.pool,
         tenant,
         concat!(
             "SELECT ",
             connector_cols!(),
-            " FROM connectors WHERE tenant_id = ? ORDER BY id"
+            " FROM connectors WHERE tenant_id = $1 ORDER BY id"
         ),
         concat!("SELECT ", connector_cols!(), " FROM connectors ORDER BY id"),
     )
@@ -316,26 +329,19 @@ pub(super) async fn list_connectors(
     rows.iter().map(connector_from_row).collect()
 }
 
-pub(super) async fn get_connector(
-    store: &SqliteStore,
-    id: ConnectorId,
-) -> Result<Option<Connector>> {
+pub(super) async fn get_connector(store: &Backend, id: ConnectorId) -> Result<Option<Connector>> {
     let mut conn = store.pool.acquire().await?;
     connector_by_id(&mut conn, id).await
 }
 
-pub(super) async fn update_connector(
-    store: &SqliteStore,
-    c: &Connector,
-    actor: &str,
-) -> Result<()> {
+pub(super) async fn update_connector(store: &Backend, c: &Connector, actor: &str) -> Result<()> {
     let name = c.name.trim();
     if name.is_empty() {
         return Err(StoreError::Invalid("connector name is empty".into()));
     }
     let at = now();
-    let mut tx = store.write_tx().await?;
-    let old = connector_by_id(&mut tx, c.id)
+    let mut tx = begin_write(&store.pool).await?;
+    let old = lock_connector(&mut tx, c.id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("connector {}", c.id)))?;
     if old.tenant_id != c.tenant_id {
@@ -347,10 +353,10 @@ pub(super) async fn update_connector(
     let tenant = require_tenant(&mut tx, old.tenant_id).await?;
     check_connector_unique(&mut tx, &tenant, name, c.auth_user.as_deref(), c.id).await?;
     sqlx::query(
-        "UPDATE connectors SET name = ?, kind = ?, ip_ranges = ?, cert_name = ?, \
-         auth_user = ?, auth_password_hash = ?, require_tls = ?, enabled = ?, \
-         allow_unregistered = ?, restrict_domains_to_ips = ?, restrict_domains_to_cert = ?, \
-         blocked = ?, updated_at = ?, updated_by = ? WHERE id = ?",
+        "UPDATE connectors SET name = $1, kind = $2, ip_ranges = $3, cert_name = $4, \
+         auth_user = $5, auth_password_hash = $6, require_tls = $7, enabled = $8, \
+         allow_unregistered = $9, restrict_domains_to_ips = $10, restrict_domains_to_cert = $11, \
+         blocked = $12, updated_at = $13, updated_by = $14 WHERE id = $15",
     )
     .bind(name)
     .bind(c.kind.as_str())
@@ -386,16 +392,12 @@ pub(super) async fn update_connector(
     Ok(())
 }
 
-pub(super) async fn delete_connector(
-    store: &SqliteStore,
-    id: ConnectorId,
-    actor: &str,
-) -> Result<()> {
-    let mut tx = store.write_tx().await?;
-    let old = connector_by_id(&mut tx, id)
+pub(super) async fn delete_connector(store: &Backend, id: ConnectorId, actor: &str) -> Result<()> {
+    let mut tx = begin_write(&store.pool).await?;
+    let old = lock_connector(&mut tx, id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("connector {id}")))?;
-    sqlx::query("DELETE FROM connectors WHERE id = ?")
+    sqlx::query("DELETE FROM connectors WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -414,17 +416,21 @@ pub(super) async fn delete_connector(
 }
 
 pub(super) async fn touch_connectors(
-    store: &SqliteStore,
+    store: &Backend,
     used: &[(ConnectorId, Timestamp)],
 ) -> Result<()> {
     if used.is_empty() {
         return Ok(());
     }
-    let mut tx = store.write_tx().await?;
+    // In id order: two nodes touching the same connectors lock their rows in the same order,
+    // so neither waits for the other while holding a row the other needs.
+    let mut used = used.to_vec();
+    used.sort_unstable();
+    let mut tx = begin_write(&store.pool).await?;
     for (id, at) in used {
         sqlx::query(
-            "UPDATE connectors SET last_used_at = ? \
-             WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            "UPDATE connectors SET last_used_at = $1 \
+             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
         )
         .bind(at)
         .bind(id)
@@ -434,199 +440,4 @@ pub(super) async fn touch_connectors(
     }
     tx.commit().await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sqlite::tests::{last_audit, new_connector, store};
-    use crate::Store;
-
-    #[tokio::test]
-    async fn connectors_crud_conflicts_audit_version_touch() {
-        let (_dir, s, _) = store().await;
-        let acme = s.create_tenant("acme", &[], "op").await.unwrap();
-        let other = s.create_tenant("other", &[], "op").await.unwrap();
-        let v = s.directory_version().await.unwrap();
-
-        let secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$SECRETHASHVALUE";
-        let c = s
-            .add_connector(
-                NewConnector {
-                    auth_user: Some("acme-relay".into()),
-                    auth_password_hash: Some(secret_hash.into()),
-                    cert_name: Some("mail.acme.example".into()),
-                    require_tls: true,
-                    ..new_connector(acme.id, "onprem")
-                },
-                "alice",
-            )
-            .await
-            .unwrap();
-        assert!(c.enabled && !c.blocked);
-        assert_eq!(c.created_by, "alice");
-        assert_eq!(c.last_used_at, None);
-        assert_eq!(s.get_connector(c.id).await.unwrap(), Some(c.clone()));
-        assert_eq!(s.directory_version().await.unwrap(), v + 1);
-        let a = last_audit(&s).await;
-        assert_eq!(
-            (
-                a.actor.as_str(),
-                a.action.as_str(),
-                a.tenant_id,
-                a.object.as_str()
-            ),
-            ("alice", "connector.add", Some(acme.id), "connector onprem")
-        );
-        assert!(a.detail.contains("192.0.2.0/24"), "{}", a.detail);
-        assert!(!a.detail.contains("argon2") && !a.detail.contains("SECRET"));
-
-        // Conflicts: same (tenant, name); auth_user used anywhere.
-        let err = s
-            .add_connector(new_connector(acme.id, "onprem"), "alice")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("connector onprem")),
-            "{err}"
-        );
-        let err = s
-            .add_connector(
-                NewConnector {
-                    auth_user: Some("acme-relay".into()),
-                    ..new_connector(other.id, "x")
-                },
-                "alice",
-            )
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Conflict(m) if m.contains("auth user acme-relay")),
-            "{err}"
-        );
-        assert!(matches!(
-            s.add_connector(new_connector(TenantId(4242), "x"), "alice").await,
-            Err(StoreError::NotFound(m)) if m == "tenant 4242"
-        ));
-        // Same name in another tenant is fine; so are several connectors without auth_user.
-        let c2 = s
-            .add_connector(new_connector(other.id, "onprem"), "bob")
-            .await
-            .unwrap();
-        let c3 = s
-            .add_connector(new_connector(other.id, "partner"), "bob")
-            .await
-            .unwrap();
-        assert_eq!(s.list_connectors(None).await.unwrap().len(), 3);
-        assert_eq!(s.list_connectors(Some(other.id)).await.unwrap().len(), 2);
-        assert_eq!(s.directory_version().await.unwrap(), v + 3);
-
-        // Update: every mutable field.
-        let mut u = c.clone();
-        u.name = "onprem-2".into();
-        u.kind = ConnectorKind::Partner;
-        u.ip_ranges = vec!["198.51.100.7/32".parse().unwrap()];
-        u.cert_name = None;
-        u.auth_user = Some("acme-relay-2".into());
-        u.auth_password_hash = Some("$argon2id$NEWHASH".into());
-        u.require_tls = false;
-        u.enabled = false;
-        u.allow_unregistered = true;
-        u.restrict_domains_to_ips = true;
-        u.restrict_domains_to_cert = true;
-        u.blocked = true;
-        s.update_connector(&u, "carol").await.unwrap();
-        let got = s.get_connector(c.id).await.unwrap().unwrap();
-        assert_eq!(got.updated_by, "carol");
-        assert_eq!(got.created_by, "alice");
-        let mut expect = u.clone();
-        expect.updated_at = got.updated_at;
-        expect.updated_by = "carol".into();
-        assert_eq!(got, expect);
-        assert_eq!(s.directory_version().await.unwrap(), v + 4);
-        let a = last_audit(&s).await;
-        assert_eq!(
-            (a.actor.as_str(), a.action.as_str(), a.object.as_str()),
-            ("carol", "connector.update", "connector onprem")
-        );
-        assert!(a.detail.contains("name onprem -> onprem-2"), "{}", a.detail);
-        assert!(a.detail.contains("blocked false -> true"), "{}", a.detail);
-        assert!(a.detail.contains("password set"), "{}", a.detail);
-        assert!(!a.detail.contains("argon2") && !a.detail.contains("NEWHASH"));
-
-        // Update conflicts and errors.
-        let mut dup = c3.clone();
-        dup.name = "onprem".into();
-        assert!(matches!(
-            s.update_connector(&dup, "carol").await,
-            Err(StoreError::Conflict(_))
-        ));
-        let mut dup = c3.clone();
-        dup.auth_user = Some("acme-relay-2".into());
-        assert!(matches!(
-            s.update_connector(&dup, "carol").await,
-            Err(StoreError::Conflict(_))
-        ));
-        let mut moved = c3.clone();
-        moved.tenant_id = acme.id;
-        assert!(matches!(
-            s.update_connector(&moved, "carol").await,
-            Err(StoreError::Invalid(_))
-        ));
-        let mut missing = c3.clone();
-        missing.id = ConnectorId(9999);
-        assert!(matches!(
-            s.update_connector(&missing, "carol").await,
-            Err(StoreError::NotFound(m)) if m == "connector 9999"
-        ));
-        assert_eq!(s.directory_version().await.unwrap(), v + 4);
-
-        // Touch: last_used_at only goes forward; no audit, no version bump.
-        let audits = s.list_audit(None, 1000).await.unwrap().len();
-        s.touch_connectors(&[
-            (c2.id, Timestamp(1000)),
-            (c3.id, Timestamp(2000)),
-            (ConnectorId(9999), Timestamp(5)),
-        ])
-        .await
-        .unwrap();
-        s.touch_connectors(&[(c2.id, Timestamp(500)), (c3.id, Timestamp(3000))])
-            .await
-            .unwrap();
-        assert_eq!(
-            s.get_connector(c2.id).await.unwrap().unwrap().last_used_at,
-            Some(Timestamp(1000))
-        );
-        assert_eq!(
-            s.get_connector(c3.id).await.unwrap().unwrap().last_used_at,
-            Some(Timestamp(3000))
-        );
-        assert_eq!(s.directory_version().await.unwrap(), v + 4);
-        assert_eq!(s.list_audit(None, 1000).await.unwrap().len(), audits);
-        // Touch does not change updated_at/by.
-        assert_eq!(
-            s.get_connector(c2.id).await.unwrap().unwrap().updated_by,
-            "bob"
-        );
-
-        // Delete.
-        s.delete_connector(c2.id, "dave").await.unwrap();
-        assert_eq!(s.get_connector(c2.id).await.unwrap(), None);
-        assert_eq!(s.directory_version().await.unwrap(), v + 5);
-        let a = last_audit(&s).await;
-        assert_eq!(
-            (a.actor.as_str(), a.action.as_str(), a.tenant_id),
-            ("dave", "connector.delete", Some(other.id))
-        );
-        assert!(matches!(
-            s.delete_connector(c2.id, "dave").await,
-            Err(StoreError::NotFound(_))
-        ));
-        // Ids are not reused after a delete.
-        let c4 = s
-            .add_connector(new_connector(other.id, "again"), "bob")
-            .await
-            .unwrap();
-        assert!(c4.id > c3.id);
-    }
 }
