@@ -58,6 +58,7 @@ use crate::api;
         api::suppressions::add_global,
         api::suppressions::remove_global,
         api::audit::list,
+        api::nodes::list,
         api::trace::search,
         api::traffic::tenant,
         api::traffic::overview,
@@ -86,6 +87,7 @@ use crate::api;
         (name = "traffic", description = "Messages and refusals per hour, from the message trace"),
         (name = "diagnose", description = "The relay's decision for a described transaction"),
         (name = "audit", description = "The audit log"),
+        (name = "nodes", description = "The relay nodes sharing this store"),
         (name = "tokens", description = "API tokens"),
     )
 )]

@@ -225,6 +225,10 @@ impl From<StoreError> for ApiError {
                 detail,
             ),
             StoreError::Backend(detail) => ApiError::internal(format!("store: {detail}")),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "admin API: store unavailable");
+                ApiError::unavailable("the store (database) cannot be reached; try again later")
+            }
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct TraceEventView {
     /// The SMTP reply given or received.
     pub reply: Option<String>,
     pub detail: Option<String>,
+    /// The relay node that recorded the event (cluster mode).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl From<TraceEvent> for TraceEventView {
@@ -42,6 +45,7 @@ impl From<TraceEvent> for TraceEventView {
             sender_class: e.sender_class,
             reply: e.reply,
             detail: e.detail,
+            node: e.node,
         }
     }
 }

@@ -593,6 +593,11 @@ impl Admin {
         self.get(path!["v1", "trace"], query).await
     }
 
+    /// The live relay nodes (operator only).
+    pub async fn nodes(&self) -> Result<Vec<NodeView>> {
+        self.get(path!["v1", "nodes"], Vec::new()).await
+    }
+
     pub async fn audit(&self, query: Vec<(&'static str, String)>) -> Result<Vec<AuditView>> {
         self.get(path!["v1", "audit"], query).await
     }

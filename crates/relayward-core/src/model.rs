@@ -292,6 +292,8 @@ pub struct TraceEvent {
     /// SMTP reply given or received, when there is one.
     pub reply: Option<String>,
     pub detail: Option<String>,
+    /// The relay node that recorded the event (cluster mode).
+    pub node: Option<String>,
 }
 
 impl TraceEvent {
@@ -313,6 +315,7 @@ impl TraceEvent {
             sender_class: None,
             reply: None,
             detail: None,
+            node: None,
         }
     }
 }

@@ -8,13 +8,16 @@ use std::fmt;
 /// The comment that tells the relay's trace field from every other hop's.
 pub const PRODUCT_COMMENT: &str = "(relayward)";
 
-/// `by {hostname} (relayward) with {protocol} id {queue_id}` (RFC 5321 section 4.4).
+/// `by {hostname} (relayward) with {protocol} id {queue_id} [(node {node})]` (RFC 5321
+/// section 4.4).
 #[derive(Debug, Clone, Copy)]
 pub struct ByClause<'a> {
     pub hostname: &'a str,
     /// RFC 3848 with-protocol: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA.
     pub protocol: &'a str,
     pub queue_id: &'a str,
+    /// The node of a cluster that took the message, as a comment after the id.
+    pub node: Option<&'a str>,
 }
 
 impl fmt::Display for ByClause<'_> {
@@ -23,7 +26,11 @@ impl fmt::Display for ByClause<'_> {
             f,
             "by {} {PRODUCT_COMMENT} with {} id {}",
             self.hostname, self.protocol, self.queue_id
-        )
+        )?;
+        match self.node {
+            Some(node) => write!(f, " (node {node})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -60,12 +67,24 @@ mod tests {
             hostname: "relay.example.net",
             protocol: "ESMTPS",
             queue_id: "0PQ3ZK8M2V4X1RTA",
+            node: None,
         };
         let one_rcpt =
             format!(" from mx.tenant.example ([192.0.2.7])\r\n\t{by}\r\n\tfor <a@b.example>; date");
         assert_eq!(queue_id(&one_rcpt), Some("0PQ3ZK8M2V4X1RTA"));
         let many = format!(" from h ([192.0.2.7])\r\n\t(using TLSv1.3 X)\r\n\t{by};\r\n\tdate");
         assert_eq!(queue_id(&many), Some("0PQ3ZK8M2V4X1RTA"));
+        // A cluster node's name after the id does not change what is read back.
+        let by = ByClause {
+            node: Some("relay-b"),
+            ..by
+        };
+        let clustered = format!(" from h ([192.0.2.7])\r\n\t{by};\r\n\tdate");
+        assert!(
+            clustered.contains("id 0PQ3ZK8M2V4X1RTA (node relay-b);"),
+            "{clustered}"
+        );
+        assert_eq!(queue_id(&clustered), Some("0PQ3ZK8M2V4X1RTA"));
     }
 
     #[test]

@@ -89,6 +89,8 @@ impl Default for AuthLockout {
 pub struct SmtpConfig {
     /// EHLO name and the "by" of our Received header.
     pub hostname: String,
+    /// A cluster node's name, written after the queue id of our Received header.
+    pub node_name: Option<String>,
     /// Advertised as SIZE; larger messages get 552 5.3.4.
     pub max_message_size: u64,
     /// Recipients per transaction; more get 452 4.5.3.
@@ -113,6 +115,7 @@ impl Default for SmtpConfig {
         SmtpConfig {
             // The embedded default of DESIGN.md's `[server] hostname`.
             hostname: "relay.example.net".to_string(),
+            node_name: None,
             max_message_size: 35 * 1024 * 1024,
             max_recipients: 1000,
             max_connections: 10_000,

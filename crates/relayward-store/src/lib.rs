@@ -32,6 +32,10 @@ pub enum StoreError {
     Invalid(String),
     #[error("store backend: {0}")]
     Backend(String),
+    /// The database cannot be reached (connection refused or lost, no connection free in
+    /// time): try again later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -41,6 +45,21 @@ impl From<sqlx::Error> for StoreError {
         match e.as_database_error() {
             // SQLite's constraint error and PostgreSQL's unique_violation (23505) alike.
             Some(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_string()),
+            _ if matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
+            // PostgreSQL shutting down or restarting (class 57P: operator intervention).
+            Some(db) if db.code().is_some_and(|c| c.starts_with("57P")) => {
+                StoreError::Unavailable(e.to_string())
+            }
             _ => StoreError::Backend(e.to_string()),
         }
     }

@@ -1076,6 +1076,7 @@ async fn trace_record_and_search(db: TestDb) {
         e.sender_class = Some(SenderClass::Registered);
         e.reply = Some("250 2.0.0 OK".into());
         e.detail = Some("d".into());
+        e.node = (i % 2 == 1).then(|| format!("node-{}", i % 3));
         events.push(e);
     }
     let mut refused = event(2_000_000, TraceKind::Refused);

@@ -311,7 +311,9 @@ impl Cluster {
                     }
                     tracing::debug!("directory announcements: subscription lost");
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "directory announcements: cannot subscribe"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "directory announcements: cannot subscribe")
+                }
                 Err(_) => tracing::debug!("directory announcements: subscribe timed out"),
             }
             tokio::select! {

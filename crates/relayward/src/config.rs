@@ -428,6 +428,11 @@ impl Config {
         Ok(())
     }
 
+    /// One of several nodes: a shared store (PostgreSQL) or shared counters (Redis).
+    pub fn clustered(&self) -> bool {
+        self.counters.url.is_some() || !self.store_url().starts_with("sqlite:")
+    }
+
     /// This node's name: `[server] node_name`, else the host name, else `relayward`.
     pub fn node_name(&self) -> String {
         if let Some(n) = self.server.node_name.as_deref().filter(|n| !n.is_empty()) {

@@ -37,6 +37,11 @@ pub struct DkimSection {
     /// senders) with the SRS domain's key, when it has one (`relayward srs dkim-key`). Such a
     /// signature does not align with the header From, but it vouches for the relay.
     pub sign_srs: bool,
+    /// Where the private keys live. Default `<data_dir>/dkim`. In a cluster, a path every node
+    /// reads (a shared mount, or files your configuration management puts on each node): the
+    /// store says which selector signs for which domain, the key itself never enters the
+    /// database, whose backups and replicas more people can read than a 0600 file.
+    pub key_dir: Option<PathBuf>,
 }
 
 impl Default for DkimSection {
@@ -44,13 +49,17 @@ impl Default for DkimSection {
         DkimSection {
             selector: "relayward".into(),
             sign_srs: false,
+            key_dir: None,
         }
     }
 }
 
 /// Where the private keys live.
 pub fn key_dir(config: &Config) -> PathBuf {
-    config.server.data_dir.join("dkim")
+    match &config.dkim.key_dir {
+        Some(d) => d.clone(),
+        None => config.server.data_dir.join("dkim"),
+    }
 }
 
 /// `<data_dir>/dkim/<domain>.<selector>.key`

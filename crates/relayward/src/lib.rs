@@ -4,8 +4,8 @@
 pub mod abuse;
 pub mod admin;
 pub mod cli;
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dkim;
 pub mod egress;

@@ -7,6 +7,7 @@ pub mod diagnose;
 pub(crate) mod domains;
 pub(crate) mod header_from;
 pub(crate) mod me;
+pub(crate) mod nodes;
 pub(crate) mod queue;
 pub(crate) mod sender_limits;
 pub(crate) mod status;
@@ -172,6 +173,7 @@ pub(crate) fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             delete(suppressions::remove_global),
         ),
         (M::GET, "/v1/audit", get(audit::list)),
+        (M::GET, "/v1/nodes", get(nodes::list)),
         (M::GET, "/v1/trace", get(trace::search)),
         (M::GET, "/v1/traffic", get(traffic::overview)),
         (M::GET, "/v1/tokens", get(tokens::list)),

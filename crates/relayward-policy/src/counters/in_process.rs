@@ -400,8 +400,7 @@ impl Counters for InProcessCounters {
         {
             for s in others {
                 usage.messages_last_minute += s.minute.estimate(now_ms).messages;
-                usage.external_recipients_last_hour +=
-                    s.hour.estimate(now_ms).external_recipients;
+                usage.external_recipients_last_hour += s.hour.estimate(now_ms).external_recipients;
                 usage.recipients_last_day += s.day.estimate(now_ms).recipients;
             }
         }

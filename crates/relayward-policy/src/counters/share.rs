@@ -99,11 +99,10 @@ impl W {
         }
     }
     fn ring<const B: usize, const WMS: i64>(&mut self, r: &BucketRing<B, WMS>) {
-        let live: Vec<&Bucket> = r
-            .b
-            .iter()
-            .filter(|b| b.epoch != BucketRing::<B, WMS>::EMPTY)
-            .collect();
+        let live: Vec<&Bucket> =
+            r.b.iter()
+                .filter(|b| b.epoch != BucketRing::<B, WMS>::EMPTY)
+                .collect();
         self.u8(live.len() as u8);
         for b in live {
             self.u32(b.epoch);
@@ -387,5 +386,4 @@ impl InProcessCounters {
             }
         }
     }
-
 }

@@ -9,9 +9,9 @@ use relayward_core::ConnectorId;
 use crate::evidence::{RecentTopK, RejectionSample, Ring, Sample};
 
 use super::blocks::*;
-use super::share::Remote;
 use super::config::CountersConfig;
 use super::events::{Baseline, Windows};
+use super::share::Remote;
 use super::{HOUR_MS, MINUTE_MS, SECOND_MS};
 
 /// What a tenant's unregistered, null-sender and mismatched traffic leaves behind.
@@ -267,9 +267,9 @@ impl TenantEntry {
             self.day.sum(now_ms),
         ];
         if let Some(r) = remote {
-            for (sum, theirs) in sums
-                .iter_mut()
-                .zip([r.minute.sum(now_ms), r.hour.sum(now_ms), r.day.sum(now_ms)])
+            for (sum, theirs) in
+                sums.iter_mut()
+                    .zip([r.minute.sum(now_ms), r.hour.sum(now_ms), r.day.sum(now_ms)])
             {
                 for (a, b) in sum.iter_mut().zip(theirs) {
                     *a += b;

@@ -277,13 +277,25 @@ fn shares_of_two_nodes_add_up_without_counting_twice() {
     // 20 unregistered messages on each node; domains spam0..spam29 overall, 10 in common.
     for i in 0..20 {
         let s = addr(&format!("u{i}@spam{i}.example"));
-        a.record(T0 + i * 100, &msg(t, SenderClass::Unregistered, Some(&s), &rcpts));
+        a.record(
+            T0 + i * 100,
+            &msg(t, SenderClass::Unregistered, Some(&s), &rcpts),
+        );
         let s = addr(&format!("u{i}@spam{}.example", i + 10));
-        b.record(T0 + i * 100, &msg(t, SenderClass::Unregistered, Some(&s), &rcpts));
+        b.record(
+            T0 + i * 100,
+            &msg(t, SenderClass::Unregistered, Some(&s), &rcpts),
+        );
     }
     for i in 0..3 {
-        a.record(T0 + 3000 + i, &msg(t, SenderClass::Unregistered, Some(&sender), &rcpts));
-        b.record(T0 + 3000 + i, &msg(t, SenderClass::Unregistered, Some(&sender), &rcpts));
+        a.record(
+            T0 + 3000 + i,
+            &msg(t, SenderClass::Unregistered, Some(&sender), &rcpts),
+        );
+        b.record(
+            T0 + 3000 + i,
+            &msg(t, SenderClass::Unregistered, Some(&sender), &rcpts),
+        );
     }
     let now = T0 + 4000;
     assert_eq!(a.snapshot(now, t).windows.minute.unregistered_messages, 23);
@@ -295,17 +307,32 @@ fn shares_of_two_nodes_add_up_without_counting_twice() {
         OtherShares {
             tenant: s.tenant,
             entries: vec![s.entry.clone()],
-            senders: s.senders.iter().map(|(k, v)| (k.clone(), vec![v.clone()])).collect(),
+            senders: s
+                .senders
+                .iter()
+                .map(|(k, v)| (k.clone(), vec![v.clone()]))
+                .collect(),
         }
     };
     let from_b = read_back(&b);
-    assert!(from_b.senders.iter().any(|(k, _)| k == "same@spam0.example"));
+    assert!(from_b
+        .senders
+        .iter()
+        .any(|(k, _)| k == "same@spam0.example"));
     assert!(a.import(now, &from_b));
     let w = a.snapshot(now, t).windows.minute;
     assert_eq!(w.unregistered_messages, 46);
     // 30 distinct domains (spam0..spam29); linear counting on 256 slots, ~5 % error.
-    assert!((27..=33).contains(&w.unregistered_domains), "{}", w.unregistered_domains);
-    assert_eq!(a.sender_usage(now, t, "same@spam0.example").messages_last_minute, 6);
+    assert!(
+        (27..=33).contains(&w.unregistered_domains),
+        "{}",
+        w.unregistered_domains
+    );
+    assert_eq!(
+        a.sender_usage(now, t, "same@spam0.example")
+            .messages_last_minute,
+        6
+    );
 
     // The same share read again: still 46, not 69.
     assert!(a.import(now, &from_b));

@@ -111,6 +111,7 @@ pub(super) fn write_received(
     ip: IpAddr,
     tls_info: Option<&str>,
     hostname: &str,
+    node: Option<&str>,
     protocol: &str,
     queue_id: &str,
     single_rcpt: Option<&Address>,
@@ -127,6 +128,7 @@ pub(super) fn write_received(
         hostname,
         protocol,
         queue_id,
+        node,
     };
     let _ = write!(out, "\r\n\t{by}");
     let _ = match single_rcpt {
@@ -304,6 +306,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             st.ip,
             st.tls_info.as_deref(),
             &config.hostname,
+            config.node_name.as_deref(),
             protocol,
             &queue_id,
             match tx.recipients.as_slice() {
@@ -548,6 +551,7 @@ mod tests {
                 "192.0.2.7".parse().unwrap(),
                 Some("TLSv1.3 TLS13_AES_256_GCM_SHA384"),
                 "relay.test",
+                None,
                 "ESMTPS",
                 "0PQ3ZK8M2V4X1RTA",
                 single,

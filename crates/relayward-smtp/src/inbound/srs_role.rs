@@ -434,6 +434,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             st.ip,
             st.tls_info.as_deref(),
             &config.hostname,
+            config.node_name.as_deref(),
             protocol,
             &queue_id,
             None,

@@ -54,8 +54,12 @@ impl PgStore {
         let migrated = migrate(&mut conn).await;
         conn.close().await?;
         migrated?;
+        // While the server is down a caller learns it within seconds (admin changes answer
+        // 503; the relay keeps serving from its in-memory directory) instead of waiting for
+        // sqlx's 30 s default.
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .connect_with(options)
             .await?;
         Ok(PgStore { pool })

@@ -11,11 +11,11 @@ use crate::Result;
 macro_rules! trace_cols {
     () => {
         "id, at_ms, kind, queue_id, message_id, tenant_id, connector_id, client_ip, sender, \
-         recipient, sender_class, reply, detail"
+         recipient, sender_class, reply, detail, node"
     };
 }
 
-/// 12 bound values a row: well under SQLite's 32,766 variables a statement and PostgreSQL's
+/// 13 bound values a row: well under SQLite's 32,766 variables a statement and PostgreSQL's
 /// 65,535.
 const TRACE_ROWS_PER_INSERT: usize = 200;
 
@@ -34,6 +34,7 @@ fn trace_from_row(row: &DbRow) -> Result<TraceEvent> {
         sender_class: parse_opt_col::<SenderClass>(row, "sender_class")?,
         reply: row.try_get("reply")?,
         detail: row.try_get("detail")?,
+        node: row.try_get("node")?,
     })
 }
 
@@ -83,7 +84,7 @@ pub(super) async fn record_trace(store: &Backend, events: &[TraceEvent]) -> Resu
     for chunk in events.chunks(TRACE_ROWS_PER_INSERT) {
         let mut qb: QueryBuilder<Db> = QueryBuilder::new(
             "INSERT INTO trace_events (at_ms, kind, queue_id, message_id, tenant_id, \
-             connector_id, client_ip, sender, recipient, sender_class, reply, detail) ",
+             connector_id, client_ip, sender, recipient, sender_class, reply, detail, node) ",
         );
         qb.push_values(chunk, |mut b, e| {
             b.push_bind(e.at_ms)
@@ -97,7 +98,8 @@ pub(super) async fn record_trace(store: &Backend, events: &[TraceEvent]) -> Resu
                 .push_bind(&e.recipient)
                 .push_bind(e.sender_class.map(|c| c.as_str()))
                 .push_bind(&e.reply)
-                .push_bind(&e.detail);
+                .push_bind(&e.detail)
+                .push_bind(&e.node);
         });
         qb.build().execute(&mut *tx).await?;
     }

@@ -30,7 +30,7 @@ pub use connector::{ConnectorAdd, ConnectorCmd};
 pub use diagnose::DiagnoseArgs;
 pub use domain::DomainCmd;
 pub use queue::QueueCmd;
-pub use records::{AuditArgs, TraceArgs};
+pub use records::{AuditArgs, NodeCmd, TraceArgs};
 pub use relayward_client::Admin;
 pub use sender::SenderCmd;
 pub use suppression::SuppressionCmd;
@@ -71,6 +71,9 @@ pub enum AdminCmd {
     /// Admin API tokens
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The relay nodes sharing this store (cluster mode)
+    #[command(subcommand)]
+    Node(NodeCmd),
 }
 
 /// Runs `cmd` against `admin`. `config` serves the commands that work on local files only.
@@ -93,6 +96,7 @@ pub async fn run(admin: &Admin, config: Option<&Config>, cmd: AdminCmd) -> Resul
         AdminCmd::Sender(c) => sender::run(admin, c).await,
         AdminCmd::Suppression(c) => suppression::run(admin, c).await,
         AdminCmd::Token(c) => token::run(admin, c).await,
+        AdminCmd::Node(c) => records::node(admin, c).await,
     }
 }
 

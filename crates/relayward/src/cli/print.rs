@@ -258,6 +258,35 @@ pub fn trace(events: &[TraceEventView]) {
     );
 }
 
+pub fn nodes(nodes: &[NodeView]) {
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.version.clone(),
+                table::time(n.started_at),
+                table::time(n.last_seen),
+                n.queue_depth.to_string(),
+                n.smtp_addr.clone().unwrap_or_default(),
+                n.api_addr.clone().unwrap_or_default(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table::print(
+        &[
+            "NAME",
+            "VERSION",
+            "STARTED",
+            "LAST SEEN",
+            "QUEUED",
+            "SMTP",
+            "API",
+        ],
+        &rows,
+    );
+}
+
 pub fn audit(entries: &[AuditView]) {
     let rows = entries
         .iter()

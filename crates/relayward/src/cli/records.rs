@@ -76,3 +76,25 @@ pub async fn audit(admin: &Admin, a: AuditArgs) -> Result<()> {
     print::audit(&entries);
     Ok(())
 }
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeCmd {
+    /// The live relay nodes sharing this store: last heartbeat, version, queue depth
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn node(admin: &Admin, c: NodeCmd) -> Result<()> {
+    match c {
+        NodeCmd::List { json } => {
+            let nodes = admin.nodes().await?;
+            if json {
+                return print_json(&nodes);
+            }
+            print::nodes(&nodes);
+            Ok(())
+        }
+    }
+}

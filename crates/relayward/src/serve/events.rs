@@ -77,6 +77,8 @@ pub(super) async fn touch_used(
 /// Trace events and connector use, written to the store in batches off the SMTP path.
 pub struct EventWriter {
     tx: mpsc::Sender<Batch>,
+    /// This node's name, on every event (cluster mode).
+    node: Option<Arc<str>>,
     used: Arc<Mutex<HashMap<ConnectorId, relayward_core::Timestamp>>>,
 }
 
@@ -86,7 +88,7 @@ enum Batch {
 }
 
 impl EventWriter {
-    pub fn start(store: Arc<dyn Store>) -> EventWriter {
+    pub fn start(store: Arc<dyn Store>, node: Option<String>) -> EventWriter {
         let (tx, mut rx) = mpsc::channel::<Batch>(65_536);
         let used: Arc<Mutex<HashMap<ConnectorId, relayward_core::Timestamp>>> = Arc::default();
         let used_bg = used.clone();
@@ -139,7 +141,11 @@ impl EventWriter {
             }
             touch_used(&*store, &used_bg).await;
         });
-        EventWriter { tx, used }
+        EventWriter {
+            tx,
+            used,
+            node: node.map(Arc::from),
+        }
     }
 
     /// Events waiting to be written.
@@ -162,8 +168,11 @@ impl relayward_queue::DeliveryEvents for EventWriter {
 }
 
 impl relayward_smtp::Events for EventWriter {
-    fn trace(&self, event: TraceEvent) {
+    fn trace(&self, mut event: TraceEvent) {
         crate::metrics::count_trace(&event);
+        if event.node.is_none() {
+            event.node = self.node.as_deref().map(str::to_string);
+        }
         if self.tx.try_send(Batch::Event(Box::new(event))).is_err() {
             tracing::warn!("trace queue full: event dropped");
         }

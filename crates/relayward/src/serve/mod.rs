@@ -177,7 +177,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         shutdown_rx.clone(),
     ));
     if let Some(cluster) = crate::cluster::Cluster::new(&config.counters, &config.node_name())? {
-        tracing::info!(node = cluster.node(), "cluster mode: counts and state changes shared through Redis");
+        tracing::info!(
+            node = cluster.node(),
+            "cluster mode: counts and state changes shared through Redis"
+        );
         abuse.set_cluster(cluster.clone());
         tokio::spawn(cluster.clone().sync_counters(
             abuse.counters().clone(),
@@ -201,7 +204,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     ));
     // The metrics recorder, before anything counts.
     crate::metrics::handle();
-    let events = Arc::new(EventWriter::start(store.clone()));
+    let node_name =
+        (config.server.node_name.is_some() || config.clustered()).then(|| config.node_name());
+    let events = Arc::new(EventWriter::start(store.clone(), node_name.clone()));
 
     let mut delivery = config.delivery();
     for route in &config.delivery.tenant_routes {
@@ -258,6 +263,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let limits = &config.limits;
     let smtp_config = SmtpConfig {
         hostname: config.server.hostname.clone(),
+        // Named in the Received header when named, or in a cluster, where it tells the nodes
+        // apart.
+        node_name: node_name.clone(),
         max_message_size: limits.max_message_size,
         max_recipients: limits.max_recipients,
         max_connections: limits.max_connections,
@@ -391,6 +399,27 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     )
     .await?;
 
+    tokio::spawn(heartbeat(
+        store.clone(),
+        scheduler.clone(),
+        relayward_store::NodeRecord {
+            name: config.node_name(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: relayward_core::Timestamp(unix_now()),
+            last_seen: relayward_core::Timestamp(unix_now()),
+            queue_depth: 0,
+            smtp_addr: Some(
+                smtp_addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            api_addr: admin_addr.map(|a| a.to_string()),
+        },
+        shutdown_rx.clone(),
+    ));
+
     Ok(Running {
         smtp_addrs,
         policy_addrs,
@@ -405,6 +434,41 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         tasks,
         events,
     })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Writes this node's heartbeat (`GET /v1/nodes`) every few seconds; a failed write is retried
+/// at the next beat.
+async fn heartbeat(
+    store: Arc<dyn Store>,
+    scheduler: Arc<Scheduler>,
+    mut node: relayward_store::NodeRecord,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(relayward_admin::types::nodes::HEARTBEAT_SECS as u64);
+    let mut tick = tokio::time::interval(every);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        node.last_seen = relayward_core::Timestamp(unix_now());
+        node.queue_depth = scheduler.queued() as u64;
+        match store.heartbeat_node(&node).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "node heartbeat not written");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Certificates and keys are reloaded on SIGHUP and when their files change (checked every

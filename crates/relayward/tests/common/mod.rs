@@ -33,6 +33,11 @@ impl Relay {
     /// A relay on a free loopback port with its own data directory. `extra` is appended to the
     /// generated TOML (e.g. a `[delivery]` section).
     pub fn new(extra: &str) -> Relay {
+        Relay::with_server_keys("directory_poll_ms = 200\n", extra)
+    }
+
+    /// [`Relay::new`] with `server_keys` as the rest of its `[server]` section.
+    pub fn with_server_keys(server_keys: &str, extra: &str) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -40,7 +45,7 @@ impl Relay {
         std::fs::write(
             &config,
             format!(
-                "[server]\nhostname = \"relay.test\"\ndata_dir = \"{}\"\ndirectory_poll_ms = 200\n\n[[listener]]\naddress = \"{addr}\"\n\n[admin]\naddress = \"{admin_addr}\"\n\n{extra}\n",
+                "[server]\nhostname = \"relay.test\"\ndata_dir = \"{}\"\n{server_keys}\n[[listener]]\naddress = \"{addr}\"\n\n[admin]\naddress = \"{admin_addr}\"\n\n{extra}\n",
                 dir.path().join("data").display()
             ),
         )
@@ -85,12 +90,22 @@ impl Relay {
 
     /// `start` with extra environment variables for the relay (e.g. `RUST_LOG`).
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        self.start_with(&[], env);
+    }
+
+    /// `start` with arguments after `serve` and extra environment variables.
+    pub fn start_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
         let child = Command::new(BIN)
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -169,7 +184,15 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).unwrap();
+        Client::over(TcpStream::connect(addr).unwrap())
+    }
+
+    /// From a given loopback source address (connectors are told apart by it).
+    pub fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Client {
+        Client::over(connect_from(addr, source))
+    }
+
+    fn over(s: TcpStream) -> Client {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut c = Client {
             reader: BufReader::new(s.try_clone().unwrap()),
@@ -221,6 +244,59 @@ impl Client {
         self.writer.write_all(body.as_bytes()).unwrap();
         self.cmd("\r\n.")
     }
+}
+
+/// A TCP connection to `addr` from `source` (port chosen by the kernel).
+pub fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = addr else {
+        panic!("IPv4 only")
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor owned here, handed to TcpStream at the end.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let local = sockaddr(source, 0);
+        let r = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len);
+        assert_eq!(r, 0, "bind {source}: {}", std::io::Error::last_os_error());
+        let remote = sockaddr(*to.ip(), to.port());
+        let r = libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len);
+        assert_eq!(r, 0, "connect {addr}: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// `GET path` on `addr` over plain HTTP/1.1: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 pub fn message(from: &str, to: &str, subject: &str) -> String {
