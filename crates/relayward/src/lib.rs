@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod policy_service;
 pub mod scan;
 pub mod serve;
+pub mod spill;
 pub mod suppression;
 mod table;

@@ -482,7 +482,10 @@ fn two_nodes_share_one_directory_one_budget_and_one_set_of_states() {
     std::thread::sleep(Duration::from_secs(2));
     let acme_transitions: Value =
         serde_json::from_str(&a.api(&token, &["tenant", "show", "acme", "--json"])).unwrap();
-    let transitions = acme_transitions["status"]["transitions"].as_array().unwrap().len();
+    let transitions = acme_transitions["status"]["transitions"]
+        .as_array()
+        .unwrap()
+        .len();
     let posts = posts.lock().unwrap().clone();
     let mut ids: HashMap<String, usize> = HashMap::new();
     for p in &posts {
@@ -573,4 +576,234 @@ fn two_nodes_share_one_directory_one_budget_and_one_set_of_states() {
             n.name
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store unreachable: a TCP proxy in front of PostgreSQL, cut and restored.
+
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: SocketAddr) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (u, c) = (up.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                if !u.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                c.lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, up, conns }
+    }
+
+    /// Every connection cut, new ones closed at once.
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_store_outage_keeps_mail_flowing_and_nothing_is_lost() {
+    let Some(db) = Database::create() else { return };
+    let url = db.url();
+    let upstream: SocketAddr = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(upstream);
+    let (hook, posts) = webhook();
+    let through_proxy = url.replace(&upstream.to_string(), &proxy.addr.to_string());
+    let extra = format!(
+        "[store]\nurl = \"{through_proxy}\"\n\n[delivery]\nsmart_host = \"127.0.0.1:{}\"\n\n\
+         [alerts]\nwebhook_url = \"http://{hook}/alerts\"\nemail_tenant_admins = false\n",
+        free_port()
+    );
+    let mut node = Node {
+        relay: Relay::with_server_keys("directory_poll_ms = 500\n", &extra),
+        name: "node-a",
+    };
+    node.relay.start_with(&["--node-name", "node-a"], &[]);
+    let token = node
+        .relay
+        .ok(&["token", "create", "--operator"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let ip = Ipv4Addr::new(127, 0, 0, 4);
+    node.api(&token, &["tenant", "add", "acme"]);
+    node.api(
+        &token,
+        &["domain", "add", "acme", "acme.example", "--verified"],
+    );
+    node.api(
+        &token,
+        &[
+            "connector",
+            "add",
+            "acme",
+            "--name",
+            "onprem",
+            "--kind",
+            "on-premises",
+            "--allow-unregistered",
+            "--ip",
+            &format!("{ip}/32"),
+        ],
+    );
+    let mut c = node.session(ip);
+    let reg = |c: &mut Client, i: usize| {
+        let r = c.send(
+            "billing@acme.example",
+            &["customer@partner.example"],
+            &mail(
+                "billing@acme.example",
+                "customer@partner.example",
+                &format!("out{i}"),
+            ),
+        );
+        assert!(accepted(&r), "{r}");
+        queue_id(&r)
+    };
+    reg(&mut c, 0);
+
+    // The store goes away.
+    proxy.down();
+    let during: Vec<String> = (1..=3).map(|i| reg(&mut c, i)).collect();
+    // Admin changes: 503 with a problem detail; /readyz says why.
+    let out = Command::new(common::BIN)
+        .args([
+            "--server",
+            &format!("http://{}", node.relay.admin_addr),
+            "--token",
+            &token,
+        ])
+        .args(["tenant", "add", "other"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot be reached"),
+        "{err}"
+    );
+    let (status, body) = http_get(node.relay.admin_addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    // The detector still blocks, in memory.
+    let mut refused = None;
+    for i in 0..200 {
+        let f = format!("promo{i}@spam{i}.example");
+        let r = c.send(
+            &f,
+            &["victim@target.example"],
+            &mail(&f, "victim@target.example", "spam"),
+        );
+        if !accepted(&r) {
+            refused = Some(r);
+            break;
+        }
+    }
+    assert_eq!(refused.as_deref(), Some(BLOCKED_750));
+    reg(&mut c, 4);
+    // Killed while the store is away: the trace and the transition wait on disk.
+    std::thread::sleep(Duration::from_millis(2500));
+    let data = node.relay.data_dir();
+    assert!(
+        data.join("trace.pending").exists(),
+        "trace events kept on disk"
+    );
+    assert!(
+        data.join("transitions.pending").exists(),
+        "transition kept on disk"
+    );
+    drop(c);
+    node.relay.kill();
+
+    // Back: the restarted node writes what was kept.
+    proxy.restore();
+    node.relay.start_with(&["--node-name", "node-a"], &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let traced = during.iter().all(|q| {
+            node.api(&token, &["trace", "--queue-id", q, "--json"])
+                .contains("\"received\"")
+        });
+        let show: Value =
+            serde_json::from_str(&node.api(&token, &["tenant", "show", "acme", "--json"])).unwrap();
+        let blocked = show["status"]["state"] != "active";
+        if traced && blocked {
+            println!(
+                "after the outage: trace and transition written; state {}",
+                show["status"]["state"]
+            );
+            assert!(show["status"]["evidence"].is_object(), "{show}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not caught up: traced {traced}, {show}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!data.join("trace.pending").exists());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while data.join("transitions.pending").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "kept transitions not all written"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // One alert per recorded transition.
+    std::thread::sleep(Duration::from_secs(1));
+    let show: Value =
+        serde_json::from_str(&node.api(&token, &["tenant", "show", "acme", "--json"])).unwrap();
+    let transitions = show["status"]["transitions"].as_array().unwrap().len();
+    let alerts = posts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["tenant"]["name"] == "acme"
+                && p["alert"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("Tenant "))
+        })
+        .count();
+    assert_eq!(alerts, transitions, "{show}");
 }

@@ -105,7 +105,8 @@ struct Override {
     version: Option<i64>,
 }
 
-/// A transition on its way to the store.
+/// A transition on its way to the store (kept on disk until it is there: `pending`).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Job {
     transition: Transition,
     evidence: Evidence,
@@ -160,6 +161,9 @@ pub struct Abuse {
     last_reputation_write: AtomicI64,
     /// The cluster's Redis, to announce the changes this node makes (cluster mode only).
     cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Transitions not in the store yet, on disk (`<data_dir>/transitions.pending`): the
+    /// store may be unreachable for a while, and the process may be killed meanwhile.
+    pending: crate::spill::Spill,
     /// The suppression lists: hard bounces and complaints add to them.
     suppressions: Arc<crate::suppression::Suppressions>,
 }
@@ -239,6 +243,10 @@ impl Abuse {
             reputation: relayward_policy::reputation::Reputation::new(config.reputation.clone()),
             last_reputation_write: AtomicI64::new(0),
             cluster: OnceLock::new(),
+            pending: crate::spill::Spill::new(
+                config.server.data_dir.join("transitions.pending"),
+                crate::serve::SPILL_MAX_BYTES,
+            ),
             suppressions,
         });
         tokio::spawn(worker(Arc::downgrade(&abuse), rx));
@@ -249,6 +257,27 @@ impl Abuse {
     pub fn set_scheduler(&self, scheduler: Arc<Scheduler>) {
         self.alerts.set_scheduler(scheduler.clone());
         let _ = self.scheduler.set(scheduler);
+    }
+
+    /// Queues the transitions an earlier run could not write to the store (it ended while the
+    /// store was unreachable). A transition the store has meanwhile (another node's, or this
+    /// one's written just before the end) is found superseded and not alerted twice.
+    pub fn replay_pending(&self) {
+        let jobs: Vec<Job> = match self.pending.read() {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "pending transitions unreadable");
+                return;
+            }
+        };
+        // They stay in the file until each is done, in order, like new ones.
+        for job in jobs {
+            tracing::info!(tenant = job.transition.tenant.0, to = %job.transition.to, "transition of an earlier run written now");
+            self.tasks.start();
+            if self.jobs.send(job).is_err() {
+                self.tasks.done();
+            }
+        }
     }
 
     /// In cluster mode: the link its changes are announced through.

@@ -13,12 +13,6 @@ impl Abuse {
             mut evidence,
             exclude,
         } = job;
-        let connectors = self.store.list_connectors(Some(t.tenant)).await.ok();
-        let names: HashMap<ConnectorId, String> = connectors
-            .iter()
-            .flatten()
-            .map(|c| (c.id, c.name.clone()))
-            .collect();
         evidence.connector_changes = self.connector_changes(t.tenant, t.at_ms).await;
         let evidence_json = serde_json::to_string(&evidence).unwrap_or_else(|_| "{}".into());
         let record = NewTransition {
@@ -32,35 +26,60 @@ impl Abuse {
             evidence: evidence_json,
             attestation: None,
         };
+        // Kept on disk since it was made (Abuse::pending): while the store is unreachable this
+        // keeps trying (the tenant's state holds in memory meanwhile), and a restart picks it
+        // up; it leaves the file once the store has it (or has another in its place).
         let mut delay = Duration::from_millis(200);
         let mut recorded = None;
-        for attempt in 1..=6 {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             match self.store.record_transition(&record, "detector").await {
                 Ok(r) => {
                     recorded = Some(r);
                     break;
                 }
                 Err(StoreError::Conflict(why)) => {
-                    // Someone else (an operator) moved the tenant meanwhile: the store wins.
+                    // Someone else (an operator, another node) moved the tenant meanwhile: the
+                    // store wins.
                     tracing::warn!(tenant = t.tenant.0, %why, "detector transition superseded");
+                    self.done_pending();
                     lock(&self.overrides).remove(&t.tenant);
                     if let Err(e) = self.sync().await {
                         tracing::warn!(error = %e, "detector state reload failed");
                     }
                     return;
                 }
-                Err(e) => {
+                Err(e @ StoreError::Unavailable(_)) => {
+                    if attempt == 1 {
+                        tracing::error!(tenant = t.tenant.0, error = %e, "store unreachable: transition kept on disk, retried until it answers");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) if attempt < 6 => {
                     tracing::error!(tenant = t.tenant.0, attempt, error = %e, "cannot record transition");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
+                Err(e) => {
+                    tracing::error!(tenant = t.tenant.0, error = %e, "transition not recorded: applied in memory only");
+                    break;
+                }
             }
         }
+        self.done_pending();
         let Some((transition_id, version)) = recorded else {
             // Still applied in memory; the next restart starts from the store's state.
             return;
         };
         self.announce(version);
+        let connectors = self.store.list_connectors(Some(t.tenant)).await.ok();
+        let names: HashMap<ConnectorId, String> = connectors
+            .iter()
+            .flatten()
+            .map(|c| (c.id, c.name.clone()))
+            .collect();
         if let Some(o) = lock(&self.overrides).get_mut(&t.tenant) {
             if o.state == t.to {
                 o.version = Some(version);
@@ -85,6 +104,13 @@ impl Abuse {
                     me.alerts.send(&alert).await;
                 }
             });
+        }
+    }
+
+    /// The oldest kept transition (the one the worker just finished) leaves the file.
+    fn done_pending(&self) {
+        if let Err(e) = self.pending.pop_front() {
+            tracing::error!(error = %e, "transition kept on disk not removed");
         }
     }
 

@@ -241,6 +241,10 @@ impl Abuse {
                 evidence,
                 exclude: exclude.map(str::to_string),
             };
+            // On disk until the store has it (Abuse::pending).
+            if let Err(e) = self.pending.append(&[&job]) {
+                tracing::error!(error = %e, "transition not kept on disk");
+            }
             if self.jobs.send(job).is_err() {
                 self.tasks.done();
             }

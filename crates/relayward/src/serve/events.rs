@@ -88,12 +88,23 @@ enum Batch {
 }
 
 impl EventWriter {
-    pub fn start(store: Arc<dyn Store>, node: Option<String>) -> EventWriter {
+    /// `spill`: where events wait while the store is unreachable (`None`: they are dropped).
+    pub fn start(
+        store: Arc<dyn Store>,
+        node: Option<String>,
+        spill: Option<Arc<crate::spill::Spill>>,
+    ) -> EventWriter {
         let (tx, mut rx) = mpsc::channel::<Batch>(65_536);
         let used: Arc<Mutex<HashMap<ConnectorId, relayward_core::Timestamp>>> = Arc::default();
         let used_bg = used.clone();
         tokio::spawn(async move {
             let mut buf: Vec<TraceEvent> = Vec::with_capacity(512);
+            // The store did not answer the last write.
+            let mut outage = false;
+            // Kept by an earlier run that ended during an outage.
+            if let Some(spill) = spill.as_deref().filter(|s| !s.is_empty()) {
+                drain(&*store, spill, &mut outage).await;
+            }
             // Connector use reaches the store within this long even when nothing else
             // happens after a connector's only message (the "unused" audit flag relies on it).
             let mut touch = tokio::time::interval(CONNECTOR_TOUCH_EVERY);
@@ -112,6 +123,9 @@ impl EventWriter {
                     Batch::Flush(w) => waiters.push(w),
                 };
                 let Some(first) = first else {
+                    if let Some(spill) = spill.as_deref().filter(|s| !s.is_empty()) {
+                        drain(&*store, spill, &mut outage).await;
+                    }
                     touch_used(&*store, &used_bg).await;
                     continue;
                 };
@@ -123,13 +137,7 @@ impl EventWriter {
                     }
                 }
                 if !buf.is_empty() {
-                    let started = std::time::Instant::now();
-                    let written = store.record_trace(&buf).await;
-                    metrics::histogram!("relayward_store_trace_write_seconds")
-                        .record(started.elapsed());
-                    if let Err(e) = written {
-                        tracing::error!(error = %e, events = buf.len(), "trace write failed");
-                    }
+                    write_or_keep(&*store, spill.as_deref(), &buf, &mut outage).await;
                     buf.clear();
                 }
                 if !waiters.is_empty() {
@@ -158,6 +166,89 @@ impl EventWriter {
         if self.tx.send(Batch::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+/// Writes `events`; while the store is unreachable (and until what was kept then is written,
+/// so that the trace keeps its order) they go to `spill`.
+async fn write_or_keep(
+    store: &dyn Store,
+    spill: Option<&crate::spill::Spill>,
+    events: &[TraceEvent],
+    outage: &mut bool,
+) {
+    if let Some(s) = spill {
+        // During an outage new events go straight to disk; the periodic tick tries the store.
+        if *outage {
+            keep(s, events);
+            return;
+        }
+        if !s.is_empty() && !drain(store, s, outage).await {
+            keep(s, events);
+            return;
+        }
+    }
+    let started = std::time::Instant::now();
+    let written = store.record_trace(events).await;
+    metrics::histogram!("relayward_store_trace_write_seconds").record(started.elapsed());
+    match written {
+        Ok(()) => {}
+        Err(e @ relayward_store::StoreError::Unavailable(_)) if spill.is_some() => {
+            let s = spill.expect("checked");
+            if !*outage {
+                *outage = true;
+                tracing::warn!(
+                    error = %e,
+                    file = %s.path().display(),
+                    "store unreachable: trace events kept on disk until it answers"
+                );
+            }
+            keep(s, events);
+        }
+        Err(e) => tracing::error!(error = %e, events = events.len(), "trace write failed"),
+    }
+}
+
+fn keep(spill: &crate::spill::Spill, events: &[TraceEvent]) {
+    match spill.append(events) {
+        Ok(crate::spill::Appended::Kept) => {}
+        Ok(crate::spill::Appended::Full) => {
+            metrics::counter!("relayward_trace_dropped_total").increment(events.len() as u64);
+            tracing::error!(
+                events = events.len(),
+                "trace events dropped: the store has been unreachable for long, and the file keeping them is full"
+            );
+        }
+        Err(e) => {
+            metrics::counter!("relayward_trace_dropped_total").increment(events.len() as u64);
+            tracing::error!(error = %e, events = events.len(), "trace events dropped: cannot keep them on disk");
+        }
+    }
+}
+
+/// Writes what `spill` kept, in one transaction; `true` when it is empty afterwards.
+async fn drain(store: &dyn Store, spill: &crate::spill::Spill, outage: &mut bool) -> bool {
+    let events: Vec<TraceEvent> = match spill.read() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, file = %spill.path().display(), "kept trace events unreadable");
+            return false;
+        }
+    };
+    match store.record_trace(&events).await {
+        Ok(()) => {
+            if let Err(e) = spill.clear() {
+                tracing::error!(error = %e, file = %spill.path().display(), "cannot remove the written trace events");
+                return false;
+            }
+            *outage = false;
+            tracing::info!(
+                events = events.len(),
+                "store reachable: trace events kept meanwhile written"
+            );
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -161,6 +161,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .sync()
         .await
         .context("cannot load the abuse detector's state")?;
+    abuse.replay_pending();
     abuse.suppressions().refresh().await;
     abuse
         .load_reputation()
@@ -206,7 +207,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     crate::metrics::handle();
     let node_name =
         (config.server.node_name.is_some() || config.clustered()).then(|| config.node_name());
-    let events = Arc::new(EventWriter::start(store.clone(), node_name.clone()));
+    let events = Arc::new(EventWriter::start(
+        store.clone(),
+        node_name.clone(),
+        Some(Arc::new(crate::spill::Spill::new(
+            config.server.data_dir.join("trace.pending"),
+            SPILL_MAX_BYTES,
+        ))),
+    ));
 
     let mut delivery = config.delivery();
     for route in &config.delivery.tenant_routes {
@@ -435,6 +443,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         events,
     })
 }
+
+/// Bound of each file keeping what waits for an unreachable store (crate::spill).
+pub(crate) const SPILL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
