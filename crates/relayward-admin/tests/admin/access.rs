@@ -300,6 +300,7 @@ fn cases() -> Vec<Case> {
         case(M::GET, "/v1/trace", [200, 200, 200, 401]),
         case(M::GET, "/v1/trace", [200, 200, 404, 401]).query("tenant_id={tenant_id}"),
         case(M::GET, "/v1/traffic", [200, 403, 403, 401]),
+        case(M::GET, "/v1/nodes", [200, 403, 403, 401]),
         case(M::GET, "/v1/tokens", [200, 200, 200, 401]),
         case(M::GET, "/v1/tokens", [200, 200, 404, 401]).query("tenant_id={tenant_id}"),
         case(M::POST, "/v1/tokens", [201, 201, 404, 401])
