@@ -344,6 +344,25 @@ pub struct DirectoryData {
     pub header_from_allowed: Vec<HeaderFromAllowed>,
 }
 
+/// What changed in the directory after the version a relay holds: each changed tenant's whole
+/// part of it, as it is at `version` (read in one snapshot, like [`DirectoryData`]).
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryDelta {
+    pub version: i64,
+    pub tenants: Vec<TenantPart>,
+}
+
+/// One tenant's part of the directory.
+#[derive(Debug, Clone)]
+pub struct TenantPart {
+    pub id: TenantId,
+    /// `None`: the tenant no longer exists.
+    pub tenant: Option<Tenant>,
+    pub domains: Vec<AcceptedDomain>,
+    pub connectors: Vec<Connector>,
+    pub header_from_allowed: Vec<HeaderFromAllowed>,
+}
+
 /// A header From domain a tenant declared legitimate with its registered envelope senders
 /// (a service sending for a partner): such mail is not a header From mismatch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,9 +6,9 @@
 use async_trait::async_trait;
 use relayward_core::SenderClass;
 use relayward_core::{
-    AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData, DomainId,
-    DomainKind, HeaderFromAllowed, ReputationHour, Suppression, SuppressionUpdates, Tenant,
-    TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
+    AcceptedDomain, AuditEntry, Connector, ConnectorId, ConnectorKind, DirectoryData,
+    DirectoryDelta, DomainId, DomainKind, HeaderFromAllowed, ReputationHour, Suppression,
+    SuppressionUpdates, Tenant, TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
 };
 
 pub mod abuse;
@@ -174,6 +174,11 @@ pub trait Store: Send + Sync + 'static {
     // The relay's view
     async fn directory_version(&self) -> Result<i64>;
     async fn load_directory(&self) -> Result<DirectoryData>;
+    /// The tenants changed after version `since`, each with its whole part of the directory as
+    /// it is now: what a running relay applies instead of reloading everything. `None` when
+    /// that cannot be said (the change log does not reach back to `since`, a change was not a
+    /// single tenant's, or too many changed): load the whole directory then.
+    async fn directory_changes(&self, since: i64) -> Result<Option<DirectoryDelta>>;
 
     // Audit log
     async fn audit(

@@ -174,6 +174,7 @@ conformance!(
     tenants_crud_conflict_audit_version,
     domains_crud_conflicts_audit_version,
     load_directory_and_audit_listing,
+    directory_changes_carry_each_changed_tenant_whole,
     connectors_crud_conflicts_audit_version_touch,
     transitions_update_status_audit_and_version,
     transitions_are_compare_and_set,
@@ -199,6 +200,99 @@ conformance!(
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/// Tenant `id`'s part of a whole directory, to compare with a delta's.
+fn part_of(d: &relayward_core::DirectoryData, id: TenantId) -> String {
+    format!(
+        "{:?} {:?} {:?} {:?}",
+        d.tenants.iter().find(|t| t.id == id),
+        d.domains
+            .iter()
+            .filter(|x| x.tenant_id == id)
+            .collect::<Vec<_>>(),
+        d.connectors
+            .iter()
+            .filter(|x| x.tenant_id == id)
+            .collect::<Vec<_>>(),
+        d.header_from_allowed
+            .iter()
+            .filter(|x| x.tenant_id == id)
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn directory_changes_carry_each_changed_tenant_whole(db: TestDb) {
+    let s = db.open().await;
+    let a = s.create_tenant("alpha", &[], "t").await.unwrap();
+    let b = s.create_tenant("beta", &[], "t").await.unwrap();
+    let c = s.create_tenant("gamma", &[], "t").await.unwrap();
+    let v0 = s.directory_version().await.unwrap();
+    // Nothing since: an empty delta at the same version.
+    let none = s.directory_changes(v0).await.unwrap().unwrap();
+    assert_eq!((none.version, none.tenants.len()), (v0, 0));
+
+    let d = s
+        .add_domain(new_domain(a.id, "alpha.example", true), "t")
+        .await
+        .unwrap();
+    s.add_domain(new_domain(a.id, "pending.alpha.example", false), "t")
+        .await
+        .unwrap();
+    s.add_connector(new_connector(b.id, "edge"), "t")
+        .await
+        .unwrap();
+    s.set_tenant_state(b.id, TenantState::Warned, "t", "test")
+        .await
+        .unwrap();
+    s.remove_domain(d.id, "t").await.unwrap();
+    let delta = s.directory_changes(v0).await.unwrap().unwrap();
+    let whole = s.load_directory().await.unwrap();
+    assert_eq!(delta.version, whole.version);
+    assert_eq!(delta.version, v0 + 5);
+    // alpha and beta, once each, by id; gamma did not change.
+    let ids: Vec<TenantId> = delta.tenants.iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![a.id, b.id]);
+    for p in &delta.tenants {
+        let mine = relayward_core::DirectoryData {
+            version: delta.version,
+            tenants: p.tenant.iter().cloned().collect(),
+            domains: p.domains.clone(),
+            connectors: p.connectors.clone(),
+            header_from_allowed: p.header_from_allowed.clone(),
+        };
+        assert_eq!(part_of(&mine, p.id), part_of(&whole, p.id));
+    }
+    assert_eq!(
+        delta.tenants[0].domains.len(),
+        1,
+        "the removed domain is gone"
+    );
+    // From a later version: only what changed after it.
+    let later = s.directory_changes(v0 + 4).await.unwrap().unwrap();
+    assert_eq!(
+        later.tenants.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![a.id]
+    );
+    let _ = c;
+    // A change of no single tenant's (the relay's own SRS key): the whole directory, then.
+    s.set_dkim_key("srs.relay.example", None, "relayward", "ed25519", "t")
+        .await
+        .unwrap();
+    assert!(s.directory_changes(v0).await.unwrap().is_none());
+    let v1 = s.directory_version().await.unwrap();
+    s.set_tenant_state(c.id, TenantState::Warned, "t", "test")
+        .await
+        .unwrap();
+    let after = s.directory_changes(v1).await.unwrap().unwrap();
+    assert_eq!(after.tenants.len(), 1);
+    assert_eq!(
+        after.tenants[0].tenant.as_ref().unwrap().state,
+        TenantState::Warned
+    );
+    // Before the log begins (or a version this store never had): None.
+    assert!(s.directory_changes(-1).await.unwrap().is_none());
+    assert!(s.directory_changes(v1 + 100).await.unwrap().is_none());
+}
 
 fn new_domain(tenant: TenantId, domain: &str, verified: bool) -> NewDomain {
     NewDomain {

@@ -61,13 +61,27 @@ async fn insert_row(
 /// One row, updated in place: the update's row lock makes concurrent changes (of any node, on
 /// PostgreSQL) take their turns from here to their commit, so each gets its own version and
 /// a reader that sees version `v` sees every change up to `v`.
-async fn bump_version(conn: &mut DbConn) -> Result<i64> {
-    Ok(sqlx::query_scalar(
+async fn bump_version(conn: &mut DbConn, tenant: Option<TenantId>) -> Result<i64> {
+    let version: i64 = sqlx::query_scalar(
         "UPDATE directory_version SET version = version + 1 WHERE id = 1 RETURNING version",
     )
     .fetch_one(&mut *conn)
-    .await?)
+    .await?;
+    // What changed, for the relays that apply changes rather than reload (the change log).
+    sqlx::query("INSERT INTO directory_changes (version, tenant_id) VALUES ($1, $2)")
+        .bind(version)
+        .bind(tenant)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM directory_changes WHERE version <= $1")
+        .bind(version - CHANGES_KEPT)
+        .execute(&mut *conn)
+        .await?;
+    Ok(version)
 }
+
+/// Versions of the change log kept: a relay further behind reloads the whole directory.
+pub(super) const CHANGES_KEPT: i64 = 100_000;
 
 /// The tail of a change to connector `connector`: its audit entry, which names the connector by
 /// id as well as by name, and the version bump (returns the new version).
@@ -91,11 +105,13 @@ pub(super) async fn connector_audit_and_bump(
         detail,
     )
     .await?;
-    bump_version(conn).await
+    bump_version(conn, Some(tenant)).await
 }
 
 /// The tail of every directory change: its audit entry and the version bump (returns the new
-/// version).
+/// version). `tenant` is the tenant whose part of the directory changed (the change log says
+/// so to the relays); `None` for a change of no single tenant's, after which relays reload the
+/// whole directory.
 pub(super) async fn audit_and_bump(
     conn: &mut DbConn,
     actor: &str,
@@ -105,7 +121,7 @@ pub(super) async fn audit_and_bump(
     detail: &str,
 ) -> Result<i64> {
     insert_audit(conn, actor, action, tenant, object, detail).await?;
-    bump_version(conn).await
+    bump_version(conn, tenant).await
 }
 
 pub(super) async fn audit(

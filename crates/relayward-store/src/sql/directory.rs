@@ -3,15 +3,15 @@
 //! bumps the directory version.
 
 use relayward_core::{
-    now, AcceptedDomain, ConnectorId, DirectoryData, DomainId, HeaderFromAllowed, Tenant, TenantId,
-    TenantState,
+    now, AcceptedDomain, ConnectorId, DirectoryData, DirectoryDelta, DomainId, HeaderFromAllowed,
+    Tenant, TenantId, TenantPart, TenantState,
 };
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row};
 
 use super::audit::audit_and_bump;
 use super::connectors::{connector_cols, connector_from_row};
 use super::{
-    begin_snapshot, begin_write, for_update, parse_col, rows_by_tenant, Backend, DbConn, DbRow,
+    begin_snapshot, begin_write, for_update, parse_col, rows_by_tenant, Backend, Db, DbConn, DbRow,
 };
 use crate::{NewDomain, Result, StoreError};
 
@@ -542,6 +542,123 @@ pub(super) async fn load_directory(store: &Backend) -> Result<DirectoryData> {
         domains,
         connectors,
     })
+}
+
+/// At most this many changed tenants are applied one by one; more, and the relay reloads the
+/// whole directory.
+const DELTA_MAX_TENANTS: usize = 10_000;
+
+pub(super) async fn directory_changes(
+    store: &Backend,
+    since: i64,
+) -> Result<Option<DirectoryDelta>> {
+    let mut tx = begin_snapshot(&store.pool).await?;
+    let version: i64 = sqlx::query("SELECT version FROM directory_version WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("version")?;
+    if version == since {
+        return Ok(Some(DirectoryDelta {
+            version,
+            tenants: Vec::new(),
+        }));
+    }
+    if version < since || version - since > super::audit::CHANGES_KEPT {
+        return Ok(None);
+    }
+    let changes: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT tenant_id FROM directory_changes WHERE version > $1 ORDER BY version",
+    )
+    .bind(since)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Every version since must be in the log (versions made before it existed are not), and
+    // each must be one tenant's.
+    if changes.len() as i64 != version - since || changes.iter().any(Option::is_none) {
+        return Ok(None);
+    }
+    let mut ids: Vec<i64> = changes.into_iter().flatten().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() > DELTA_MAX_TENANTS {
+        return Ok(None);
+    }
+    let of_tenants = |head: &'static str, tail: &'static str| {
+        let mut qb: QueryBuilder<Db> = QueryBuilder::new(head);
+        qb.push(" WHERE ").push(tail).push(" IN (");
+        let mut list = qb.separated(", ");
+        for id in &ids {
+            list.push_bind(*id);
+        }
+        qb.push(") ORDER BY id");
+        qb
+    };
+    let tenants = of_tenants(concat!("SELECT ", tenant_cols!(), " FROM tenants"), "id")
+        .build()
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(tenant_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    let domains = of_tenants(
+        concat!("SELECT ", domain_cols!(), " FROM accepted_domains"),
+        "tenant_id",
+    )
+    .build()
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(domain_from_row)
+    .collect::<Result<Vec<_>>>()?;
+    let connectors = of_tenants(
+        concat!("SELECT ", connector_cols!(), " FROM connectors"),
+        "tenant_id",
+    )
+    .build()
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(connector_from_row)
+    .collect::<Result<Vec<_>>>()?;
+    let header_from_allowed = of_tenants(
+        "SELECT tenant_id, domain, connector_id, declared_at, declared_by \
+         FROM header_from_allowed",
+        "tenant_id",
+    )
+    .build()
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(header_from_from_row)
+    .collect::<Result<Vec<_>>>()?;
+    tx.commit().await?;
+    let parts = ids
+        .into_iter()
+        .map(TenantId)
+        .map(|id| TenantPart {
+            id,
+            tenant: tenants.iter().find(|t| t.id == id).cloned(),
+            domains: domains
+                .iter()
+                .filter(|d| d.tenant_id == id)
+                .cloned()
+                .collect(),
+            connectors: connectors
+                .iter()
+                .filter(|c| c.tenant_id == id)
+                .cloned()
+                .collect(),
+            header_from_allowed: header_from_allowed
+                .iter()
+                .filter(|a| a.tenant_id == id)
+                .cloned()
+                .collect(),
+        })
+        .collect();
+    Ok(Some(DirectoryDelta {
+        version,
+        tenants: parts,
+    }))
 }
 
 pub(super) async fn allow_header_from(

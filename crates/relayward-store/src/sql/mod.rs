@@ -38,8 +38,9 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use relayward_core::{
-    AcceptedDomain, AuditEntry, Connector, ConnectorId, DirectoryData, DomainId, HeaderFromAllowed,
-    SenderClass, Tenant, TenantId, TenantState, Timestamp, TraceEvent, TraceQuery,
+    AcceptedDomain, AuditEntry, Connector, ConnectorId, DirectoryData, DirectoryDelta, DomainId,
+    HeaderFromAllowed, SenderClass, Tenant, TenantId, TenantState, Timestamp, TraceEvent,
+    TraceQuery,
 };
 use sqlx::Row;
 
@@ -199,6 +200,10 @@ impl Store for Backend {
 
     async fn load_directory(&self) -> Result<DirectoryData> {
         directory::load_directory(self).await
+    }
+
+    async fn directory_changes(&self, since: i64) -> Result<Option<DirectoryDelta>> {
+        directory::directory_changes(self, since).await
     }
 
     async fn audit(
