@@ -22,6 +22,25 @@ impl Abuse {
         });
     }
 
+    /// [`Abuse::overlay`] for the tenants of a change set.
+    pub fn overlay_delta(&self, delta: &mut relayward_core::DirectoryDelta) {
+        let mut overrides = lock(&self.overrides);
+        overrides.retain(|tenant, o| {
+            if o.version.is_some_and(|v| delta.version >= v) {
+                return false;
+            }
+            if let Some(t) = delta
+                .tenants
+                .iter_mut()
+                .filter_map(|p| p.tenant.as_mut())
+                .find(|t| t.id == *tenant)
+            {
+                t.state = o.state;
+            }
+            true
+        });
+    }
+
     /// Applies the pending in-memory transitions to the current directory snapshot again (a
     /// reload that read the store just before a transition would otherwise undo it).
     pub fn reapply(&self) {
@@ -37,8 +56,23 @@ impl Abuse {
     /// Loads what the CLI (or another process) may have changed: restriction statuses, sender
     /// restrictions and per-tenant sender limits.
     pub async fn sync(&self) -> Result<()> {
+        self.sync_tenants(None).await
+    }
+
+    /// [`Abuse::sync`], reading the restriction statuses of `tenants` only (those a directory
+    /// change touched; `None`: every tenant's).
+    pub async fn sync_tenants(&self, tenants: Option<&[TenantId]>) -> Result<()> {
         let now = self.now_ms();
-        let statuses = self.store.tenant_statuses().await?;
+        let statuses = match tenants {
+            None => self.store.tenant_statuses().await?,
+            Some(ids) => {
+                let mut v = Vec::with_capacity(ids.len());
+                for id in ids {
+                    v.extend(self.store.tenant_status(*id).await?);
+                }
+                v
+            }
+        };
         let mut newly_blocked = Vec::new();
         {
             // Same lock order as `take`: statuses, then overrides.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
-use relayward_core::{reply, ConnectorId, TraceEvent, TraceKind};
+use relayward_core::{reply, ConnectorId, TenantId, TraceEvent, TraceKind};
 use relayward_policy::{Directory, SharedDirectory};
 use relayward_queue::{
     Envelope, GroupCommitter, Recipient, RecipientStatus, Scheduler, Spool, TenantRoute,
@@ -579,26 +579,59 @@ impl DirectoryReload {
         self.abuse.announce(self.directory.current().version);
     }
 
+    /// The whole directory, read and built anew (at start, and when the change log cannot say
+    /// what changed).
+    async fn reload_whole(&self, started: std::time::Instant) {
+        let (store, directory, abuse) = (&self.store, &self.directory, &self.abuse);
+        match store.load_directory().await {
+            Ok(mut data) => {
+                let version = data.version;
+                // Detector transitions the store does not have yet stay in force.
+                abuse.overlay(&mut data);
+                directory.replace(Directory::new(data));
+                // ...including one made while this snapshot was being loaded.
+                abuse.reapply();
+                tracing::info!(
+                    version,
+                    micros = started.elapsed().as_micros() as u64,
+                    "directory reloaded"
+                );
+                if let Err(e) = abuse.sync().await {
+                    tracing::warn!(error = %e, "abuse detector state reload failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "directory reload failed"),
+        }
+    }
+
     pub(crate) async fn if_changed(&self) {
         let _one = self.running.lock().await;
         let (store, directory, abuse) = (&self.store, &self.directory, &self.abuse);
         let current = directory.current().version;
+        let started = std::time::Instant::now();
         match store.directory_version().await {
             Ok(v) if v == current => {}
-            Ok(_) => match store.load_directory().await {
-                Ok(mut data) => {
-                    let version = data.version;
-                    // Detector transitions the store does not have yet stay in force.
-                    abuse.overlay(&mut data);
-                    directory.replace(Directory::new(data));
-                    // ...including one made while this snapshot was being loaded.
+            // Only the tenants that changed, applied to the snapshot in place of theirs.
+            Ok(_) => match store.directory_changes(current).await {
+                Ok(Some(mut delta)) => {
+                    let version = delta.version;
+                    let tenants: Vec<TenantId> = delta.tenants.iter().map(|p| p.id).collect();
+                    abuse.overlay_delta(&mut delta);
+                    let next = directory.current().apply(delta);
+                    directory.replace(next);
                     abuse.reapply();
-                    tracing::info!(version, "directory reloaded");
-                    if let Err(e) = abuse.sync().await {
+                    tracing::info!(
+                        version,
+                        tenants = tenants.len(),
+                        micros = started.elapsed().as_micros() as u64,
+                        "directory changes applied"
+                    );
+                    if let Err(e) = abuse.sync_tenants(Some(&tenants)).await {
                         tracing::warn!(error = %e, "abuse detector state reload failed");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "directory reload failed"),
+                Ok(None) => self.reload_whole(started).await,
+                Err(e) => tracing::warn!(error = %e, "directory changes not read"),
             },
             Err(e) => tracing::warn!(error = %e, "directory version check failed"),
         }
