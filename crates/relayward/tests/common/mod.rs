@@ -194,6 +194,8 @@ impl Client {
 
     fn over(s: TcpStream) -> Client {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Each command is one write: no waiting for the previous one's ACK (Nagle).
+        s.set_nodelay(true).unwrap();
         let mut c = Client {
             reader: BufReader::new(s.try_clone().unwrap()),
             writer: s,
