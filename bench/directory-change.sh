@@ -48,7 +48,7 @@ c.executemany(
 c.execute("UPDATE directory_version SET version = version + 1")
 c.execute("COMMIT")
 PY
-rw serve 2>"$WORK/relayward.log" &
+"$BIN" --config "$WORK/relayward.toml" serve 2>"$WORK/relayward.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 600); do ss -ltn | grep -q "127.0.0.1:$PORT " && break; sleep 0.1; done
@@ -65,14 +65,15 @@ measure() { # label, then the command making one change (run CHANGES times)
     for i in $(seq "$CHANGES"); do
         "$@" "$i" >/dev/null
         # wait for the relay to take it
-        for _ in $(seq 100); do
+        for _ in $(seq 600); do
             [ "$(grep -c "$pattern" "$WORK/relayward.log" || true)" -gt $((before + i - 1)) ] && break
             sleep 0.05
         done
     done
     local peak
     peak=$(awk '/VmHWM/{print $2}' /proc/$PID/status)
-    grep "$pattern" "$WORK/relayward.log" | tail -n "$CHANGES" | sed -E 's/.*micros=([0-9]+).*/\1/' | sort -n |
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/relayward.log" | grep "$pattern" | tail -n "$CHANGES" |
+        sed -E 's/.*micros=([0-9]+).*/\1/' | sort -n |
         awk -v label="$label" -v steady="$STEADY" -v peak="$peak" '{v[NR]=$1} END {
             printf "%s: n=%d  p50 %.1f ms  max %.1f ms  peak RSS %d kB = %.2fx steady\n",
                 label, NR, v[int((NR+1)/2)]/1000, v[NR]/1000, peak, peak/steady }'
