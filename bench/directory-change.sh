@@ -6,12 +6,14 @@
 # single-tenant changes (applied from the store's change log), then changes that force a whole
 # reload (the relay's own SRS DKIM key is no single tenant's change), for comparison.
 # Loopback only; nothing is sent.
-# Usage: bash bench/directory-change.sh   Knobs: TENANTS=100000 DOMAINS_PER_TENANT=10 CHANGES=20
+# Usage: bash bench/directory-change.sh
+# Knobs: TENANTS=100000 DOMAINS_PER_TENANT=10 CHANGES=20 (one-tenant changes) WHOLE=5 (reloads)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TENANTS=${TENANTS:-100000}
 PER=${DOMAINS_PER_TENANT:-10}
 CHANGES=${CHANGES:-20}
+WHOLE=${WHOLE:-5}
 PORT=${PORT:-2589}
 APORT=${APORT:-8589}
 WORK=$(mktemp -d -t relayward-dirchange.XXXXXX)
@@ -57,12 +59,12 @@ rss() { awk '/VmRSS/{print $2}' /proc/$PID/status; }
 STEADY=$(rss)
 echo "relay up: steady RSS ${STEADY} kB"
 
-measure() { # label, then the command making one change (run CHANGES times)
-    local label=$1 pattern=$2; shift 2
+measure() { # label, log line, how many, then the command making one change
+    local label=$1 pattern=$2 count=$3; shift 3
     local before
     before=$(grep -c "$pattern" "$WORK/relayward.log" || true)
     echo 5 > /proc/$PID/clear_refs   # reset the peak RSS (VmHWM)
-    for i in $(seq "$CHANGES"); do
+    for i in $(seq "$count"); do
         "$@" "$i" >/dev/null
         # wait for the relay to take it
         for _ in $(seq 600); do
@@ -72,7 +74,7 @@ measure() { # label, then the command making one change (run CHANGES times)
     done
     local peak
     peak=$(awk '/VmHWM/{print $2}' /proc/$PID/status)
-    sed 's/\x1b\[[0-9;]*m//g' "$WORK/relayward.log" | grep "$pattern" | tail -n "$CHANGES" |
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/relayward.log" | grep "$pattern" | tail -n "$count" |
         sed -E 's/.*micros=([0-9]+).*/\1/' | sort -n |
         awk -v label="$label" -v steady="$STEADY" -v peak="$peak" '{v[NR]=$1} END {
             printf "%s: n=%d  p50 %.1f ms  max %.1f ms  peak RSS %d kB = %.2fx steady\n",
@@ -80,6 +82,6 @@ measure() { # label, then the command making one change (run CHANGES times)
 }
 one_domain() { rw domain add "tenant$((1000 + $1))" "new$1.example" --verified; }
 srs_key() { rw srs dkim-key --selector "s$1"; }
-measure "one tenant's domain added (change log)" "directory changes applied" one_domain
-measure "whole reload (SRS key: no single tenant's change)" "directory reloaded" srs_key
+measure "one tenant's domain added (change log)" "directory changes applied" "$CHANGES" one_domain
+measure "whole reload (SRS key: no single tenant's change)" "directory reloaded" "$WHOLE" srs_key
 echo "idle RSS after: $(rss) kB"

@@ -9,10 +9,10 @@ use relayward_core::{
     TenantState,
 };
 
-/// The persistent hash map of the snapshot: a copy is O(1) and a change copies only the path
-/// to what changed, so a directory change makes a new snapshot beside the old one without
-/// copying the whole directory (see [`Directory::apply`]).
-type Map<K, V> = imbl::HashMap<K, V>;
+/// The snapshot's maps: a copy shares every shard, and a change copies only the shards it
+/// touches, so a directory change makes a new snapshot beside the old one without copying the
+/// whole directory (see [`Directory::apply`] and crate::cow_map).
+type Map<K, V> = crate::cow_map::CowMap<K, V>;
 
 /// Longest-prefix buckets: one hash map per prefix length present, so a lookup costs one
 /// probe per distinct prefix length rather than one per connector range.
@@ -49,14 +49,14 @@ fn ip_bucket<K: std::hash::Hash + Eq + Clone>(
     let pos = match buckets.iter().position(|(l, _)| *l == len) {
         Some(p) => p,
         None if add => {
-            buckets.push((len, Map::new()));
+            buckets.push((len, Map::default()));
             buckets.len() - 1
         }
         None => return,
     };
     let map = &mut buckets[pos].1;
     if add {
-        let list = map.entry(key).or_default();
+        let list = map.get_or_default(key);
         if let Err(at) = list.binary_search(&id) {
             list.insert(at, id);
         }
@@ -123,7 +123,7 @@ pub struct Directory {
     pub version: i64,
     tenants: Map<TenantId, Tenant>,
     /// Verified accepted domains only: pending ones do not count.
-    domains: Map<String, Vec<DomainEntry>>,
+    domains: Map<Arc<str>, Vec<DomainEntry>>,
     connectors: Map<ConnectorId, Arc<Connector>>,
     by_cert: Map<String, Vec<ConnectorId>>,
     by_auth: Map<String, ConnectorId>,
@@ -139,7 +139,7 @@ pub struct Directory {
 /// A tenant's keys in the directory's maps.
 #[derive(Debug, Default, Clone)]
 struct PartKeys {
-    domains: Vec<String>,
+    domains: Vec<Arc<str>>,
     connectors: Vec<ConnectorId>,
     header_from: Vec<String>,
 }
@@ -204,26 +204,25 @@ impl Directory {
             self.tenants.insert(id, t);
         }
         for d in part.domains.into_iter().filter(|d| d.verified) {
+            let name: Arc<str> = Arc::from(d.domain);
             self.domains
-                .entry(d.domain.clone())
-                .or_default()
+                .get_or_default(name.clone())
                 .push(DomainEntry {
                     tenant_id: id,
                     match_subdomains: d.match_subdomains,
                 });
-            keys.domains.push(d.domain);
+            keys.domains.push(name);
         }
         for a in part.header_from_allowed {
             let domain = a.domain.to_lowercase();
             self.header_from_allowed
-                .entry((id, domain.clone()))
-                .or_default()
+                .get_or_default((id, domain.clone()))
                 .push(a.connector_id);
             keys.header_from.push(domain);
         }
         for c in part.connectors {
             if let Some(name) = &c.cert_name {
-                let list = self.by_cert.entry(name.to_lowercase()).or_default();
+                let list = self.by_cert.get_or_default(name.to_lowercase());
                 if let Err(at) = list.binary_search(&c.id) {
                     list.insert(at, c.id);
                 }
@@ -248,10 +247,10 @@ impl Directory {
             return;
         };
         for name in keys.domains {
-            if let Some(list) = self.domains.get_mut(&name) {
+            if let Some(list) = self.domains.get_mut(&*name) {
                 list.retain(|e| e.tenant_id != id);
                 if list.is_empty() {
-                    self.domains.remove(&name);
+                    self.domains.remove(&*name);
                 }
             }
         }

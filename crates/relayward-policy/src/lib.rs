@@ -6,6 +6,7 @@ pub mod bounce;
 pub mod cert_name;
 pub mod connector_audit;
 pub mod counters;
+mod cow_map;
 pub mod detector;
 pub mod diagnose;
 pub mod directory;
