@@ -148,6 +148,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let directory = Arc::new(SharedDirectory::new(Directory::new(
         store.load_directory().await?,
     )));
+    // The rows it was built from are gone: their memory too.
+    release_freed_memory();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let abuse = Abuse::new(
@@ -444,6 +446,18 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     })
 }
 
+/// Gives the memory of a replaced whole directory back to the system. The allocator keeps
+/// freed memory in per-thread arenas; a whole reload frees hundreds of megabytes on a large
+/// directory (100,000 tenants), and without this each reload on another thread's arena would
+/// keep its own copy's worth resident.
+pub(crate) fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Bound of each file keeping what waits for an unreachable store (crate::spill).
 pub(crate) const SPILL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -596,6 +610,7 @@ impl DirectoryReload {
                     micros = started.elapsed().as_micros() as u64,
                     "directory reloaded"
                 );
+                release_freed_memory();
                 if let Err(e) = abuse.sync().await {
                     tracing::warn!(error = %e, "abuse detector state reload failed");
                 }
