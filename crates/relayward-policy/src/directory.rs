@@ -205,12 +205,10 @@ impl Directory {
         }
         for d in part.domains.into_iter().filter(|d| d.verified) {
             let name: Arc<str> = Arc::from(d.domain);
-            self.domains
-                .get_or_default(name.clone())
-                .push(DomainEntry {
-                    tenant_id: id,
-                    match_subdomains: d.match_subdomains,
-                });
+            self.domains.get_or_default(name.clone()).push(DomainEntry {
+                tenant_id: id,
+                match_subdomains: d.match_subdomains,
+            });
             keys.domains.push(name);
         }
         for a in part.header_from_allowed {
