@@ -2,10 +2,15 @@
 //!
 //! [`Counters`] is the seam between the per-message path and the counter store: every update
 //! is one call that changes every window of the tenant, its connector and its sender at once
-//! and answers with the [`Snapshot`] the detector needs, so a Redis implementation can do the
-//! same in one script and the detector never reads half an update. [`InProcessCounters`] is the
+//! and answers with the [`Snapshot`] the detector needs, so the detector never reads half an
+//! update. [`InProcessCounters`] is the
 //! single-node implementation: sharded `Mutex<HashMap>`, no I/O, time passed in by the caller
 //! (unix milliseconds) so tests drive a simulated clock.
+//!
+//! In a cluster, each node adds the other nodes' shares of a tenant to its own figures
+//! (`share.rs`: what is exchanged, how it adds up, and the stated slack); the other nodes'
+//! figures (their bucket rings and bitmaps, summed) take about 6 KB more per tenant counted on
+//! more than one node, plus their windows of the senders this node counted too.
 //!
 //! # Layout and memory
 //!
@@ -24,7 +29,8 @@
 //!   each was last set (512 bytes), so one array answers any window up to 24 h as a plain
 //!   bitmap of that window would; the estimate `-m ln(zeros/m)` has a standard error of ~5 % at
 //!   100 and ~7 % at 500 distinct values, and saturates at ~1,400 (reported as 1,420). With the
-//!   baseline and bookkeeping: **3,848 bytes** (`size_of::<TenantEntry>()`, checked by the test
+//!   baseline and bookkeeping (and, in a cluster, a pointer to the other nodes' share): about
+//!   **3.9 KB** (`size_of::<TenantEntry>()`, at most 3,900 bytes, checked by the test
 //!   `memory_layout`).
 //! * **Suspect traffic** (allocated on a tenant's first unregistered, null-sender or
 //!   mismatched message): three more bitmaps (domains, addresses, recipients), three
@@ -37,7 +43,8 @@
 //! * **Connector and sender** entries (many per tenant, so kept compact): each of the three
 //!   windows is the classic two-bucket sliding estimate (current and previous period, the
 //!   previous weighted by how much of it still falls in the window) of the same 18 counters,
-//!   plus 64-bit linear-counting bitmaps for three distinct counts: **616 bytes**; a sender
+//!   plus 64-bit linear-counting bitmaps for three distinct counts, and a "counted since the
+//!   last cluster export" flag: **624 bytes**; a sender
 //!   costs ≈ 0.73 KB with its key and hash-map slot.
 //!
 //! So a tenant sending only registered mail through one connector from 20 active addresses
