@@ -482,66 +482,95 @@ pub(super) async fn remove_domain(store: &Backend, id: DomainId, actor: &str) ->
 }
 
 pub(super) async fn directory_version(store: &Backend) -> Result<i64> {
-    let row = sqlx::query("SELECT version FROM directory_version WHERE id = 1")
-        .fetch_one(&store.pool)
-        .await?;
-    Ok(row.try_get("version")?)
+    let mut conn = store.pool.acquire().await?;
+    version_in(&mut conn).await
 }
 
-pub(super) async fn load_directory(store: &Backend) -> Result<DirectoryData> {
-    // One snapshot: the version and the rows that make it.
-    let mut tx = begin_snapshot(&store.pool).await?;
-    let version: i64 = sqlx::query("SELECT version FROM directory_version WHERE id = 1")
-        .fetch_one(&mut *tx)
+/// The directory's rows, read in the snapshot `tx` holds: every tenant's, or (`Some`) those of
+/// the tenants `ids` only.
+async fn read_directory(
+    tx: &mut DbConn,
+    version: i64,
+    ids: Option<&[i64]>,
+) -> Result<DirectoryData> {
+    // A table's rows, in id order; of some tenants, ordered by tenant first so that the planner
+    // reads the tenant_id index rather than scanning a large table in id order (SQLite did, at
+    // a million domains).
+    let select = |cols: &str, tenant_col: &str| {
+        let mut qb: QueryBuilder<Db> = QueryBuilder::new(format!("SELECT {cols}"));
+        match ids {
+            None => {
+                qb.push(" ORDER BY id");
+            }
+            Some(ids) => {
+                qb.push(" WHERE ").push(tenant_col).push(" IN (");
+                let mut list = qb.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                qb.push(") ORDER BY ").push(tenant_col).push(", id");
+            }
+        }
+        qb
+    };
+    let tenants = select(concat!(tenant_cols!(), " FROM tenants"), "id")
+        .build()
+        .fetch_all(&mut *tx)
         .await?
-        .try_get("version")?;
-    let tenants = sqlx::query(concat!(
-        "SELECT ",
-        tenant_cols!(),
-        " FROM tenants ORDER BY id"
-    ))
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(tenant_from_row)
-    .collect::<Result<Vec<_>>>()?;
-    let domains = sqlx::query(concat!(
-        "SELECT ",
-        domain_cols!(),
-        " FROM accepted_domains ORDER BY id"
-    ))
+        .iter()
+        .map(tenant_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    let domains = select(
+        concat!(domain_cols!(), " FROM accepted_domains"),
+        "tenant_id",
+    )
+    .build()
     .fetch_all(&mut *tx)
     .await?
     .iter()
     .map(domain_from_row)
     .collect::<Result<Vec<_>>>()?;
-    let connectors = sqlx::query(concat!(
-        "SELECT ",
-        connector_cols!(),
-        " FROM connectors ORDER BY id"
-    ))
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(connector_from_row)
-    .collect::<Result<Vec<_>>>()?;
-    let header_from_allowed = sqlx::query(
-        "SELECT tenant_id, domain, connector_id, declared_at, declared_by \
-         FROM header_from_allowed ORDER BY id",
+    let connectors = select(concat!(connector_cols!(), " FROM connectors"), "tenant_id")
+        .build()
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(connector_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    let header_from_allowed = select(
+        "tenant_id, domain, connector_id, declared_at, declared_by FROM header_from_allowed",
+        "tenant_id",
     )
+    .build()
     .fetch_all(&mut *tx)
     .await?
     .iter()
     .map(header_from_from_row)
     .collect::<Result<Vec<_>>>()?;
-    tx.commit().await?;
     Ok(DirectoryData {
-        header_from_allowed,
         version,
         tenants,
         domains,
         connectors,
+        header_from_allowed,
     })
+}
+
+async fn version_in(conn: &mut DbConn) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM directory_version WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+pub(super) async fn load_directory(store: &Backend) -> Result<DirectoryData> {
+    // One snapshot: the version and the rows that make it.
+    let mut tx = begin_snapshot(&store.pool).await?;
+    let version = version_in(&mut tx).await?;
+    let data = read_directory(&mut tx, version, None).await?;
+    tx.commit().await?;
+    Ok(data)
 }
 
 /// At most this many changed tenants are applied one by one; more, and the relay reloads the
@@ -553,10 +582,7 @@ pub(super) async fn directory_changes(
     since: i64,
 ) -> Result<Option<DirectoryDelta>> {
     let mut tx = begin_snapshot(&store.pool).await?;
-    let version: i64 = sqlx::query("SELECT version FROM directory_version WHERE id = 1")
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("version")?;
+    let version = version_in(&mut tx).await?;
     if version == since {
         return Ok(Some(DirectoryDelta {
             version,
@@ -583,74 +609,28 @@ pub(super) async fn directory_changes(
     if ids.len() > DELTA_MAX_TENANTS {
         return Ok(None);
     }
-    let of_tenants = |head: &'static str, tail: &'static str| {
-        let mut qb: QueryBuilder<Db> = QueryBuilder::new(head);
-        qb.push(" WHERE ").push(tail).push(" IN (");
-        let mut list = qb.separated(", ");
-        for id in &ids {
-            list.push_bind(*id);
-        }
-        // Ordered by tenant first, so that the planner reads the tenant_id indexes rather
-        // than scanning a large table in id order (SQLite did, at a million domains).
-        qb.push(") ORDER BY ").push(tail).push(", id");
-        qb
-    };
-    let tenants = of_tenants(concat!("SELECT ", tenant_cols!(), " FROM tenants"), "id")
-        .build()
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(tenant_from_row)
-        .collect::<Result<Vec<_>>>()?;
-    let domains = of_tenants(
-        concat!("SELECT ", domain_cols!(), " FROM accepted_domains"),
-        "tenant_id",
-    )
-    .build()
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(domain_from_row)
-    .collect::<Result<Vec<_>>>()?;
-    let connectors = of_tenants(
-        concat!("SELECT ", connector_cols!(), " FROM connectors"),
-        "tenant_id",
-    )
-    .build()
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(connector_from_row)
-    .collect::<Result<Vec<_>>>()?;
-    let header_from_allowed = of_tenants(
-        "SELECT tenant_id, domain, connector_id, declared_at, declared_by \
-         FROM header_from_allowed",
-        "tenant_id",
-    )
-    .build()
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .map(header_from_from_row)
-    .collect::<Result<Vec<_>>>()?;
+    let rows = read_directory(&mut tx, version, Some(&ids)).await?;
     tx.commit().await?;
     let parts = ids
         .into_iter()
         .map(TenantId)
         .map(|id| TenantPart {
             id,
-            tenant: tenants.iter().find(|t| t.id == id).cloned(),
-            domains: domains
+            tenant: rows.tenants.iter().find(|t| t.id == id).cloned(),
+            domains: rows
+                .domains
                 .iter()
                 .filter(|d| d.tenant_id == id)
                 .cloned()
                 .collect(),
-            connectors: connectors
+            connectors: rows
+                .connectors
                 .iter()
                 .filter(|c| c.tenant_id == id)
                 .cloned()
                 .collect(),
-            header_from_allowed: header_from_allowed
+            header_from_allowed: rows
+                .header_from_allowed
                 .iter()
                 .filter(|a| a.tenant_id == id)
                 .cloned()
