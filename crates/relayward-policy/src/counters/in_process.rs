@@ -381,28 +381,23 @@ impl Counters for InProcessCounters {
                 None => {}
             }
         }
-        if let Some(s) = shard
-            .tenants
-            .get(&tenant)
-            .and_then(|e| e.senders.get(sender))
-        {
-            usage.messages_last_minute = s.minute.estimate(now_ms).messages;
-            usage.external_recipients_last_hour = s.hour.estimate(now_ms).external_recipients;
-            usage.recipients_last_day = s.day.estimate(now_ms).recipients;
+        let Some(entry) = shard.tenants.get(&tenant) else {
+            return usage;
+        };
+        if let Some(s) = entry.senders.get(sender) {
             usage.alerted_until_ms = (s.alerted_until_ms > now_ms).then_some(s.alerted_until_ms);
         }
-        // In a cluster, what the other nodes counted for the same sender.
-        if let Some(others) = shard
-            .tenants
-            .get(&tenant)
-            .and_then(|e| e.remote.as_ref())
+        // This node's windows of the sender, and in a cluster the other nodes'.
+        let others = entry
+            .remote
+            .as_ref()
             .and_then(|r| r.senders.get(sender))
-        {
-            for s in others {
-                usage.messages_last_minute += s.minute.estimate(now_ms).messages;
-                usage.external_recipients_last_hour += s.hour.estimate(now_ms).external_recipients;
-                usage.recipients_last_day += s.day.estimate(now_ms).recipients;
-            }
+            .into_iter()
+            .flatten();
+        for s in entry.senders.get(sender).into_iter().chain(others) {
+            usage.messages_last_minute += s.minute.estimate(now_ms).messages;
+            usage.external_recipients_last_hour += s.hour.estimate(now_ms).external_recipients;
+            usage.recipients_last_day += s.day.estimate(now_ms).recipients;
         }
         usage
     }
