@@ -100,9 +100,10 @@ impl EventWriter {
         tokio::spawn(async move {
             let mut buf: Vec<TraceEvent> = Vec::with_capacity(512);
             // The store did not answer the last write.
-            let mut outage = false;
-            // Kept by an earlier run that ended during an outage.
-            if let Some(spill) = spill.as_deref().filter(|s| !s.is_empty()) {
+            // (Or events are waiting in `spill` for it, kept by an earlier run that ended during
+            // an outage: written first.)
+            let mut outage = spill.as_deref().is_some_and(|s| !s.is_empty());
+            if let Some(spill) = spill.as_deref().filter(|_| outage) {
                 drain(&*store, spill, &mut outage).await;
             }
             // Connector use reaches the store within this long even when nothing else
@@ -123,7 +124,7 @@ impl EventWriter {
                     Batch::Flush(w) => waiters.push(w),
                 };
                 let Some(first) = first else {
-                    if let Some(spill) = spill.as_deref().filter(|s| !s.is_empty()) {
+                    if let Some(spill) = spill.as_deref().filter(|_| outage) {
                         drain(&*store, spill, &mut outage).await;
                     }
                     touch_used(&*store, &used_bg).await;
@@ -177,16 +178,11 @@ async fn write_or_keep(
     events: &[TraceEvent],
     outage: &mut bool,
 ) {
-    if let Some(s) = spill {
-        // During an outage new events go straight to disk; the periodic tick tries the store.
-        if *outage {
-            keep(s, events);
-            return;
-        }
-        if !s.is_empty() && !drain(store, s, outage).await {
-            keep(s, events);
-            return;
-        }
+    // During an outage new events go straight to disk, after those kept before them; the
+    // periodic tick tries the store.
+    if let Some(s) = spill.filter(|_| *outage) {
+        keep(s, events);
+        return;
     }
     let started = std::time::Instant::now();
     let written = store.record_trace(events).await;
@@ -226,29 +222,30 @@ fn keep(spill: &crate::spill::Spill, events: &[TraceEvent]) {
     }
 }
 
-/// Writes what `spill` kept, in one transaction; `true` when it is empty afterwards.
-async fn drain(store: &dyn Store, spill: &crate::spill::Spill, outage: &mut bool) -> bool {
+/// Writes what `spill` kept, in one transaction; the outage ends once it is written and the
+/// file gone.
+async fn drain(store: &dyn Store, spill: &crate::spill::Spill, outage: &mut bool) {
     let events: Vec<TraceEvent> = match spill.read() {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, file = %spill.path().display(), "kept trace events unreadable");
-            return false;
+            return;
         }
     };
-    match store.record_trace(&events).await {
+    if store.record_trace(&events).await.is_err() {
+        return;
+    }
+    match spill.clear() {
         Ok(()) => {
-            if let Err(e) = spill.clear() {
-                tracing::error!(error = %e, file = %spill.path().display(), "cannot remove the written trace events");
-                return false;
-            }
             *outage = false;
             tracing::info!(
                 events = events.len(),
                 "store reachable: trace events kept meanwhile written"
             );
-            true
         }
-        Err(_) => false,
+        Err(e) => {
+            tracing::error!(error = %e, file = %spill.path().display(), "cannot remove the written trace events")
+        }
     }
 }
 
